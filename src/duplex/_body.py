@@ -343,6 +343,27 @@ class Writable(Readable, trio.abc.SendStream):
         finally:
             self._writing = False
 
+    async def wait_reader(self) -> None:
+        """Return once the reader waits on an empty queue or has closed.
+
+        For producers that make data only on demand (an HTTP server sends
+        ``100 Continue`` only when the handler starts reading the body). Raises
+        ``trio.ClosedResourceError`` after ``close_write``.
+        """
+        self._enter_write_side()
+        try:
+            await checkpoint_if_cancelled()
+            blocked = False
+            while not (self._reader_task is not None and not self._queue) and not self._read_closed:
+                if self._write_closed:
+                    raise trio.ClosedResourceError("this body was closed for writing")
+                blocked = True
+                await self._park(reader=False)
+            if not blocked:
+                await cancel_shielded_checkpoint()
+        finally:
+            self._writing = False
+
     async def close_write(self, error: BaseException | None = None) -> None:
         """Finish the body: the reader drains what is queued, then reads ``b""``.
 

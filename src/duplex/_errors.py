@@ -8,7 +8,9 @@ once). The types here cover what trio has no word for.
 
 from __future__ import annotations
 
-__all__ = ["IncompleteRead"]
+import trio
+
+__all__ = ["IncompleteRead", "ProtocolError", "Timeout"]
 
 
 class IncompleteRead(EOFError):
@@ -21,3 +23,28 @@ class IncompleteRead(EOFError):
         super().__init__(f"stream ended after {len(partial)} of {expected} bytes")
         self.partial = partial
         self.expected = expected
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1: malformed, truncated or hostile input.
+
+    ``status`` is the HTTP status a server answers it with (400 unless a more precise one
+    applies: 413, 414, 431, 501, 505). The parser's own exception is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Timeout(trio.TooSlowError):
+    """An HTTP operation made no progress in time; ``phase`` names which one.
+
+    Phases: ``"connect"``, ``"pool"``, ``"header"``, ``"read"``, ``"write"``.
+    A subclass of ``trio.TooSlowError``.
+    """
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"{phase} timed out after {seconds:g} s")
+        self.phase = phase
+        self.seconds = seconds

@@ -1,0 +1,169 @@
+"""The trio driver under one h11 connection, shared by the server and the client.
+
+h11 knows HTTP/1.1 and nothing of sockets; this module knows sockets and timeouts and
+nothing of HTTP grammar. It is also the one place where h11's and the socket's errors
+become duplex's (``ProtocolError``, ``Timeout``, trio's resource errors).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import h11
+import trio
+
+from .._errors import ProtocolError, Timeout
+
+__all__ = ["HTTPConnection", "raw_socket"]
+
+
+@contextmanager
+def _mapped_h11_errors() -> Iterator[None]:
+    try:
+        yield
+    except h11.RemoteProtocolError as error:
+        raise ProtocolError(str(error), error.error_status_hint) from error
+    except h11.LocalProtocolError as error:
+        raise ProtocolError(f"cannot send this message: {error}", 500) from error
+
+
+@contextmanager
+def _deadline(seconds: float | None, phase: str) -> Iterator[None]:
+    if seconds is None:
+        yield
+        return
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise Timeout(phase, seconds)
+
+
+def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under ``stream`` (through TLS), or None for other transports."""
+    while True:
+        if isinstance(stream, trio.SocketStream):
+            return stream.socket
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+            continue
+        return None
+
+
+class HTTPConnection:
+    """One h11 connection over one trio stream.
+
+    One task receives events while others send; sends are serialised here. Every send
+    is bounded by ``write_timeout`` and every socket read by the timeout its caller
+    gives, raising ``duplex.Timeout`` naming the phase.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+        *,
+        max_incomplete_event_size: int = 16384,
+        read_size: int = 65536,
+        write_timeout: float | None = None,
+    ) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
+        self.read_size = read_size
+        self.write_timeout = write_timeout
+        self._send_lock = trio.Lock()
+        #: Bytes received from the socket since the connection opened.
+        self.bytes_received = 0
+
+    # -- receiving --------------------------------------------------------------------
+
+    def next_event(self) -> Any:
+        """The next h11 event already buffered, or ``h11.NEED_DATA`` / ``h11.PAUSED``.
+
+        Raises ``ProtocolError`` for input h11 rejects.
+        """
+        with _mapped_h11_errors():
+            return self.h11.next_event()
+
+    async def receive_data(self, timeout: float | None = None, phase: str = "read") -> bool:
+        """Read once from the socket into h11; False at EOF.
+
+        Raises ``duplex.Timeout`` after ``timeout`` seconds without data, and
+        ``trio.BrokenResourceError`` if the connection broke.
+        """
+        with _deadline(timeout, phase):
+            data = await self.stream.receive_some(self.read_size)
+        self.bytes_received += len(data)
+        with _mapped_h11_errors():
+            self.h11.receive_data(data)
+        return bool(data)
+
+    async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:
+        """The next h11 event, reading the socket as needed (each read within ``timeout``)."""
+        while True:
+            event = self.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self.receive_data(timeout, phase)
+
+    def buffered(self) -> bytes | bytearray:
+        """What h11 holds unparsed, without copying where h11 allows it."""
+        # h11 offers only a copy (trailing_data); the head checks scan the buffer on
+        # every request, so read it in place when this h11 version keeps it where we
+        # expect, and fall back to the copy otherwise.
+        buffer = getattr(self.h11, "_receive_buffer", None)
+        data = getattr(buffer, "_data", None)
+        if isinstance(data, bytearray):
+            return data
+        return self.h11.trailing_data[0]
+
+    async def wait_peer_gone(self) -> None:
+        """Return once the peer has closed or reset the connection.
+
+        Reads nothing into memory: it peeks at the socket. Once unread data is waiting
+        (a pipelined request), it can no longer tell, and waits forever.
+        """
+        sock = raw_socket(self.stream)
+        if sock is None:
+            await trio.sleep_forever()
+            return
+        try:
+            data = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if not data:
+            return
+        await trio.sleep_forever()
+
+    # -- sending ----------------------------------------------------------------------
+
+    def encode(self, event: Any) -> list[bytes]:
+        """The bytes h11 would put on the wire for ``event`` (its state moves on)."""
+        with _mapped_h11_errors():
+            pieces = self.h11.send_with_data_passthrough(event)
+        return pieces or []
+
+    async def send(self, *events: Any) -> None:
+        """Encode ``events`` and write them to the socket in one go."""
+        pieces: list[bytes] = []
+        for event in events:
+            pieces += self.encode(event)
+        await self.send_raw(b"".join(pieces) if len(pieces) != 1 else pieces[0])
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes to the socket, serialised with other senders.
+
+        Raises ``duplex.Timeout("write")`` if the peer takes none of it within
+        ``write_timeout``, ``trio.BrokenResourceError`` if the connection broke.
+        """
+        if not data:
+            return
+        async with self._send_lock:
+            with _deadline(self.write_timeout, "write"):
+                await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""
+        await trio.aclose_forcefully(self.stream)

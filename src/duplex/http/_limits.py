@@ -1,0 +1,42 @@
+"""Limits and timeouts for the server, each a named option with a default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a server accepts before it answers with an error status and closes.
+
+    Sizes are in bytes, times in seconds; ``None`` switches a limit off.
+    """
+
+    #: The whole request head, however it arrives (431 beyond it).
+    max_header_size: int = 16384
+    #: The request line alone (414 beyond it).
+    max_request_line: int = 8192
+    #: A request body, Content-Length or chunked (413 beyond it).
+    max_body_size: int | None = 1 << 30
+    #: Deadline for a whole request head, from connect or the previous response (408).
+    header_timeout: float | None = 10.0
+    #: How long an idle keep-alive connection waits for its next request.
+    keep_alive_timeout: float | None = 5.0
+    #: Longest wait for any progress reading a request body the handler wants.
+    read_timeout: float | None = 60.0
+    #: Longest wait for the peer to take any of the response (a write to the socket).
+    write_timeout: float | None = 60.0
+    #: Requests served on one connection before it closes.
+    max_requests_per_connection: int | None = None
+    #: Connections served at once; more are answered 503 and closed.
+    max_connections: int = 10000
+    #: How long ``shutdown()`` lets exchanges in flight finish before cancelling them.
+    shutdown_grace: float = 10.0
+    #: Request body left unread when the response ends: drained up to this, else close.
+    max_drain_size: int = 65536
+    #: Bytes of request body queued for a handler that has not read them yet.
+    body_buffer_size: int = 65536
+    #: Bytes asked of the socket in one read.
+    read_size: int = 65536

@@ -1,0 +1,584 @@
+"""The HTTP/1.1 server: full-duplex exchanges over h11, one task per connection.
+
+Per exchange, the connection's task reads the request body from the socket into
+``request.body`` (then watches for the peer leaving), while one more task runs the
+handler and writes the response. Either may finish first.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterable, Awaitable, Callable
+from http import HTTPStatus
+from math import inf
+from typing import Any
+
+import h11
+import trio
+
+from .._body import Readable, Writable
+from .._errors import ProtocolError, Timeout
+from .._stream import Stream
+from ._connection import HTTPConnection
+from ._limits import Limits
+from ._models import Headers, Request, Response, Streamable
+
+__all__ = ["Handler", "Server", "serve"]
+
+log = logging.getLogger("duplex.server")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+# The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
+_HEAD_END = re.compile(rb"\n\r?\n")
+_NO_BODY_STATUSES = frozenset({204, 304})
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+class PeerGone(trio.BrokenResourceError):
+    """The peer closed or reset the connection while the exchange was in flight."""
+
+
+class ResponseEnded(trio.BrokenResourceError):
+    """The response ended before the request body was read."""
+
+
+def _error_response(status: int, message: str) -> bytes:
+    body = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode()
+    return (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "content-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+
+
+class Server:
+    """An HTTP/1.1 server that runs ``handler`` for every request.
+
+    Start it with ``server = await nursery.start(server.serve)`` (or ``duplex.serve``);
+    ``port`` is then the bound port. ``shutdown()`` stops it gracefully.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        limits: Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.requested_port = port
+        self.limits = limits or Limits()
+        self.ssl_context = ssl_context
+        self.reuse_port = reuse_port
+        self.listeners: list[trio.SocketListener] = []
+        self.shutting_down = False
+        self._connections: set[_ServerConnection] = set()
+        self._connections_changed = trio.lowlevel.ParkingLot()
+        self._accept_scope = trio.CancelScope()
+        self._serve_scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful after binding port 0)."""
+        if not self.listeners:
+            raise RuntimeError("the server is not listening yet")
+        port: int = self.listeners[0].socket.getsockname()[1]
+        return port
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open right now."""
+        return len(self._connections)
+
+    async def _listen(self) -> trio.SocketListener:
+        infos = await trio.socket.getaddrinfo(
+            self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, type_, proto, _, address = infos[0]
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            await sock.bind(address)
+            sock.listen(1024)
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketListener(sock)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until ``shutdown()`` finishes or the caller is cancelled.
+
+        ``task_status.started`` receives this server once it is listening.
+        """
+        self.listeners = [await self._listen()]
+        log.info("listening on %s:%d", self.host, self.port)
+        with self._serve_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._accept, nursery)
+                task_status.started(self)
+        self._stopped.set()
+
+    async def _accept(self, nursery: trio.Nursery) -> None:
+        with self._accept_scope:
+            await trio.serve_listeners(self._handle, self.listeners, handler_nursery=nursery)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        if len(self._connections) >= self.limits.max_connections:
+            await _answer_and_close(stream, 503, "too many connections")
+            return
+        transport: trio.abc.Stream = stream
+        if self.ssl_context is not None:
+            transport = trio.SSLStream(
+                stream, self.ssl_context, server_side=True, https_compatible=True
+            )
+        try:
+            client = stream.socket.getpeername()
+        except OSError:
+            client = None
+        connection = _ServerConnection(self, transport, client)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+            self._connections_changed.unpark_all()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let exchanges in flight finish within ``grace`` seconds
+        (default ``limits.shutdown_grace``), then cancel what is left.
+
+        Idle keep-alive connections close at once; busy ones close after their exchange.
+        Returns once the server has stopped.
+        """
+        grace = self.limits.shutdown_grace if grace is None else grace
+        self.shutting_down = True
+        self._accept_scope.cancel()
+        for connection in list(self._connections):
+            connection.shutdown()
+        with trio.move_on_after(grace):
+            while self._connections:
+                await self._connections_changed.park()
+        self._serve_scope.cancel()
+        await self._stopped.wait()
+
+
+async def serve(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    limits: Limits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` on ``host``:``port`` until cancelled or shut down.
+
+    ``server = await nursery.start(duplex.serve, handler, "127.0.0.1", 0)`` hands back
+    the ``Server``, already listening.
+    """
+    server = Server(
+        handler, host, port, limits=limits, ssl_context=ssl_context, reuse_port=reuse_port
+    )
+    await server.serve(task_status=task_status)
+
+
+async def _answer_and_close(stream: trio.abc.Stream, status: int, message: str) -> None:
+    """Send an error response, then close so that the peer still reads it.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the answer in flight; so the write side is shut first and a little input drained.
+    """
+    try:
+        with trio.move_on_after(1.0):
+            await stream.send_all(_error_response(status, message))
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < 65536:
+                data = await stream.receive_some(16384)
+                if not data:
+                    break
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+class _Exchange:
+    """One request and its response, with what each side knows of the other."""
+
+    __slots__ = (
+        "expects_continue",
+        "failed",
+        "head_started",
+        "keep_alive",
+        "nursery",
+        "request",
+        "request_body",
+        "response_body",
+        "response_done",
+        "watch_scope",
+    )
+
+    def __init__(self, request: Request, request_body: Writable, nursery: trio.Nursery) -> None:
+        self.request = request
+        self.request_body = request_body
+        self.nursery = nursery
+        self.response_body: Readable | None = None
+        self.head_started = False
+        self.response_done = False
+        self.failed = False
+        self.keep_alive = True
+        self.expects_continue = False
+        self.watch_scope = trio.CancelScope()
+
+    def fail(self, error: BaseException) -> None:
+        """The connection cannot go on: wake both bodies with ``error`` and cancel."""
+        self.failed = True
+        self.keep_alive = False
+        self.request_body.close_write_nowait(error)
+        body = self.response_body
+        if isinstance(body, Writable):
+            body.close_read_nowait(error)
+        self.nursery.cancel_scope.cancel()
+
+
+class _ServerConnection:
+    def __init__(
+        self, server: Server, stream: trio.abc.Stream, client: tuple[str, int] | None
+    ) -> None:
+        self.server = server
+        self.limits = limits = server.limits
+        self.http = HTTPConnection(
+            stream,
+            h11.SERVER,
+            max_incomplete_event_size=limits.max_header_size,
+            read_size=limits.read_size,
+            write_timeout=limits.write_timeout,
+        )
+        self.client = client
+        self.scheme = "https" if server.ssl_context is not None else "http"
+        self.idle = True
+        self.closing = False
+        self.cancel_scope = trio.CancelScope()
+
+    def shutdown(self) -> None:
+        self.closing = True
+        if self.idle:
+            self.cancel_scope.cancel()
+
+    async def run(self) -> None:
+        with self.cancel_scope:
+            try:
+                await self._serve()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+                log.debug("connection from %s ended: %r", self.client, error)
+            except ProtocolError as error:
+                log.debug("bad request from %s: %s", self.client, error)
+                await _answer_and_close(self.http.stream, error.status, str(error))
+            except Exception:
+                log.exception("unexpected error serving %s", self.client)
+        await self.http.aclose()
+
+    async def _serve(self) -> None:
+        limits = self.limits
+        served = 0
+        started = trio.current_time()
+        while not self.closing:
+            self.idle = True
+            event = await self._read_head(started, first=served == 0)
+            if event is None:
+                return
+            self.idle = False
+            served += 1
+            self._check_request(event)
+            last = (
+                limits.max_requests_per_connection is not None
+                and served >= limits.max_requests_per_connection
+            )
+            if not await self._exchange(event, last):
+                return
+            started = trio.current_time()
+            self.http.h11.start_next_cycle()
+
+    # -- the request head -------------------------------------------------------------
+
+    async def _read_head(self, started: float, *, first: bool) -> Any:
+        """The next ``h11.Request``, or None when the peer closes or idles out.
+
+        Raises ``ProtocolError`` with the status to answer (400, 408, 414, 431, 501).
+        """
+        limits = self.limits
+        head_deadline = inf if limits.header_timeout is None else started + limits.header_timeout
+        idle_deadline = head_deadline
+        if not first and limits.keep_alive_timeout is not None:
+            idle_deadline = min(head_deadline, started + limits.keep_alive_timeout)
+        while True:
+            self._check_head_bytes()
+            event = self.http.next_event()
+            if isinstance(event, h11.Request):
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if event is not h11.NEED_DATA:
+                raise ProtocolError(f"unexpected {type(event).__name__} before a request")
+            pending = len(self.http.buffered())
+            with trio.move_on_at(head_deadline if pending else idle_deadline) as scope:
+                got_data = await self.http.receive_data()
+            if scope.cancelled_caught:
+                if pending:
+                    raise ProtocolError("the request head did not arrive in time", 408)
+                return None
+            if not got_data and not pending:
+                return None
+
+    def _check_head_bytes(self) -> None:
+        """Reject, from the raw bytes, heads that h11 would accept or repair.
+
+        The size limits count the whole head however it arrives, and obs-fold, bare CR
+        and bare LF line ends are refused rather than repaired: each is a smuggling
+        vector when a proxy in front reads the head differently.
+        """
+        limits = self.limits
+        data = self.http.buffered()
+        line_end = data.find(b"\n", 0, limits.max_request_line + 2)
+        if line_end < 0:
+            if len(data) > limits.max_request_line + 1:
+                raise ProtocolError("request line too long", 414)
+            return
+        if line_end - (data[line_end - 1 : line_end] == b"\r") > limits.max_request_line:
+            raise ProtocolError("request line too long", 414)
+        match = _HEAD_END.search(data, line_end - 1 if line_end else 0)
+        if match is None:
+            if len(data) > limits.max_header_size:
+                raise ProtocolError("request head too large", 431)
+            return
+        end = match.end()
+        if end > limits.max_header_size:
+            raise ProtocolError("request head too large", 431)
+        crlf = data.count(b"\r\n", 0, end)
+        if data.count(b"\n", 0, end) != crlf:
+            raise ProtocolError("bare LF line ending in the request head")
+        if data.count(b"\r", 0, end) != crlf:
+            raise ProtocolError("bare CR in the request head")
+        if data.find(b"\n ", 0, end) >= 0 or data.find(b"\n\t", 0, end) >= 0:
+            raise ProtocolError("obsolete line folding in the request head")
+
+    def _check_request(self, event: h11.Request) -> None:
+        if event.http_version not in (b"1.1", b"1.0"):
+            raise ProtocolError(f"HTTP/{event.http_version.decode()} is not supported", 505)
+        names = [name for name, _ in event.headers]
+        if b"transfer-encoding" in names and b"content-length" in names:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        if names.count(b"content-length") > 1:
+            raise ProtocolError("repeated Content-Length")
+        max_body = self.limits.max_body_size
+        if max_body is not None and b"content-length" in names:
+            length = int(dict(event.headers)[b"content-length"])
+            if length > max_body:
+                raise ProtocolError("request body too large", 413)
+
+    # -- one exchange -----------------------------------------------------------------
+
+    async def _exchange(self, event: h11.Request, last: bool) -> bool:
+        """Serve one request; True if the connection may serve another."""
+        http = self.http
+        raw_headers = list(event.headers)
+        headers = Headers._from_h11(raw_headers)
+        length: int | None = 0  # no framing header: no body
+        for name, value in raw_headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                length = None
+        body = Writable(self.limits.body_buffer_size, length=length)
+        async with trio.open_nursery() as nursery:
+            request = Request(
+                event.method.decode("ascii"),
+                event.target.decode("latin-1"),
+                headers,
+                body,
+                http_version=event.http_version.decode("ascii"),
+                nursery=nursery,
+                client=self.client,
+                scheme=self.scheme,
+            )
+            exchange = _Exchange(request, body, nursery)
+            exchange.keep_alive = not last
+            exchange.expects_continue = http.h11.they_are_waiting_for_100_continue
+            nursery.start_soon(self._respond, exchange)
+            error_status: int | None = None
+            try:
+                if not await self._pump_body(exchange):
+                    exchange.keep_alive = False
+                if not exchange.response_done:
+                    with exchange.watch_scope:
+                        await http.wait_peer_gone()
+                        log.debug("peer %s went away mid-exchange", self.client)
+                        exchange.fail(PeerGone("the peer closed the connection"))
+            except ProtocolError as error:
+                log.debug("bad request body from %s: %s", self.client, error)
+                error_status = error.status
+                exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
+            except Timeout as error:
+                log.debug("request body from %s timed out", self.client)
+                error_status = 408
+                exchange.fail(error)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                log.debug("peer %s went away mid-body: %r", self.client, error)
+                exchange.fail(PeerGone("the peer closed the connection mid-body"))
+            # The exchange is over once both messages are: leftover tasks stop here.
+            nursery.cancel_scope.cancel()
+        if error_status is not None and not exchange.head_started:
+            await _answer_and_close(http.stream, error_status, HTTPStatus(error_status).phrase)
+            return False
+        if exchange.failed or not exchange.keep_alive:
+            return False
+        return http.h11.our_state is h11.DONE and http.h11.their_state is h11.DONE
+
+    async def _pump_body(self, exchange: _Exchange) -> bool:
+        """Read the request body from the socket into ``request.body``.
+
+        Returns True once the body has ended, False if the response ended first and
+        more than ``max_drain_size`` bytes remained.
+        """
+        http, limits, body = self.http, self.limits, exchange.request_body
+        if exchange.expects_continue:
+            # 100 Continue only once the handler asks for the body, as RFC 9110 intends.
+            await body.wait_reader()
+            if http.h11.they_are_waiting_for_100_continue and not body.read_closed:
+                await http.send(h11.InformationalResponse(status_code=100, headers=[]))
+        received = 0
+        drained = 0
+        while True:
+            event = await http.receive_event(limits.read_timeout, "read")
+            if isinstance(event, h11.Data):
+                received += len(event.data)
+                if limits.max_body_size is not None and received > limits.max_body_size:
+                    raise ProtocolError("request body too large", 413)
+                if not body.read_closed:
+                    try:
+                        await body.write(event.data)
+                        continue
+                    except trio.BrokenResourceError:
+                        pass
+                drained += len(event.data)
+                if drained > limits.max_drain_size:
+                    return False
+            elif isinstance(event, h11.EndOfMessage):
+                body.close_write_nowait()
+                return True
+            else:
+                raise trio.BrokenResourceError("the peer closed the connection mid-body")
+
+    async def _respond(self, exchange: _Exchange) -> None:
+        request = exchange.request
+        try:
+            try:
+                response = await self.server.handler(request)
+                if not isinstance(response, Response):
+                    raise TypeError(f"the handler returned {response!r}, not a duplex.Response")
+            except Exception:
+                log.exception("handler failed for %s %s", request.method, request.target)
+                exchange.keep_alive = False
+                response = Response(500, body="Internal Server Error")
+            await self._send_response(exchange, response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+            log.debug("could not finish the response to %s: %r", self.client, error)
+            exchange.fail(PeerGone("the peer went away"))
+        except Exception as error:
+            log.exception("response to %s %s failed", request.method, request.target)
+            exchange.fail(error)
+        finally:
+            exchange.response_done = True
+            exchange.watch_scope.cancel()
+            exchange.request_body.close_read_nowait(ResponseEnded("the response has ended"))
+
+    async def _send_response(self, exchange: _Exchange, response: Response) -> None:
+        http = self.http
+        request = exchange.request
+        headers = list(response.headers.raw)
+        if self.closing or self.server.shutting_down or not exchange.keep_alive:
+            headers.append((b"connection", b"close"))
+        body = response.body
+        no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
+        has_length = any(name == b"content-length" for name, _ in headers)
+        reason = response.reason or _REASONS.get(response.status, b"")
+        head = h11.Response(status_code=response.status, headers=headers, reason=reason)
+        exchange.head_started = True
+        if isinstance(body, bytes):
+            if not has_length and response.status not in _NO_BODY_STATUSES:
+                headers.append((b"content-length", str(len(body)).encode()))
+                head = h11.Response(status_code=response.status, headers=headers, reason=reason)
+            events: list[Any] = [head]
+            if body and not no_body:
+                events.append(h11.Data(data=body))
+            events.append(h11.EndOfMessage())
+            await http.send(*events)
+            return
+        if isinstance(body, Readable):
+            if body.length is not None and not has_length and not no_body:
+                headers.append((b"content-length", str(body.length).encode()))
+                head = h11.Response(status_code=response.status, headers=headers, reason=reason)
+            exchange.response_body = body
+            await http.send(head)
+            if no_body:
+                await body.aclose()
+            else:
+                await self._send_readable(body)
+        elif isinstance(body, Streamable):
+            await http.send(head)
+            if not no_body:
+                output = Writable()
+                exchange.response_body = output
+                stream = Stream(request.body, output)
+                exchange.nursery.start_soon(_run_streamable, body, stream)
+                await self._send_readable(output)
+        else:
+            await http.send(head)
+            if not no_body:
+                await self._send_iterable(body)
+        trailers = response.trailers.raw if response.trailers is not None else []
+        await http.send(h11.EndOfMessage(headers=trailers))
+
+    async def _send_readable(self, body: Readable) -> None:
+        send = self.http.send
+        try:
+            while chunk := await body.read():
+                await send(h11.Data(data=chunk))
+        finally:
+            with trio.CancelScope(shield=True):
+                await body.aclose()
+
+    async def _send_iterable(self, body: AsyncIterable[bytes]) -> None:
+        send = self.http.send
+        async for chunk in body:
+            if chunk:
+                await send(h11.Data(data=chunk))
+
+
+async def _run_streamable(body: Streamable, stream: Stream) -> None:
+    """Run the user's ``fn(stream)``; the response ends when it returns."""
+    try:
+        await body.fn(stream)
+    except Exception as error:
+        log.exception("streamable %r failed", body.fn)
+        if stream.output is not None:
+            stream.output.close_write_nowait(error)
+        await stream.close_read()
+    else:
+        await stream.aclose()
