@@ -1,0 +1,83 @@
+"""The ``duplex`` command line: ``echo``, ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ._stream import Stream
+from .http import Handler, Request, Response, Server, Streamable
+
+__all__ = ["echo", "main"]
+
+log = logging.getLogger("duplex")
+
+
+async def echo(request: Request) -> Response:
+    """Stream every request body back as it arrives (the bi-directional style)."""
+
+    async def copy(stream: Stream) -> None:
+        while chunk := await stream.readpartial(65536):
+            await stream.write(chunk)
+
+    return Response(200, {"content-type": "application/octet-stream"}, Streamable(copy))
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``module:attribute`` and return the handler it names."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"duplex: expected module:handler, got {spec!r}")
+    sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SystemExit(f"duplex: cannot import {module_name!r}: {error}") from error
+    handler = module
+    for part in attribute.split("."):
+        try:
+            handler = getattr(handler, part)
+        except AttributeError:
+            raise SystemExit(f"duplex: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(handler):
+        raise SystemExit(f"duplex: {spec!r} is not callable")
+    return handler  # type: ignore[return-value]
+
+
+async def run_server(server: Server) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        print(f"duplex: serving on http://{server.host}:{server.port}/", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                break
+        await server.shutdown()
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
+    parser.add_argument("--log-level", default="info", help="logging level (info)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    echo_parser = commands.add_parser("echo", help="stream every request body back")
+    _add_address(echo_parser)
+    serve_parser = commands.add_parser("serve", help="serve module:handler")
+    serve_parser.add_argument("handler", help="the handler, as module:attribute")
+    _add_address(serve_parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
+    trio.run(run_server, Server(handler, args.host, args.port))
+    return 0
