@@ -3,10 +3,28 @@
 from ._body import Buffered, Readable, Writable
 from ._errors import IncompleteRead, ProtocolError, Timeout
 from ._stream import Stream
-from .http import Handler, Headers, Limits, PeerGone, Request, Response, Server, Streamable, serve
+from ._version import __version__
+from .http import (
+    Client,
+    ClientLimits,
+    ClientResponse,
+    Handler,
+    Headers,
+    Limits,
+    PeerGone,
+    Request,
+    Response,
+    Server,
+    Streamable,
+    TooManyRedirects,
+    serve,
+)
 
 __all__ = [
     "Buffered",
+    "Client",
+    "ClientLimits",
+    "ClientResponse",
     "Handler",
     "Headers",
     "IncompleteRead",
@@ -20,8 +38,8 @@ __all__ = [
     "Stream",
     "Streamable",
     "Timeout",
+    "TooManyRedirects",
     "Writable",
+    "__version__",
     "serve",
 ]
-
-__version__ = "0.1.0"

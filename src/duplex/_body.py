@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 from abc import abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TypeAlias
 
@@ -92,12 +92,12 @@ class Readable(trio.abc.ReceiveStream):
         finally:
             self._reading = False
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while chunk := await self.read():
-            yield chunk
+    async def __anext__(self) -> bytes:
+        """``async for chunk in body``: the chunks of ``read()`` until the end."""
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
     async def join(self) -> bytes:
         """Read to the end and return everything as one ``bytes``."""
@@ -245,10 +245,7 @@ class Writable(Readable, trio.abc.SendStream):
         head = self._queue[0]
         start = self._offset
         end = len(head) if max_bytes is None else min(len(head), start + max_bytes)
-        if start == 0 and end == len(head):
-            data = head
-        else:
-            data = bytes(memoryview(head)[start:end])
+        data = head if start == 0 and end == len(head) else bytes(memoryview(head)[start:end])
         if end == len(head):
             self._queue.popleft()
             self._offset = 0

@@ -47,7 +47,7 @@ def load_handler(spec: str) -> Handler:
             raise SystemExit(f"duplex: {module_name!r} has no attribute {attribute!r}") from None
     if not callable(handler):
         raise SystemExit(f"duplex: {spec!r} is not callable")
-    return handler  # type: ignore[return-value]
+    return handler
 
 
 async def run_server(server: Server) -> None:

@@ -25,11 +25,14 @@ class IncompleteRead(EOFError):
         self.expected = expected
 
 
-class ProtocolError(Exception):
-    """The peer broke HTTP/1.1: malformed, truncated or hostile input.
+class ProtocolError(trio.BrokenResourceError):
+    """The peer broke HTTP/1.1: malformed, truncated or hostile input, or a connection
+    closed in the middle of a message.
 
-    ``status`` is the HTTP status a server answers it with (400 unless a more precise one
-    applies: 413, 414, 431, 501, 505). The parser's own exception is the ``__cause__``.
+    A ``trio.BrokenResourceError``, so a body whose peer broke the protocol fails the way
+    every broken body does. ``status`` is the HTTP status a server answers it with (400
+    unless a more precise one applies: 413, 414, 431, 501, 505). The parser's or the
+    socket's own exception is the ``__cause__``.
     """
 
     def __init__(self, message: str, status: int = 400) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from types import TracebackType
 
 import trio
@@ -138,12 +137,12 @@ class Stream(trio.abc.HalfCloseableStream):
         finally:
             self._reading = False
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while chunk := await self.readpartial():
-            yield chunk
+    async def __anext__(self) -> bytes:
+        """``async for chunk in stream``: ``readpartial()`` until EOF."""
+        chunk = await self.readpartial()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
     # -- writing ----------------------------------------------------------------------
 

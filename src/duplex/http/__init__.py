@@ -1,17 +1,23 @@
 """HTTP/1.1 on h11: the full-duplex server, its models and limits."""
 
-from ._limits import Limits
+from ._client import Client, ClientResponse, RequestBody, TooManyRedirects
+from ._limits import ClientLimits, Limits
 from ._models import Headers, Request, Response, Streamable
 from ._server import Handler, PeerGone, Server, serve
 
 __all__ = [
+    "Client",
+    "ClientLimits",
+    "ClientResponse",
     "Handler",
     "Headers",
     "Limits",
     "PeerGone",
     "Request",
+    "RequestBody",
     "Response",
     "Server",
     "Streamable",
+    "TooManyRedirects",
     "serve",
 ]

@@ -97,7 +97,7 @@ class HTTPConnection:
             data = await self.stream.receive_some(self.read_size)
         self.bytes_received += len(data)
         with _mapped_h11_errors():
-            self.h11.receive_data(data)
+            self.h11.receive_data(data if type(data) is bytes else bytes(data))
         return bool(data)
 
     async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:

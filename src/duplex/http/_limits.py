@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits"]
+__all__ = ["ClientLimits", "Limits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,5 +38,32 @@ class Limits:
     max_drain_size: int = 65536
     #: Bytes of request body queued for a handler that has not read them yet.
     body_buffer_size: int = 65536
+    #: Bytes asked of the socket in one read.
+    read_size: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Timeouts and pool sizes for ``duplex.Client``; ``None`` switches a limit off.
+
+    A timeout that expires raises ``duplex.Timeout`` naming its phase.
+    """
+
+    #: Opening a connection, TLS handshake included.
+    connect_timeout: float | None = 10.0
+    #: Longest wait for any progress reading the response (head or body).
+    read_timeout: float | None = 60.0
+    #: Longest wait for the server to take any of the request.
+    write_timeout: float | None = 60.0
+    #: Longest wait for a free connection when the origin is at its maximum.
+    pool_timeout: float | None = 10.0
+    #: Connections to one origin (scheme, host, port) at once, busy or idle.
+    max_connections_per_origin: int = 100
+    #: Idle keep-alive connections kept per origin.
+    max_idle_connections: int = 20
+    #: How long an idle connection is kept before it is closed instead of reused.
+    idle_expiry: float | None = 30.0
+    #: The whole response head (the client's defence against a hostile server).
+    max_response_header_size: int = 65536
     #: Bytes asked of the socket in one read.
     read_size: int = 65536

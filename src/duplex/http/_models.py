@@ -23,7 +23,8 @@ __all__ = [
 ]
 
 HeadersLike: TypeAlias = (
-    "Headers | Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[str | bytes, str | bytes]]"
+    "Headers | Mapping[str, str] | Mapping[bytes, bytes]"
+    " | Iterable[tuple[str | bytes, str | bytes]]"
 )
 
 # RFC 9110 token characters for field names; values are visible characters, obs-text,
@@ -180,7 +181,9 @@ class Streamable:
         return f"Streamable({self.fn!r})"
 
 
-Body: TypeAlias = "bytes | bytearray | memoryview | str | Readable | AsyncIterable[bytes] | Streamable"
+Body: TypeAlias = (
+    "bytes | bytearray | memoryview | str | Readable | AsyncIterable[bytes] | Streamable"
+)
 
 
 class Response:

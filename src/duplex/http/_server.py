@@ -285,11 +285,11 @@ class _ServerConnection:
         with self.cancel_scope:
             try:
                 await self._serve()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
-                log.debug("connection from %s ended: %r", self.client, error)
             except ProtocolError as error:
                 log.debug("bad request from %s: %s", self.client, error)
                 await _answer_and_close(self.http.stream, error.status, str(error))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+                log.debug("connection from %s ended: %r", self.client, error)
             except Exception:
                 log.exception("unexpected error serving %s", self.client)
         await self.http.aclose()
