@@ -1,18 +1,20 @@
-"""The ``duplex`` command line: ``echo``, ``serve``."""
+"""The ``duplex`` command line: ``echo``, ``serve``, ``request``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
+from ._errors import ProtocolError, Timeout
 from ._stream import Stream
-from .http import Handler, Request, Response, Server, Streamable
+from .http import Client, Handler, Request, Response, Server, Streamable
 
 __all__ = ["echo", "main"]
 
@@ -62,6 +64,39 @@ async def run_server(server: Server) -> None:
         await server.shutdown()
 
 
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        while chunk := await stdin.receive_some(65536):
+            yield bytes(chunk)
+
+
+async def run_request(method: str, url: str, headers: list[str], send_body: bool) -> int:
+    """Stream standard input into the request body while the response body streams to
+    standard output; return the exit status (1 for an HTTP error status)."""
+    pairs = []
+    for header in headers:
+        name, colon, value = header.partition(":")
+        if not colon:
+            print(f"duplex: bad header {header!r} (expected 'Name: value')", file=sys.stderr)
+            return 2
+        pairs.append((name.strip(), value.strip()))
+    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    try:
+        async with Client() as client, stdout:
+            body = _stdin_chunks() if send_body else None
+            response = await client.request(method, url, headers=pairs, body=body)
+            async for chunk in response.body:
+                await stdout.send_all(chunk)
+    except (OSError, ProtocolError, Timeout) as error:
+        print(f"duplex: {method} {url} failed: {error}", file=sys.stderr)
+        return 2
+    if response.status >= 400:
+        print(f"duplex: HTTP {response.status} {response.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
@@ -69,15 +104,34 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
-    parser.add_argument("--log-level", default="info", help="logging level (info)")
+    parser.add_argument("--log-level", default="warning", help="logging level (warning)")
     commands = parser.add_subparsers(dest="command", required=True)
     echo_parser = commands.add_parser("echo", help="stream every request body back")
     _add_address(echo_parser)
     serve_parser = commands.add_parser("serve", help="serve module:handler")
     serve_parser.add_argument("handler", help="the handler, as module:attribute")
     _add_address(serve_parser)
+    request_parser = commands.add_parser(
+        "request",
+        help="send a request: standard input streams up while the response streams down",
+    )
+    request_parser.add_argument("method", help="GET, POST, PUT, ...")
+    request_parser.add_argument("url")
+    request_parser.add_argument(
+        "-H", "--header", action="append", default=[], help="'Name: value' (repeatable)"
+    )
+    request_parser.add_argument(
+        "--body",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send standard input as the body (default: for POST, PUT and PATCH)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "request":
+        method = args.method.upper()
+        send_body = args.body if args.body is not None else method in ("POST", "PUT", "PATCH")
+        return trio.run(run_request, method, args.url, args.header, send_body)
     handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
     trio.run(run_server, Server(handler, args.host, args.port))
     return 0

@@ -453,7 +453,14 @@ class Client:
     ) -> bool | None:
         self._close()
         assert self._exit_stack is not None
-        return await self._exit_stack.__aexit__(exc_type, exc_value, traceback)
+        try:
+            return await self._exit_stack.__aexit__(exc_type, exc_value, traceback)
+        except BaseExceptionGroup as group:
+            # The body tasks never raise, so a group holding just the exception that left
+            # the `async with` block is that exception: give it back to the caller as is.
+            if exc_value is not None and list(group.exceptions) == [exc_value]:
+                raise exc_value from exc_value.__cause__
+            raise
 
     def _close(self) -> None:
         self._pool.close()
