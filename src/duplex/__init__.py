@@ -1,7 +1,10 @@
 """duplex: bidirectional byte streams over HTTP, on Trio."""
 
+from . import sse
 from ._body import Buffered, Readable, Writable
+from ._channel import Channel, CloseStatus, channel
 from ._errors import IncompleteRead, ProtocolError, Timeout
+from ._group import ChannelGroup
 from ._stream import Stream
 from ._version import __version__
 from .http import (
@@ -22,9 +25,12 @@ from .http import (
 
 __all__ = [
     "Buffered",
+    "Channel",
+    "ChannelGroup",
     "Client",
     "ClientLimits",
     "ClientResponse",
+    "CloseStatus",
     "Handler",
     "Headers",
     "IncompleteRead",
@@ -41,5 +47,7 @@ __all__ = [
     "TooManyRedirects",
     "Writable",
     "__version__",
+    "channel",
     "serve",
+    "sse",
 ]

@@ -13,6 +13,8 @@ from .._stream import Stream
 if TYPE_CHECKING:
     import trio
 
+    from ._takeover import Takeover
+
 __all__ = [
     "Body",
     "Headers",
@@ -182,7 +184,7 @@ class Streamable:
 
 
 Body: TypeAlias = (
-    "bytes | bytearray | memoryview | str | Readable | AsyncIterable[bytes] | Streamable"
+    "bytes | bytearray | memoryview | str | Readable | AsyncIterable[bytes] | Streamable | Takeover"
 )
 
 
@@ -218,7 +220,7 @@ class Response:
                 self.headers.add("content-type", "text/plain; charset=utf-8")
         elif isinstance(body, bytearray | memoryview):
             body = bytes(body)
-        self.body: bytes | Readable | AsyncIterable[bytes] | Streamable = body
+        self.body: bytes | Readable | AsyncIterable[bytes] | Streamable | Takeover = body
         self.trailers = Headers(trailers) if trailers is not None else None
 
     def __repr__(self) -> str:

@@ -24,7 +24,8 @@ from .._errors import ProtocolError, Timeout
 from .._stream import Stream
 from ._connection import HTTPConnection
 from ._limits import Limits
-from ._models import Headers, Request, Response, Streamable
+from ._models import Headers, HeadersLike, Request, Response, Streamable
+from ._takeover import Takeover
 
 __all__ = ["Handler", "Server", "serve"]
 
@@ -86,6 +87,8 @@ class Server:
         self._accept_scope = trio.CancelScope()
         self._serve_scope = trio.CancelScope()
         self._stopped = trio.Event()
+        #: Set when ``shutdown()`` starts; long-lived exchanges (channels) watch it.
+        self.closing = trio.Event()
 
     @property
     def port(self) -> int:
@@ -164,6 +167,7 @@ class Server:
         """
         grace = self.limits.shutdown_grace if grace is None else grace
         self.shutting_down = True
+        self.closing.set()
         self._accept_scope.cancel()
         for connection in list(self._connections):
             connection.shutdown()
@@ -222,6 +226,7 @@ class _Exchange:
     """One request and its response, with what each side knows of the other."""
 
     __slots__ = (
+        "detached",
         "expects_continue",
         "failed",
         "head_started",
@@ -244,6 +249,7 @@ class _Exchange:
         self.failed = False
         self.keep_alive = True
         self.expects_continue = False
+        self.detached = False
         self.watch_scope = trio.CancelScope()
 
     def fail(self, error: BaseException) -> None:
@@ -441,12 +447,14 @@ class _ServerConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 log.debug("peer %s went away mid-body: %r", self.client, error)
                 exchange.fail(PeerGone("the peer closed the connection mid-body"))
-            # The exchange is over once both messages are: leftover tasks stop here.
-            nursery.cancel_scope.cancel()
+            # The exchange is over once both messages are: leftover tasks stop here. A
+            # detached connection is another protocol's now, and ends with its task.
+            if not exchange.detached:
+                nursery.cancel_scope.cancel()
         if error_status is not None and not exchange.head_started:
             await _answer_and_close(http.stream, error_status, HTTPStatus(error_status).phrase)
             return False
-        if exchange.failed or not exchange.keep_alive:
+        if exchange.failed or exchange.detached or not exchange.keep_alive:
             return False
         return http.h11.our_state is h11.DONE and http.h11.their_state is h11.DONE
 
@@ -509,6 +517,9 @@ class _ServerConnection:
             exchange.request_body.close_read_nowait(ResponseEnded("the response has ended"))
 
     async def _send_response(self, exchange: _Exchange, response: Response) -> None:
+        if isinstance(response.body, Takeover):
+            await self._run_takeover(exchange, response.body)
+            return
         http = self.http
         request = exchange.request
         headers = list(response.headers.raw)
@@ -555,6 +566,19 @@ class _ServerConnection:
         trailers = response.trailers.raw if response.trailers is not None else []
         await http.send(h11.EndOfMessage(headers=trailers))
 
+    async def _run_takeover(self, exchange: _Exchange, takeover: Takeover) -> None:
+        control = _Control(self, exchange)
+        await takeover.fn(control)
+        if control.detached:
+            return
+        if not exchange.head_started:
+            exchange.keep_alive = False
+            await control.start(500, {"content-type": "text/plain; charset=utf-8"})
+            await control.write(b"the response ended before it began\n")
+            await control.end()
+        elif not control.ended:
+            raise trio.BrokenResourceError("the response was left unfinished")
+
     async def _send_readable(self, body: Readable) -> None:
         send = self.http.send
         try:
@@ -571,12 +595,71 @@ class _ServerConnection:
                 await send(h11.Data(data=chunk))
 
 
+class _Control:
+    """The server's side of a ``Takeover``: the exchange, handed to its function."""
+
+    def __init__(self, connection: _ServerConnection, exchange: _Exchange) -> None:
+        self._connection = connection
+        self._exchange = exchange
+        self.detached = False
+        self.ended = False
+
+    @property
+    def request(self) -> Request:
+        return self._exchange.request
+
+    @property
+    def gone(self) -> bool:
+        return self._exchange.failed
+
+    @property
+    def server_closing(self) -> trio.Event:
+        return self._connection.server.closing
+
+    async def start(self, status: int, headers: HeadersLike | None = None) -> None:
+        if self._exchange.head_started or self.detached:
+            raise RuntimeError("the response has already started")
+        response = Response(status, headers)
+        raw = list(response.headers.raw)
+        connection = self._connection
+        if connection.closing or connection.server.shutting_down:
+            raw.append((b"connection", b"close"))
+        reason = _REASONS.get(status, b"")
+        self._exchange.head_started = True
+        await connection.http.send(h11.Response(status_code=status, headers=raw, reason=reason))
+
+    async def write(self, data: bytes) -> None:
+        if data and self._exchange.request.method != "HEAD":
+            await self._connection.http.send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            await self._connection.http.send(h11.EndOfMessage())
+
+    async def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        if self._exchange.head_started:
+            raise RuntimeError("cannot detach once the response has started")
+        exchange = self._exchange
+        exchange.detached = self.detached = True
+        exchange.keep_alive = False
+        # The connection task watches the socket for the peer leaving; it must stop
+        # before the new protocol reads from it.
+        exchange.watch_scope.cancel()
+        await trio.lowlevel.checkpoint()
+        http = self._connection.http
+        return http.stream, http.h11.trailing_data[0]
+
+
 async def _run_streamable(body: Streamable, stream: Stream) -> None:
     """Run the user's ``fn(stream)``; the response ends when it returns."""
     try:
         await body.fn(stream)
     except Exception as error:
-        log.exception("streamable %r failed", body.fn)
+        if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
+            log.debug("streamable %r stopped: %r", body.fn, error)  # the peer, not a bug
+        else:
+            log.exception("streamable %r failed", body.fn)
         if stream.output is not None:
             stream.output.close_write_nowait(error)
         await stream.close_read()

@@ -1,0 +1,66 @@
+"""Takeover: a response that drives its own exchange (what channels are built on)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from ._models import HeadersLike, Request
+
+__all__ = ["ResponseControl", "Takeover"]
+
+
+class ResponseControl(Protocol):
+    """What the server hands a ``Takeover`` function: the exchange, under its control.
+
+    Either it sends a response (``start``, ``write`` as often as needed, ``end``), or it
+    ``detach``es the connection to speak another protocol on it (a WebSocket).
+    """
+
+    @property
+    def request(self) -> Request: ...
+
+    @property
+    def gone(self) -> bool:
+        """True once the peer has gone away (the exchange is then cancelled)."""
+        ...
+
+    @property
+    def server_closing(self) -> trio.Event:
+        """Set when the server starts a graceful shutdown."""
+        ...
+
+    async def start(self, status: int, headers: HeadersLike | None = None) -> None:
+        """Send the response head: Content-Length framing if ``headers`` name a length,
+        else chunked (close-delimited for HTTP/1.0)."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send part of the body (after ``start``)."""
+        ...
+
+    async def end(self) -> None:
+        """Finish the response (after ``start``)."""
+        ...
+
+    async def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        """Take the connection over: the transport and the bytes that the server read
+        after the request head. The server stops reading and watching it, never reuses
+        it, and closes it when the ``Takeover`` function returns."""
+        ...
+
+
+class Takeover:
+    """A response body that takes over the exchange: ``fn(control)`` runs once the
+    handler returns and decides what is sent and when; the exchange ends when it
+    returns."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[ResponseControl], Awaitable[object]]) -> None:
+        self.fn = fn
+
+    def __repr__(self) -> str:
+        return f"Takeover({self.fn!r})"
