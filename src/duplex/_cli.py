@@ -8,12 +8,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
 from ._errors import ProtocolError, Timeout
 from ._stream import Stream
+from .demo import Demo
 from .http import Client, Handler, Request, Response, Server, Streamable
 
 __all__ = ["echo", "main"]
@@ -52,9 +53,16 @@ def load_handler(spec: str) -> Handler:
     return handler
 
 
-async def run_server(server: Server) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+async def run_server(
+    server: Server, background: Callable[[], Awaitable[object]] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully.
+
+    ``background`` runs beside the server and is cancelled once it has stopped.
+    """
     async with trio.open_nursery() as nursery:
+        if background is not None:
+            nursery.start_soon(background)
         await nursery.start(server.serve)
         print(f"duplex: serving on http://{server.host}:{server.port}/", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -62,6 +70,7 @@ async def run_server(server: Server) -> None:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
         await server.shutdown()
+        nursery.cancel_scope.cancel()
 
 
 async def _stdin_chunks() -> AsyncIterator[bytes]:
@@ -106,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
     parser.add_argument("--log-level", default="warning", help="logging level (warning)")
     commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser(
+        "demo", help="serve a page that shows SSE, WebSocket, long-polling and streaming"
+    )
+    _add_address(demo_parser)
     echo_parser = commands.add_parser("echo", help="stream every request body back")
     _add_address(echo_parser)
     serve_parser = commands.add_parser("serve", help="serve module:handler")
@@ -132,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         method = args.method.upper()
         send_body = args.body if args.body is not None else method in ("POST", "PUT", "PATCH")
         return trio.run(run_request, method, args.url, args.header, send_body)
+    if args.command == "demo":
+        demo = Demo()
+        trio.run(run_server, Server(demo.handler, args.host, args.port), demo.run)
+        return 0
     handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
     trio.run(run_server, Server(handler, args.host, args.port))
     return 0
