@@ -12,6 +12,7 @@ import sys
 import trio
 
 import duplex
+
 from echo_server import echo_streamable
 
 

@@ -34,6 +34,10 @@ State: TypeAlias = Literal["new", "open", "closed", "errored"]
 Transport: TypeAlias = Literal["http", "sse", "websocket"]
 Callback: TypeAlias = Callable[..., Any]
 
+#: WebSocket close codes that mean the conversation broke: protocol error, unsupported
+#: or invalid data, policy violation, message too big, missing extension, server error.
+_WEBSOCKET_ERRORS = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 1011})
+
 #: How long ``on_close`` and ``after_close`` may run once the exchange is cancelled.
 _CLEANUP_SECONDS = 5.0
 
@@ -449,7 +453,11 @@ class Channel:
             return CloseStatus("gone", 1006, "the connection dropped without a close frame")
         if self._close_status is not None and self._close_status.kind != "gone":
             return self._close_status
-        return CloseStatus("client", int(reason.code), reason.reason or "")
+        code = int(reason.code)
+        # These codes report a broken conversation (a protocol error, bad data, a message
+        # over the limit), whichever side noticed, not a choice to leave.
+        kind: Literal["client", "error"] = "error" if code in _WEBSOCKET_ERRORS else "client"
+        return CloseStatus(kind, code, reason.reason or "")
 
     async def _write_loop(self, control: ResponseControl) -> None:
         head_sent = self.transport != "http"
