@@ -7,6 +7,7 @@ from ._errors import IncompleteRead, ProtocolError, Timeout
 from ._group import ChannelGroup
 from ._stream import Stream
 from ._version import __version__
+from ._workers import WorkersFailed, serve_workers
 from .http import (
     Client,
     ClientLimits,
@@ -45,9 +46,11 @@ __all__ = [
     "Streamable",
     "Timeout",
     "TooManyRedirects",
+    "WorkersFailed",
     "Writable",
     "__version__",
     "channel",
     "serve",
+    "serve_workers",
     "sse",
 ]

@@ -9,11 +9,13 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 
 import trio
 
 from ._errors import ProtocolError, Timeout
 from ._stream import Stream
+from ._workers import WorkersFailed, serve_workers
 from .demo import Demo
 from .http import Client, Handler, Request, Response, Server, Streamable
 
@@ -124,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="serve module:handler")
     serve_parser.add_argument("handler", help="the handler, as module:attribute")
     _add_address(serve_parser)
+    serve_parser.add_argument(
+        "--workers", type=int, default=None, help="serve from N processes on one port"
+    )
+    # A worker of `--workers`: binds with SO_REUSEPORT beside its siblings.
+    serve_parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     request_parser = commands.add_parser(
         "request",
         help="send a request: standard input streams up while the response streams down",
@@ -149,6 +156,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo = Demo()
         trio.run(run_server, Server(demo.handler, args.host, args.port), demo.run)
         return 0
+    if args.command == "serve" and args.workers is not None:
+        return run_workers(args.handler, args.host, args.port, args.workers)
     handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
-    trio.run(run_server, Server(handler, args.host, args.port))
+    reuse_port = args.command == "serve" and args.worker
+    trio.run(run_server, Server(handler, args.host, args.port, reuse_port=reuse_port))
+    return 0
+
+
+def run_workers(spec: str, host: str, port: int, workers: int) -> int:
+    """Serve ``spec`` from ``workers`` processes; the exit status."""
+    load_handler(spec)  # fail here, once, with a clear message, not in every worker
+
+    class Announce:
+        def started(self, bound: int) -> None:
+            print(f"duplex: serving on http://{host}:{bound}/ with {workers} workers", flush=True)
+
+    try:
+        trio.run(partial(serve_workers, spec, host, port, workers=workers, task_status=Announce()))
+    except WorkersFailed as error:
+        print(f"duplex: {error}", file=sys.stderr)
+        return 1
     return 0
