@@ -5,6 +5,7 @@ from ._body import Buffered, Readable, Writable
 from ._channel import Channel, CloseStatus, channel
 from ._errors import IncompleteRead, ProtocolError, Timeout
 from ._group import ChannelGroup
+from ._redis import BroadcastError, RedisChannelGroup
 from ._stream import Stream
 from ._version import __version__
 from ._workers import WorkersFailed, serve_workers
@@ -25,6 +26,7 @@ from .http import (
 )
 
 __all__ = [
+    "BroadcastError",
     "Buffered",
     "Channel",
     "ChannelGroup",
@@ -39,6 +41,7 @@ __all__ = [
     "PeerGone",
     "ProtocolError",
     "Readable",
+    "RedisChannelGroup",
     "Request",
     "Response",
     "Server",

@@ -1,0 +1,223 @@
+"""A ChannelGroup whose broadcasts reach members in every process, through Redis.
+
+Each process holds its own members; ``broadcast`` publishes to a Redis channel that every
+process subscribes to, and each delivers to its local members. With ``history``, events
+also go to a Redis stream (trimmed to ``history`` entries) in the same atomic step, so
+an SSE client that reconnects to any process with ``Last-Event-ID`` gets what it missed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import trio
+
+from ._channel import Channel, Message
+from ._group import Broadcast, ChannelGroup
+from .sse import Event
+
+__all__ = ["BroadcastError", "RedisChannelGroup"]
+
+log = logging.getLogger("duplex.redis")
+
+# XADD and PUBLISH as one step, so the stream's order is the order subscribers see.
+_PUBLISH_WITH_HISTORY = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'm', ARGV[2])
+return redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
+"""
+
+
+class BroadcastError(ConnectionError):
+    """A broadcast could not reach Redis (down, restarting, or too slow to answer)."""
+
+
+def _encode(message: Message, close: bool) -> str:
+    if isinstance(message, Event):
+        body: dict[str, Any] = {"k": "e", "d": message.data, "e": message.event}
+        if message.retry is not None:
+            body["r"] = message.retry
+    elif isinstance(message, str):
+        body = {"k": "s", "d": message}
+    else:
+        body = {"k": "b", "d": base64.b64encode(message).decode("ascii")}
+    if close:
+        body["c"] = 1
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _decode(payload: str, event_id: str | None) -> tuple[Message, bool]:
+    body = json.loads(payload)
+    kind = body["k"]
+    message: Message
+    if kind == "b":
+        message = base64.b64decode(body["d"])
+    elif kind == "s" and event_id is None:
+        message = body["d"]
+    else:
+        message = Event(body["d"], body.get("e"), event_id, body.get("r"))
+    return message, bool(body.get("c"))
+
+
+class RedisChannelGroup(ChannelGroup):
+    """``ChannelGroup`` across processes: use it as
+    ``async with duplex.RedisChannelGroup("redis://127.0.0.1:6379", "room") as group``.
+
+    ``broadcast(message)`` publishes through Redis and returns how many processes
+    received it; each delivers to its local members in publish order. Broadcasting a
+    function reaches local members only (a function cannot travel). If Redis cannot be
+    reached within ``timeout`` seconds, ``broadcast`` raises ``BroadcastError``; the
+    subscription reconnects and resubscribes by itself. Without history, delivery is
+    at most once: what is published while a process is resubscribing is lost to it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        max_queue: int = 1024,
+        when_full: Literal["close", "drop-oldest"] = "close",
+        history: int = 0,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(max_queue=max_queue, when_full=when_full, history=0)
+        self.url = url
+        self.name = name
+        self.history_size = history
+        self.timeout = timeout
+        self._channel_key = f"duplex:group:{name}"
+        self._stream_key = f"duplex:group:{name}:history"
+        self._client: Any = None
+        self._exit: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._subscribed = trio.Event()
+        # Members catching up from the stream: live messages wait here until they have.
+        self._catching_up: dict[Channel, list[Event]] = {}
+
+    async def __aenter__(self) -> RedisChannelGroup:
+        try:
+            import coredis
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "RedisChannelGroup needs coredis: pip install 'duplex[redis]'"
+            ) from error
+        parts = urlsplit(self.url)
+        client = coredis.Redis(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(parts.path.strip("/") or 0),
+            password=parts.password,
+            connect_timeout=self.timeout,
+            stream_timeout=None,
+        )
+        self._exit = client
+        self._client = await client.__aenter__()
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        await self._nursery.start(self._subscribe)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            await self._nursery_manager.__aexit__(exc_type, exc_value, traceback)
+        finally:
+            await self._exit.__aexit__(exc_type, exc_value, traceback)
+
+    async def _subscribe(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver what Redis publishes to the local members; coredis reconnects and
+        resubscribes after Redis restarts."""
+        async with self._client.pubsub(
+            channels=[self._channel_key], ignore_subscribe_messages=True
+        ) as subscription:
+            task_status.started()
+            async for message in subscription:
+                if message.get("type") != "message":
+                    continue
+                data = message["data"]
+                self._deliver(data.decode() if isinstance(data, bytes) else data)
+
+    def _deliver(self, published: str) -> None:
+        event_id: str | None = None
+        if self.history_size:
+            event_id, _, published = published.partition(" ")
+        message, close = _decode(published, event_id)
+        for channel in list(self._members):
+            waiting = self._catching_up.get(channel)
+            if waiting is not None and isinstance(message, Event):
+                waiting.append(message)
+            else:
+                self._offer(channel, message, close)
+
+    async def broadcast(self, message: Broadcast, *, close: bool = False) -> int:
+        """Publish ``message`` to every process's members; return how many processes
+        received it. A function is applied to local members only (see the class).
+
+        Raises ``BroadcastError`` if Redis does not answer within ``timeout``.
+        """
+        if callable(message):
+            return await super().broadcast(message, close=close)
+        payload = _encode(message, close)
+        try:
+            with trio.fail_after(self.timeout):
+                if self.history_size:
+                    receivers = await self._client.eval(
+                        _PUBLISH_WITH_HISTORY,
+                        keys=[self._stream_key, self._channel_key],
+                        args=[str(self.history_size), payload],
+                    )
+                else:
+                    receivers = await self._client.publish(self._channel_key, payload)
+                return int(receivers)
+        except trio.TooSlowError as error:
+            raise BroadcastError(f"Redis did not answer within {self.timeout} s") from error
+        except Exception as error:
+            if type(error).__module__.startswith("coredis"):
+                raise BroadcastError(f"cannot broadcast through Redis: {error}") from error
+            raise
+
+    def add(self, channel: Channel, attachment: Any = None) -> None:
+        """Add a local member; with history, a ``Last-Event-ID`` it brings is answered
+        from the Redis stream (then live messages follow, in order, without repeats)."""
+        if not channel.is_open:
+            return
+        self._members[channel] = attachment
+        channel._groups.add(self)
+        if self.history_size and channel.last_event_id is not None and self._nursery:
+            self._catching_up[channel] = []
+            self._nursery.start_soon(self._catch_up, channel, channel.last_event_id)
+
+    def discard(self, channel: Channel) -> None:
+        super().discard(channel)
+        self._catching_up.pop(channel, None)
+
+    async def _catch_up(self, channel: Channel, last_event_id: str) -> None:
+        replayed: list[Event] = []
+        try:
+            with trio.fail_after(self.timeout):
+                entries = await self._client.xrange(self._stream_key, f"({last_event_id}", "+")
+            for entry in entries:
+                identifier = entry.identifier
+                identifier = identifier.decode() if isinstance(identifier, bytes) else identifier
+                raw = entry.field_values.get(b"m", entry.field_values.get("m"))
+                text = raw.decode() if isinstance(raw, bytes) else raw
+                message, _ = _decode(text, identifier)
+                if isinstance(message, Event):
+                    replayed.append(message)
+        except Exception as error:
+            log.warning("could not replay %s after %s: %r", self.name, last_event_id, error)
+        waiting = self._catching_up.pop(channel, [])
+        seen = {event.id for event in replayed}
+        for event in replayed + [event for event in waiting if event.id not in seen]:
+            self._offer(channel, event, False)
