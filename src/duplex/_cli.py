@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from functools import partial
 
 import trio
@@ -60,8 +61,21 @@ async def run_server(
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully.
 
-    ``background`` runs beside the server and is cancelled once it has stopped.
+    ``background`` runs beside the server and is cancelled once it has stopped. A
+    handler that is also an async context manager is entered before serving and exited
+    after the shutdown: that is where a process sets up what it shares, such as a
+    ``RedisChannelGroup``.
     """
+    handler = server.handler
+    async with AsyncExitStack() as stack:
+        if isinstance(handler, AbstractAsyncContextManager):
+            await stack.enter_async_context(handler)
+        await _serve_until_signal(server, background)
+
+
+async def _serve_until_signal(
+    server: Server, background: Callable[[], Awaitable[object]] | None
+) -> None:
     async with trio.open_nursery() as nursery:
         if background is not None:
             nursery.start_soon(background)
