@@ -11,7 +11,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from http import HTTPStatus
 from math import inf
 from typing import Any
@@ -35,6 +35,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 # The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
 _HEAD_END = re.compile(rb"\n\r?\n")
+# Control characters other than HTAB: h11 lets all but NUL through in field values.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -138,14 +141,15 @@ class Server:
             await trio.serve_listeners(self._handle, self.listeners, handler_nursery=nursery)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        if len(self._connections) >= self.limits.max_connections:
-            await _answer_and_close(stream, 503, "too many connections")
-            return
         transport: trio.abc.Stream = stream
         if self.ssl_context is not None:
             transport = trio.SSLStream(
                 stream, self.ssl_context, server_side=True, https_compatible=True
             )
+        if len(self._connections) >= self.limits.max_connections:
+            # Over TLS too: a plain-text answer would only break the client's handshake.
+            await _answer_and_close(transport, 503, "too many connections")
+            return
         try:
             client = stream.socket.getpeername()
         except OSError:
@@ -220,6 +224,73 @@ async def _answer_and_close(stream: trio.abc.Stream, status: int, message: str) 
         pass
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def _check_line_ends(data: bytes | bytearray, start: int, end: int, what: str) -> None:
+    """Refuse bare LF, bare CR and obs-fold in ``data[start:end]``, which h11 repairs."""
+    crlf = data.count(b"\r\n", start, end)
+    if data.count(b"\n", start, end) != crlf:
+        raise ProtocolError(f"bare LF line ending in the {what}")
+    if data.count(b"\r", start, end) != crlf:
+        raise ProtocolError(f"bare CR in the {what}")
+    if data.find(b"\n ", start, end) >= 0 or data.find(b"\n\t", start, end) >= 0:
+        raise ProtocolError(f"obsolete line folding in the {what}")
+
+
+def _check_field_values(fields: Iterable[tuple[bytes, bytes]], what: str) -> None:
+    for name, value in fields:
+        if _CONTROL.search(value):
+            raise ProtocolError(f"control character in the {name.decode()} {what}")
+
+
+class _ChunkedFraming:
+    """Follows h11 through a chunked body to check the raw bytes it would let through.
+
+    h11 accepts CR and NUL in chunk extensions, and repairs bare LF line ends and
+    obs-fold in trailers; duplex refuses them. ``check`` runs on the buffer before each
+    ``next_event`` and ``advance`` after it. The buffer starts at a chunk-size line
+    (perhaps behind the CRLF that ends the previous chunk), inside a chunk's data, or at
+    the trailers.
+    """
+
+    LINE, DATA, TRAILERS = range(3)
+
+    def __init__(self) -> None:
+        self.state = self.LINE
+        self.size: int | None = None  # of the complete chunk-size line just checked
+
+    def check(self, data: bytes | bytearray) -> None:
+        self.size = None
+        if self.state == self.DATA:
+            return
+        if self.state == self.TRAILERS:
+            self._check_trailers(data, 0)
+            return
+        start = 2 if data[:2] == b"\r\n" else 1 if data[:1] == b"\n" else 0
+        end = data.find(b"\r\n", start)
+        if end < 0:
+            return
+        if data.find(b"\r", start, end) >= 0 or data.find(b"\x00", start, end) >= 0:
+            raise ProtocolError("CR or NUL in a chunk extension")
+        size = _CHUNK_SIZE.match(data, start, end)
+        if size is not None:
+            self.size = int(size[0], 16)
+            if self.size == 0:
+                self._check_trailers(data, end + 2)
+
+    def _check_trailers(self, data: bytes | bytearray, start: int) -> None:
+        if data[start : start + 1] == b"\n":
+            raise ProtocolError("bare LF line ending in the trailers")
+        match = _HEAD_END.search(data, start)
+        if match is not None and data[start : start + 2] != b"\r\n":
+            _check_line_ends(data, start, match.end(), "trailers")
+
+    def advance(self, event: Any) -> None:
+        if isinstance(event, h11.Data):
+            self.state = self.LINE if event.chunk_end else self.DATA
+        elif event is h11.NEED_DATA and self.size is not None:
+            # h11 took the whole chunk-size line and waits for what follows it.
+            self.state = self.TRAILERS if self.size == 0 else self.DATA
 
 
 class _Exchange:
@@ -376,17 +447,14 @@ class _ServerConnection:
         end = match.end()
         if end > limits.max_header_size:
             raise ProtocolError("request head too large", 431)
-        crlf = data.count(b"\r\n", 0, end)
-        if data.count(b"\n", 0, end) != crlf:
-            raise ProtocolError("bare LF line ending in the request head")
-        if data.count(b"\r", 0, end) != crlf:
-            raise ProtocolError("bare CR in the request head")
-        if data.find(b"\n ", 0, end) >= 0 or data.find(b"\n\t", 0, end) >= 0:
-            raise ProtocolError("obsolete line folding in the request head")
+        _check_line_ends(data, 0, end, "request head")
 
     def _check_request(self, event: h11.Request) -> None:
         if event.http_version not in (b"1.1", b"1.0"):
             raise ProtocolError(f"HTTP/{event.http_version.decode()} is not supported", 505)
+        _check_field_values(event.headers, "header")
+        if _CONTROL.search(event.target):
+            raise ProtocolError("control character in the request target")
         names = [name for name, _ in event.headers]
         if b"transfer-encoding" in names and b"content-length" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
@@ -472,8 +540,16 @@ class _ServerConnection:
                 await http.send(h11.InformationalResponse(status_code=100, headers=[]))
         received = 0
         drained = 0
+        chunks = _ChunkedFraming() if body.length is None else None
         while True:
-            event = await http.receive_event(limits.read_timeout, "read")
+            if chunks is not None:
+                chunks.check(http.buffered())
+            event = http.next_event()
+            if chunks is not None:
+                chunks.advance(event)
+            if event is h11.NEED_DATA:
+                await http.receive_data(limits.read_timeout, "read")
+                continue
             if isinstance(event, h11.Data):
                 received += len(event.data)
                 if limits.max_body_size is not None and received > limits.max_body_size:
@@ -488,6 +564,7 @@ class _ServerConnection:
                 if drained > limits.max_drain_size:
                     return False
             elif isinstance(event, h11.EndOfMessage):
+                _check_field_values(event.headers, "trailer")
                 body.close_write_nowait()
                 return True
             else:
@@ -500,14 +577,25 @@ class _ServerConnection:
                 response = await self.server.handler(request)
                 if not isinstance(response, Response):
                     raise TypeError(f"the handler returned {response!r}, not a duplex.Response")
-            except Exception:
+            except Exception as error:
+                if exchange.failed:
+                    # The handler saw the exchange break under it (a request body cut or
+                    # timed out): the peer's doing, answered by the connection task.
+                    log.debug("handler for %s stopped: %r", request.target, error)
+                    return
                 log.exception("handler failed for %s %s", request.method, request.target)
                 exchange.keep_alive = False
                 response = Response(500, body="Internal Server Error")
             await self._send_response(exchange, response)
         except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
-            log.debug("could not finish the response to %s: %r", self.client, error)
-            exchange.fail(PeerGone("the peer went away"))
+            if isinstance(error.__cause__, h11.LocalProtocolError):
+                # h11 refused a message of ours (a body longer than its Content-Length,
+                # say): the handler's bug, not the peer leaving.
+                log.exception("response to %s %s failed", request.method, request.target)
+                exchange.fail(error)
+            else:
+                log.debug("could not finish the response to %s: %r", self.client, error)
+                exchange.fail(PeerGone("the peer went away"))
         except Exception as error:
             log.exception("response to %s %s failed", request.method, request.target)
             exchange.fail(error)
@@ -530,6 +618,9 @@ class _ServerConnection:
         has_length = any(name == b"content-length" for name, _ in headers)
         reason = response.reason or _REASONS.get(response.status, b"")
         head = h11.Response(status_code=response.status, headers=headers, reason=reason)
+        # An exchange that failed meanwhile is cancelled here, before any byte goes out,
+        # so that the connection task may still answer it with its own status.
+        await trio.lowlevel.checkpoint_if_cancelled()
         exchange.head_started = True
         if isinstance(body, bytes):
             if not has_length and response.status not in _NO_BODY_STATUSES:
@@ -542,7 +633,11 @@ class _ServerConnection:
             await http.send(*events)
             return
         if isinstance(body, Readable):
-            if body.length is not None and not has_length and not no_body:
+            if (
+                body.length is not None
+                and not has_length
+                and response.status not in _NO_BODY_STATUSES
+            ):
                 headers.append((b"content-length", str(body.length).encode()))
                 head = h11.Response(status_code=response.status, headers=headers, reason=reason)
             exchange.response_body = body
