@@ -290,13 +290,15 @@ class Writable(Readable, trio.abc.SendStream):
         Raises ``trio.ClosedResourceError`` after ``close_write`` (even if the reader has
         closed too), ``trio.BrokenResourceError`` once the reader has closed (its error as
         ``__cause__``; also for a write blocked at that moment), and
-        ``trio.BusyResourceError`` if another task is writing. If cancelled while
-        waiting, the data stays queued.
+        ``trio.BusyResourceError`` if another task is writing; these take precedence over
+        a pending cancellation. If cancelled while waiting, the data stays queued.
         """
         self._enter_write_side()
         try:
-            await checkpoint_if_cancelled()
+            # A broken or closed body says so even to a cancelled writer: a task whose
+            # peer went away learns why, not just that it was cancelled.
             self._check_writable()
+            await checkpoint_if_cancelled()
             if data:
                 chunk = data if type(data) is bytes else bytes(data)
                 self._queue.append(chunk)
