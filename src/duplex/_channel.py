@@ -8,6 +8,7 @@ A handler returns ``channel(request, ...)``; the request picks the transport. Th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -40,6 +41,9 @@ _WEBSOCKET_ERRORS = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 1011})
 
 #: How long ``on_close`` and ``after_close`` may run once the exchange is cancelled.
 _CLEANUP_SECONDS = 5.0
+
+#: How long a WebSocket client may take to answer our close frame before we hang up.
+_CLOSE_HANDSHAKE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +209,9 @@ class Channel:
         self._on_close_called = False
         self._groups: set[ChannelGroup] = set()
         self._websocket: trio_websocket.WebSocketConnection | None = None
+        #: Wraps the writing, so that a client that takes nothing more can be cut off
+        #: even while a write to it is blocked.
+        self._write_scope = trio.CancelScope()
         self._trio_token = trio.lowlevel.current_trio_token()
 
     def __repr__(self) -> str:
@@ -338,6 +345,10 @@ class Channel:
         if not self.is_open:
             return False
         self._close_status = status
+        if status.kind in ("gone", "too-slow"):
+            # Nothing more reaches this client: a write blocked on it would hold the
+            # close (and on_close) until the write timeout.
+            self._write_scope.cancel()
         self._wakeup.unpark_all()
         self._space.unpark_all()
         return True
@@ -381,7 +392,8 @@ class Channel:
             await _call(self.on_open, self)
             for hook in self._hooks["after_open"]:
                 await _call(hook, self)
-            await self._write_loop(control)
+            with self._write_scope:
+                await self._write_loop(control)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("%r: the transport broke: %r", self, error)
             return self._close_status or CloseStatus("gone", 1006, str(error))
@@ -440,6 +452,11 @@ class Channel:
             elif self.on_receive is not None:
                 async for chunk in self.request.body:
                     await _call(self.on_receive, self, chunk)
+            else:
+                # Unread, the body would stop the server reading the socket, and so
+                # from noticing the client leave. (The handler may have closed it.)
+                with contextlib.suppress(trio.ClosedResourceError):
+                    await self.request.body.discard()
         except trio_websocket.ConnectionClosed as error:
             self._request_close(self._status_from_websocket(error.reason))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -466,7 +483,8 @@ class Channel:
             status = self._close_status
             if self._state == "errored":
                 if self._websocket is not None:
-                    await self._websocket.aclose(1011, "illegal action")
+                    with trio.move_on_after(_CLOSE_HANDSHAKE_SECONDS):
+                        await self._websocket.aclose(1011, "illegal action")
                 return  # an unfinished response: the server cuts the connection
             if status is not None and status.kind in ("gone", "client", "error"):
                 return  # nothing more can, or should, go out
@@ -554,7 +572,9 @@ class Channel:
         if self._websocket is not None:
             status = self._close_status
             code = status.code if status is not None and status.code is not None else 1000
-            await self._websocket.aclose(code=code, reason=status.reason if status else None)
+            # A client that never answers the close frame must not hold the channel open.
+            with trio.move_on_after(_CLOSE_HANDSHAKE_SECONDS):
+                await self._websocket.aclose(code=code, reason=status.reason if status else None)
             return
         if not head_sent:
             headers = self._headers.copy()

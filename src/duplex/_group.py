@@ -75,8 +75,11 @@ class ChannelGroup:
         self._members[channel] = attachment
         channel._groups.add(self)
         if self._keep_history and channel.last_event_id is not None:
-            for event in self._missed(channel.last_event_id):
-                self._offer(channel, event, False)
+            missed = self._missed(channel.last_event_id)
+            # The client asked for all of it: the replay may exceed ``max_queue``.
+            limit = self.max_queue + len(missed)
+            for event in missed:
+                channel.offer(event, max_queue=limit, when_full=self.when_full)
 
     def _missed(self, last_event_id: str) -> list[Event]:
         events = list(self._history)

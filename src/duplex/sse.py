@@ -94,9 +94,10 @@ class EventParser:
         if self._first and text:
             text = text.removeprefix("\ufeff")
             self._first = False
-        if self._trailing_cr and text.startswith("\n"):
-            text = text[1:]  # the LF of a CRLF split across two feeds
-        self._trailing_cr = text.endswith("\r")
+        if text:  # an empty feed (or half a character) changes nothing
+            if self._trailing_cr and text.startswith("\n"):
+                text = text[1:]  # the LF of a CRLF split across two feeds
+            self._trailing_cr = text.endswith("\r")
         self._buffer += text
         return list(self._lines())
 
@@ -173,6 +174,8 @@ async def events(
         if last_event_id:
             request_headers["last-event-id"] = last_event_id
         parser = EventParser()
+        # The id carries over: the server may keep it, replace it, or reset it to "".
+        parser.last_event_id = last_event_id or ""
         try:
             response = await client.get(url, headers=request_headers)
         except (ProtocolError, Timeout, OSError) as error:
@@ -192,7 +195,7 @@ async def events(
                             yield event
                 except (ProtocolError, Timeout) as error:
                     log.debug("event stream %s broke: %r", url, error)
-            last_event_id = parser.last_event_id or last_event_id
+            last_event_id = parser.last_event_id
             if parser.retry is not None:
                 delay = parser.retry / 1000
         if max_reconnects is not None and reconnects >= max_reconnects:
