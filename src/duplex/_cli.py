@@ -14,7 +14,7 @@ from functools import partial
 
 import trio
 
-from ._errors import ProtocolError, Timeout
+from ._errors import Timeout
 from ._stream import Stream
 from ._workers import WorkersFailed, serve_workers
 from .demo import Demo
@@ -113,7 +113,8 @@ async def run_request(method: str, url: str, headers: list[str], send_body: bool
             response = await client.request(method, url, headers=pairs, body=body)
             async for chunk in response.body:
                 await stdout.send_all(chunk)
-    except (OSError, ProtocolError, Timeout) as error:
+    except (OSError, trio.BrokenResourceError, Timeout) as error:
+        # BrokenResourceError covers ProtocolError and a refused TLS handshake.
         print(f"duplex: {method} {url} failed: {error}", file=sys.stderr)
         return 2
     if response.status >= 400:

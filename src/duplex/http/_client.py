@@ -84,10 +84,13 @@ class _PooledConnection:
         self.reused = False
         self.closed = False
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            _close_nowait(self.http.stream)
+    def close(self) -> bool:
+        """Close the transport; True the first time, False if it was closed already."""
+        if self.closed:
+            return False
+        self.closed = True
+        _close_nowait(self.http.stream)
+        return True
 
     def is_stale(self) -> bool:
         """An idle connection the server has closed (or written to) is readable."""
@@ -106,6 +109,7 @@ class _Pool:
         self.limits = limits
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[_PooledConnection]] = {}
+        self._busy: set[_PooledConnection] = set()
         self._open: dict[Origin, int] = {}
         self._waiters: dict[Origin, ParkingLot] = {}
         self.closed = False
@@ -123,29 +127,34 @@ class _Pool:
 
     async def acquire(self, origin: Origin) -> _PooledConnection:
         limits = self.limits
-        waited = False
-        with trio.move_on_after(
+        # The pool timeout bounds the wait for a free slot, never a connect under way.
+        deadline = trio.current_time() + (
             inf if limits.pool_timeout is None else limits.pool_timeout
-        ) as scope:
-            while True:
-                if self.closed:
-                    raise trio.ClosedResourceError("the client is closed")
-                connection = self._take_idle(origin)
-                if connection is not None:
-                    if not waited:
-                        await trio.lowlevel.checkpoint()
-                    return connection
-                if self._open.get(origin, 0) < limits.max_connections_per_origin:
-                    self._open[origin] = self._open.get(origin, 0) + 1
-                    try:
-                        return await self._connect(origin)
-                    except BaseException:
-                        self._forget(origin)
-                        raise
-                waited = True
+        )
+        waited = False
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("the client is closed")
+            connection = self._take_idle(origin)
+            if connection is not None:
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+                self._busy.add(connection)
+                return connection
+            if self._open.get(origin, 0) < limits.max_connections_per_origin:
+                self._open[origin] = self._open.get(origin, 0) + 1
+                try:
+                    connection = await self._connect(origin)
+                except BaseException:
+                    self._forget(origin)
+                    raise
+                self._busy.add(connection)
+                return connection
+            waited = True
+            with trio.move_on_at(deadline) as scope:
                 await self._waiters.setdefault(origin, ParkingLot()).park()
-        assert scope.cancelled_caught
-        raise Timeout("pool", limits.pool_timeout or 0.0)
+            if scope.cancelled_caught:
+                raise Timeout("pool", limits.pool_timeout or 0.0)
 
     def _take_idle(self, origin: Origin) -> _PooledConnection | None:
         idle = self._idle.get(origin)
@@ -156,8 +165,7 @@ class _Pool:
             if (expiry is not None and now - connection.idle_since > expiry) or (
                 connection.is_stale()
             ):
-                connection.close()
-                self._forget(origin)
+                self.discard(connection)
                 continue
             connection.reused = True
             return connection
@@ -192,6 +200,7 @@ class _Pool:
 
     def release(self, connection: _PooledConnection) -> None:
         """Take back a connection whose exchange finished cleanly; reuse it if we can."""
+        self._busy.discard(connection)
         h = connection.http.h11
         idle = self._idle.setdefault(connection.origin, [])
         if (
@@ -199,6 +208,9 @@ class _Pool:
             and not connection.closed
             and h.our_state is h11.DONE
             and h.their_state is h11.DONE
+            # Bytes after the response answer no request: reusing them would hand them
+            # to the next request as its response.
+            and h.trailing_data == (b"", False)
             and len(idle) < self.limits.max_idle_connections
         ):
             h.start_next_cycle()
@@ -209,9 +221,10 @@ class _Pool:
             self.discard(connection)
 
     def discard(self, connection: _PooledConnection) -> None:
-        """Close a connection that must not be reused."""
-        connection.close()
-        self._forget(connection.origin)
+        """Close a connection that must not be reused (once; later calls do nothing)."""
+        self._busy.discard(connection)
+        if connection.close():
+            self._forget(connection.origin)
 
     def _forget(self, origin: Origin) -> None:
         self._open[origin] -= 1
@@ -223,12 +236,13 @@ class _Pool:
             waiters.unpark()
 
     def close(self) -> None:
+        """Close every connection, idle or still in use: none outlives its client."""
         self.closed = True
+        connections = [*self._busy, *(c for idle in self._idle.values() for c in idle)]
         for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
-                self._open[connection.origin] -= 1
             idle.clear()
+        for connection in connections:
+            self.discard(connection)
         for waiters in self._waiters.values():
             waiters.unpark_all()
 
@@ -416,6 +430,7 @@ class Client:
 
     Request bodies that stream are sent by a task the client owns, so ``request``
     returns when the response head arrives, while the body may still be going out.
+    Leaving the block closes every connection, those of responses still unread too.
     """
 
     def __init__(
@@ -492,7 +507,8 @@ class Client:
         if its length is known, else chunked; a ``Writable`` you keep writing works), or
         an async iterable of bytes (chunked). Raises ``duplex.ProtocolError`` if the
         server breaks HTTP or the connection, ``duplex.Timeout`` naming the phase,
-        ``OSError`` if the server cannot be reached, ``TooManyRedirects``.
+        ``OSError`` if the server cannot be reached, ``trio.BrokenResourceError`` if the
+        TLS handshake fails (the ``ssl`` error as ``__cause__``), ``TooManyRedirects``.
         """
         follow = self.follow_redirects if follow_redirects is None else follow_redirects
         method = method.upper()
@@ -515,7 +531,9 @@ class Client:
                 for field in ("content-length", "content-type", "transfer-encoding"):
                     del request_headers[field]
             elif isinstance(body, Buffered):
-                body.rewind()
+                # Sent again from the start, as a new body: the first exchange's sender
+                # may still be reading (and then closing) this one.
+                body = Buffered(body.chunks)
             elif not (body is None or isinstance(body, bytes | bytearray | memoryview | str)):
                 return response  # a streamed body cannot be sent twice
             await _discard(response)
@@ -589,18 +607,33 @@ class Client:
                 if body:
                     events.append(h11.Data(data=body))
                 events.append(h11.EndOfMessage())
-                await http.send(*events)
-                exchange.request_done = True
+                try:
+                    await http.send(*events)
+                except trio.BrokenResourceError as error:
+                    if isinstance(error, ProtocolError):
+                        raise
+                    # The server may have answered early and stopped reading (a 413, say):
+                    # its response is still there to read; the connection is not reused.
+                    log.debug("request not sent in full: %r", error)
+                    exchange.request_failed = True
+                else:
+                    exchange.request_done = True
             else:
                 await http.send(*events)
                 assert not isinstance(body, bytearray | memoryview | str)
                 self._nursery.start_soon(_send_body, exchange, body)
+            head_start = http.bytes_received - len(http.buffered())
             while True:
                 event = await http.receive_event(self.limits.read_timeout, "read")
                 if isinstance(event, h11.Response):
                     break
                 if not isinstance(event, h11.InformationalResponse):
                     raise ProtocolError(f"unexpected {type(event).__name__} instead of a response")
+            # h11 bounds only a head still incomplete; one that came in a single read is
+            # measured here, as the bytes parsed to reach it.
+            head_size = http.bytes_received - len(http.buffered()) - head_start
+            if head_size > self.limits.max_response_header_size:
+                raise ProtocolError(f"response head of {head_size} bytes is too large")
         except BaseException as error:
             exchange.abort()
             if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError) and not (
