@@ -2,13 +2,14 @@
 
 from ._client import Client, ClientResponse, RequestBody, TooManyRedirects
 from ._limits import ClientLimits, Limits
-from ._models import Headers, Request, Response, Streamable
+from ._models import ExchangeNursery, Headers, Request, Response, Streamable
 from ._server import Handler, PeerGone, Server, serve
 
 __all__ = [
     "Client",
     "ClientLimits",
     "ClientResponse",
+    "ExchangeNursery",
     "Handler",
     "Headers",
     "Limits",

@@ -8,8 +8,6 @@ become duplex's (``ProtocolError``, ``Timeout``, trio's resource errors).
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import h11
@@ -18,27 +16,6 @@ import trio
 from .._errors import ProtocolError, Timeout
 
 __all__ = ["HTTPConnection", "raw_socket"]
-
-
-@contextmanager
-def _mapped_h11_errors() -> Iterator[None]:
-    try:
-        yield
-    except h11.RemoteProtocolError as error:
-        raise ProtocolError(str(error), error.error_status_hint) from error
-    except h11.LocalProtocolError as error:
-        raise ProtocolError(f"cannot send this message: {error}", 500) from error
-
-
-@contextmanager
-def _deadline(seconds: float | None, phase: str) -> Iterator[None]:
-    if seconds is None:
-        yield
-        return
-    with trio.move_on_after(seconds) as scope:
-        yield
-    if scope.cancelled_caught:
-        raise Timeout(phase, seconds)
 
 
 def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -73,7 +50,10 @@ class HTTPConnection:
         self.h11 = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
         self.read_size = read_size
         self.write_timeout = write_timeout
-        self._send_lock = trio.Lock()
+        # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
+        # would cost a trip through the scheduler on every send.
+        self._sending = False
+        self._send_waiters = trio.lowlevel.ParkingLot()
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
 
@@ -84,8 +64,10 @@ class HTTPConnection:
 
         Raises ``ProtocolError`` for input h11 rejects.
         """
-        with _mapped_h11_errors():
+        try:
             return self.h11.next_event()
+        except h11.RemoteProtocolError as error:
+            raise ProtocolError(str(error), error.error_status_hint) from error
 
     async def receive_data(self, timeout: float | None = None, phase: str = "read") -> bool:
         """Read once from the socket into h11; False at EOF.
@@ -93,11 +75,18 @@ class HTTPConnection:
         Raises ``duplex.Timeout`` after ``timeout`` seconds without data, and
         ``trio.BrokenResourceError`` if the connection broke.
         """
-        with _deadline(timeout, phase):
+        if timeout is None:
             data = await self.stream.receive_some(self.read_size)
+        else:
+            with trio.move_on_after(timeout) as scope:
+                data = await self.stream.receive_some(self.read_size)
+            if scope.cancelled_caught:
+                raise Timeout(phase, timeout)
         self.bytes_received += len(data)
-        with _mapped_h11_errors():
+        try:
             self.h11.receive_data(data if type(data) is bytes else bytes(data))
+        except h11.RemoteProtocolError as error:
+            raise ProtocolError(str(error), error.error_status_hint) from error
         return bool(data)
 
     async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:
@@ -141,8 +130,10 @@ class HTTPConnection:
 
     def encode(self, event: Any) -> list[bytes]:
         """The bytes h11 would put on the wire for ``event`` (its state moves on)."""
-        with _mapped_h11_errors():
+        try:
             pieces = self.h11.send_with_data_passthrough(event)
+        except h11.LocalProtocolError as error:
+            raise ProtocolError(f"cannot send this message: {error}", 500) from error
         return pieces or []
 
     async def send(self, *events: Any) -> None:
@@ -160,9 +151,21 @@ class HTTPConnection:
         """
         if not data:
             return
-        async with self._send_lock:
-            with _deadline(self.write_timeout, "write"):
+        while self._sending:
+            await self._send_waiters.park()
+        self._sending = True
+        try:
+            timeout = self.write_timeout
+            if timeout is None:
                 await self.stream.send_all(data)
+            else:
+                with trio.move_on_after(timeout) as scope:
+                    await self.stream.send_all(data)
+                if scope.cancelled_caught:
+                    raise Timeout("write", timeout)
+        finally:
+            self._sending = False
+            self._send_waiters.unpark()
 
     async def aclose(self) -> None:
         """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""

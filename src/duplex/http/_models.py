@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 from urllib.parse import unquote
+
+import trio
 
 from .._body import Readable
 from .._stream import Stream
 
 if TYPE_CHECKING:
-    import trio
-
     from ._takeover import Takeover
 
 __all__ = [
     "Body",
+    "ExchangeNursery",
     "Headers",
     "HeadersLike",
     "Request",
@@ -31,6 +33,8 @@ HeadersLike: TypeAlias = (
 
 # RFC 9110 token characters for field names; values are visible characters, obs-text,
 # spaces and tabs. Anything else (CR, LF, NUL, other controls) could split a message.
+_log = logging.getLogger("duplex.server")
+
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
@@ -227,6 +231,50 @@ class Response:
         return f"<Response {self.status} body={type(self.body).__name__}>"
 
 
+class ExchangeNursery:
+    """``request.nursery``: a trio nursery for tasks that live as long as the exchange.
+
+    ``start_soon`` and ``start`` work as trio's. One difference: a task that ends with
+    ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` — the peer went away,
+    or the body it wrote to was closed — ends alone, without cancelling the exchange;
+    any other exception cuts the exchange short, as in any nursery.
+    """
+
+    __slots__ = ("_nursery",)
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    @property
+    def cancel_scope(self) -> trio.CancelScope:
+        """Cancelled when the peer goes away, and when the exchange is over."""
+        return self._nursery.cancel_scope
+
+    def start_soon(
+        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> None:
+        self._nursery.start_soon(_ending_alone, async_fn, *args, name=name or async_fn)
+
+    async def start(
+        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> Any:
+        return await self._nursery.start(_ending_alone, async_fn, *args, name=name or async_fn)
+
+
+async def _ending_alone(
+    async_fn: Callable[..., Awaitable[object]],
+    *args: object,
+    task_status: trio.TaskStatus[Any] | None = None,
+) -> None:
+    try:
+        if task_status is None:
+            await async_fn(*args)
+        else:
+            await async_fn(*args, task_status=task_status)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+        _log.debug("a task of the exchange stopped: %r", error)
+
+
 class Request:
     """An HTTP request as a handler sees it.
 
@@ -254,7 +302,7 @@ class Request:
         body: Readable,
         *,
         http_version: str = "1.1",
-        nursery: trio.Nursery | None = None,
+        nursery: ExchangeNursery | None = None,
         client: tuple[str, int] | None = None,
         scheme: str = "http",
     ) -> None:
@@ -268,7 +316,7 @@ class Request:
         self.scheme = scheme
 
     @property
-    def nursery(self) -> trio.Nursery:
+    def nursery(self) -> ExchangeNursery:
         """Tasks bound to this exchange; cancelled when the peer goes away."""
         if self._nursery is None:
             raise RuntimeError("this request is not part of a running exchange")

@@ -24,7 +24,7 @@ from .._errors import ProtocolError, Timeout
 from .._stream import Stream
 from ._connection import HTTPConnection
 from ._limits import Limits
-from ._models import Headers, HeadersLike, Request, Response, Streamable
+from ._models import ExchangeNursery, Headers, HeadersLike, Request, Response, Streamable
 from ._takeover import Takeover
 
 __all__ = ["Handler", "Server", "serve"]
@@ -35,6 +35,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 # The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
 _HEAD_END = re.compile(rb"\n\r?\n")
+#: How long an exchange runs before the watcher starts looking for its peer leaving.
+WATCH_DELAY = 0.1
 # Control characters other than HTAB: h11 lets all but NUL through in field values.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
@@ -305,6 +307,7 @@ class _Exchange:
         "nursery",
         "request",
         "request_body",
+        "request_complete",
         "response_body",
         "response_done",
         "watch_scope",
@@ -321,7 +324,13 @@ class _Exchange:
         self.keep_alive = True
         self.expects_continue = False
         self.detached = False
-        self.watch_scope = trio.CancelScope()
+        self.request_complete = False
+        # Made by the connection's watcher when it starts watching this exchange.
+        self.watch_scope: trio.CancelScope | None = None
+
+    def stop_watching(self) -> None:
+        if self.watch_scope is not None:
+            self.watch_scope.cancel()
 
     def fail(self, error: BaseException) -> None:
         """The connection cannot go on: wake both bodies with ``error`` and cancel."""
@@ -352,6 +361,9 @@ class _ServerConnection:
         self.idle = True
         self.closing = False
         self.cancel_scope = trio.CancelScope()
+        #: The exchange in flight, for the watcher; None between requests.
+        self.in_flight: _Exchange | None = None
+        self._watcher_idle = trio.lowlevel.ParkingLot()
 
     def shutdown(self) -> None:
         self.closing = True
@@ -360,6 +372,46 @@ class _ServerConnection:
 
     async def run(self) -> None:
         with self.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch)
+                await self._run()
+                nursery.cancel_scope.cancel()
+        await self.http.aclose()
+
+    async def _watch(self) -> None:
+        """Notice a peer that goes away while an exchange is in flight.
+
+        One task per connection, so that a quick exchange costs nothing: it looks at an
+        exchange only once it has lasted ``WATCH_DELAY``, and only after its request has
+        been read (until then the connection task reads the socket and sees the peer
+        leave itself). Then it peeks at the socket, reading nothing, and fails the
+        exchange when the peer closes or resets the connection.
+        """
+        watched: _Exchange | None = None
+        while True:
+            exchange = self.in_flight
+            if (
+                exchange is None
+                or exchange is watched
+                or not exchange.request_complete
+                or exchange.response_done
+            ):
+                await self._watcher_idle.park()  # woken when a request completes or ends
+                continue
+            watched = exchange
+            await trio.sleep(WATCH_DELAY)
+            if exchange is not self.in_flight or exchange.response_done:
+                continue
+            if exchange.detached or exchange.failed:
+                continue
+            exchange.watch_scope = scope = trio.CancelScope()
+            with scope:
+                await self.http.wait_peer_gone()
+                log.debug("peer %s went away mid-exchange", self.client)
+                exchange.fail(PeerGone("the peer closed the connection"))
+
+    async def _run(self) -> None:
+        try:
             try:
                 await self._serve()
             except ProtocolError as error:
@@ -367,9 +419,8 @@ class _ServerConnection:
                 await _answer_and_close(self.http.stream, error.status, str(error))
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 log.debug("connection from %s ended: %r", self.client, error)
-            except Exception:
-                log.exception("unexpected error serving %s", self.client)
-        await self.http.aclose()
+        except Exception:
+            log.exception("unexpected error serving %s", self.client)
 
     async def _serve(self) -> None:
         limits = self.limits
@@ -480,51 +531,86 @@ class _ServerConnection:
             elif name == b"transfer-encoding":
                 length = None
         body = Writable(self.limits.body_buffer_size, length=length)
-        async with trio.open_nursery() as nursery:
-            request = Request(
-                event.method.decode("ascii"),
-                event.target.decode("latin-1"),
-                headers,
-                body,
-                http_version=event.http_version.decode("ascii"),
-                nursery=nursery,
-                client=self.client,
-                scheme=self.scheme,
-            )
-            exchange = _Exchange(request, body, nursery)
-            exchange.keep_alive = not last
-            exchange.expects_continue = http.h11.they_are_waiting_for_100_continue
-            nursery.start_soon(self._respond, exchange)
-            error_status: int | None = None
-            try:
-                if not await self._pump_body(exchange):
-                    exchange.keep_alive = False
-                if not exchange.response_done:
-                    with exchange.watch_scope:
-                        await http.wait_peer_gone()
-                        log.debug("peer %s went away mid-exchange", self.client)
-                        exchange.fail(PeerGone("the peer closed the connection"))
-            except ProtocolError as error:
-                log.debug("bad request body from %s: %s", self.client, error)
-                error_status = error.status
-                exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
-            except Timeout as error:
-                log.debug("request body from %s timed out", self.client)
-                error_status = 408
-                exchange.fail(error)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                log.debug("peer %s went away mid-body: %r", self.client, error)
-                exchange.fail(PeerGone("the peer closed the connection mid-body"))
-            # The exchange is over once both messages are: leftover tasks stop here. A
-            # detached connection is another protocol's now, and ends with its task.
-            if not exchange.detached:
-                nursery.cancel_scope.cancel()
+        request = Request(
+            event.method.decode("ascii"),
+            event.target.decode("latin-1"),
+            headers,
+            body,
+            http_version=event.http_version.decode("ascii"),
+            client=self.client,
+            scheme=self.scheme,
+        )
+        error_status: int | None = None
+        exchange: _Exchange | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                request._nursery = ExchangeNursery(nursery)
+                exchange = _Exchange(request, body, nursery)
+                exchange.keep_alive = not last
+                exchange.expects_continue = http.h11.they_are_waiting_for_100_continue
+                self.in_flight = exchange
+                self._watcher_idle.unpark()
+                error_status = await self._run_exchange(exchange, length)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            # A task of the exchange met the peer leaving (or a body it closed itself).
+            log.debug("a task of the exchange with %s stopped: %r", self.client, group)
+            self._task_failed(exchange)
+        except* Exception as group:
+            log.error("a task of the exchange with %s failed", self.client, exc_info=group)
+            self._task_failed(exchange)
+        finally:
+            self.in_flight = None
+            self._watcher_idle.unpark()
+        assert exchange is not None
         if error_status is not None and not exchange.head_started:
             await _answer_and_close(http.stream, error_status, HTTPStatus(error_status).phrase)
             return False
         if exchange.failed or exchange.detached or not exchange.keep_alive:
             return False
         return http.h11.our_state is h11.DONE and http.h11.their_state is h11.DONE
+
+    def _request_complete(self, exchange: _Exchange) -> None:
+        exchange.request_complete = True
+        self._watcher_idle.unpark()  # the socket is free to watch now
+
+    @staticmethod
+    def _task_failed(exchange: _Exchange | None) -> None:
+        """A task in ``request.nursery`` raised: an unfinished response cannot go on."""
+        if exchange is not None and not exchange.response_done:
+            exchange.failed = True
+            exchange.keep_alive = False
+
+    async def _run_exchange(self, exchange: _Exchange, length: int | None) -> int | None:
+        """Read the request and send the response, at once when the request has a body;
+        the status to answer with if the request turned out bad."""
+        nursery = exchange.nursery
+        try:
+            if length == 0:
+                # Nothing to read: answer in this task, with no second one to start.
+                await self._pump_body(exchange)
+                self._request_complete(exchange)
+                await self._respond(exchange)
+            else:
+                nursery.start_soon(self._respond, exchange)
+                if not await self._pump_body(exchange):
+                    exchange.keep_alive = False
+                self._request_complete(exchange)
+        except ProtocolError as error:
+            log.debug("bad request body from %s: %s", self.client, error)
+            exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
+            return error.status
+        except Timeout as error:
+            log.debug("request body from %s timed out", self.client)
+            exchange.fail(error)
+            return 408
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("peer %s went away mid-body: %r", self.client, error)
+            exchange.fail(PeerGone("the peer closed the connection mid-body"))
+        # The exchange is over once both messages are: leftover tasks stop then. A
+        # detached connection is another protocol's now, and ends with its task.
+        if exchange.response_done and not exchange.detached:
+            nursery.cancel_scope.cancel()
+        return None
 
     async def _pump_body(self, exchange: _Exchange) -> bool:
         """Read the request body from the socket into ``request.body``.
@@ -601,8 +687,10 @@ class _ServerConnection:
             exchange.fail(error)
         finally:
             exchange.response_done = True
-            exchange.watch_scope.cancel()
+            exchange.stop_watching()
             exchange.request_body.close_read_nowait(ResponseEnded("the response has ended"))
+            if exchange.request_complete and not exchange.detached:
+                exchange.nursery.cancel_scope.cancel()
 
     async def _send_response(self, exchange: _Exchange, response: Response) -> None:
         if isinstance(response.body, Takeover):
@@ -614,18 +702,28 @@ class _ServerConnection:
         if self.closing or self.server.shutting_down or not exchange.keep_alive:
             headers.append((b"connection", b"close"))
         body = response.body
-        no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
-        has_length = any(name == b"content-length" for name, _ in headers)
-        reason = response.reason or _REASONS.get(response.status, b"")
-        head = h11.Response(status_code=response.status, headers=headers, reason=reason)
+        status = response.status
+        no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
+        if status not in _NO_BODY_STATUSES and not any(
+            name == b"content-length" for name, _ in headers
+        ):
+            length = len(body) if isinstance(body, bytes) else None
+            if isinstance(body, Readable):
+                length = body.length
+            if length is not None:
+                headers.append((b"content-length", str(length).encode()))
+        # Response() validated every header and the reason already: h11 need not again.
+        head = h11.Response(
+            status_code=status,
+            headers=headers,
+            reason=response.reason or _REASONS.get(status, b""),
+            _parsed=True,
+        )
         # An exchange that failed meanwhile is cancelled here, before any byte goes out,
         # so that the connection task may still answer it with its own status.
         await trio.lowlevel.checkpoint_if_cancelled()
         exchange.head_started = True
         if isinstance(body, bytes):
-            if not has_length and response.status not in _NO_BODY_STATUSES:
-                headers.append((b"content-length", str(len(body)).encode()))
-                head = h11.Response(status_code=response.status, headers=headers, reason=reason)
             events: list[Any] = [head]
             if body and not no_body:
                 events.append(h11.Data(data=body))
@@ -633,13 +731,6 @@ class _ServerConnection:
             await http.send(*events)
             return
         if isinstance(body, Readable):
-            if (
-                body.length is not None
-                and not has_length
-                and response.status not in _NO_BODY_STATUSES
-            ):
-                headers.append((b"content-length", str(body.length).encode()))
-                head = h11.Response(status_code=response.status, headers=headers, reason=reason)
             exchange.response_body = body
             await http.send(head)
             if no_body:
@@ -738,9 +829,9 @@ class _Control:
         exchange = self._exchange
         exchange.detached = self.detached = True
         exchange.keep_alive = False
-        # The connection task watches the socket for the peer leaving; it must stop
-        # before the new protocol reads from it.
-        exchange.watch_scope.cancel()
+        # The connection's watcher peeks at the socket for the peer leaving; it must
+        # stop before the new protocol reads from it.
+        exchange.stop_watching()
         await trio.lowlevel.checkpoint()
         http = self._connection.http
         return http.stream, http.h11.trailing_data[0]
