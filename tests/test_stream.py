@@ -42,6 +42,15 @@ async def test_readpartial_returns_at_most_max_bytes_and_keeps_the_rest() -> Non
         assert await stream.readpartial(100) == b"!"
 
 
+async def test_readpartial_returns_at_most_64_kib_by_default() -> None:
+    with trio.fail_after(TIMEOUT):
+        body = Writable(max_buffer_size=100_000)
+        await body.write(bytes(70_000))
+        stream = Stream(body, None)
+        assert len(await stream.readpartial()) == 65536
+        assert len(await stream.readpartial()) == 70_000 - 65536
+
+
 async def test_readpartial_waits_for_at_least_one_byte() -> None:
     with trio.fail_after(TIMEOUT):
         body = Writable()

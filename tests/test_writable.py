@@ -434,7 +434,9 @@ async def test_every_producer_method_raises_cancelled_when_called_cancelled(
 
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview], ids=lambda kind: kind.__name__)
-async def test_a_written_buffer_is_copied(kind: Callable[[bytearray], bytearray]) -> None:
+async def test_a_written_buffer_is_copied(
+    kind: Callable[[bytearray], bytearray | memoryview],
+) -> None:
     with trio.fail_after(TIMEOUT):
         body = Writable()
         source = bytearray(b"before")
