@@ -445,3 +445,17 @@ async def test_a_written_buffer_is_copied(
         chunk = await body.read()
         assert type(chunk) is bytes
         assert chunk == b"before"
+
+
+async def test_a_cancelled_join_gives_back_what_it_had_read() -> None:
+    with trio.fail_after(TIMEOUT):
+        body = Writable()
+        await body.write(b"first ")
+        await body.write(b"second ")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(body.join)  # takes both chunks, then waits for more
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        await body.write(b"third")
+        await body.close_write()
+        assert await body.join() == b"first second third"

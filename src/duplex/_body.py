@@ -55,6 +55,8 @@ class Readable(trio.abc.ReceiveStream):
     """
 
     _reading = False
+    # What a cancelled join() had read, given back to the next read.
+    _pushback = b""
 
     @property
     def length(self) -> int | None:
@@ -88,6 +90,12 @@ class Readable(trio.abc.ReceiveStream):
             raise trio.BusyResourceError("another task is already reading this body")
         self._reading = True
         try:
+            if self._pushback:
+                await checkpoint_if_cancelled()
+                data = self._pushback if max_bytes is None else self._pushback[:max_bytes]
+                self._pushback = self._pushback[len(data) :]
+                await cancel_shielded_checkpoint()
+                return data
             return await self._receive(max_bytes)
         finally:
             self._reading = False
@@ -100,8 +108,18 @@ class Readable(trio.abc.ReceiveStream):
         return chunk
 
     async def join(self) -> bytes:
-        """Read to the end and return everything as one ``bytes``."""
-        chunks = [chunk async for chunk in self]
+        """Read to the end and return everything as one ``bytes``.
+
+        If cancelled (or failing) partway, what it had read is given back: the next
+        read returns it first, so nothing is lost.
+        """
+        chunks: list[bytes] = []
+        try:
+            async for chunk in self:
+                chunks.append(chunk)
+        except BaseException:
+            self._pushback = b"".join(chunks) + self._pushback
+            raise
         return b"".join(chunks)
 
     async def discard(self) -> None:
@@ -265,6 +283,7 @@ class Writable(Readable, trio.abc.SendStream):
             return
         self._read_closed = True
         self._read_error = error
+        self._pushback = b""
         self._queue.clear()
         self._queued = 0
         self._offset = 0
@@ -434,6 +453,7 @@ class Buffered(Readable):
         self._index = 0
         self._offset = 0
         self._closed = False
+        self._pushback = b""
 
     async def _receive(self, max_bytes: int | None) -> bytes:
         await checkpoint_if_cancelled()
@@ -455,4 +475,5 @@ class Buffered(Readable):
 
     async def aclose(self, error: BaseException | None = None) -> None:
         self._closed = True
+        self._pushback = b""
         await checkpoint()

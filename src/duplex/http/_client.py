@@ -370,6 +370,7 @@ class _ResponseBody(Readable):
         """Stop reading; a body not read to the end closes its connection."""
         if not self._closed:
             self._closed = True
+            self._pushback = b""
             if not self._ended:
                 self._exchange.abort()
         await trio.lowlevel.checkpoint()
