@@ -142,15 +142,27 @@ class RedisChannelGroup(ChannelGroup):
             channels=[self._channel_key], ignore_subscribe_messages=True
         ) as subscription:
             task_status.started()
-            async for message in subscription:
-                if message.get("type") != "message":
+            while True:
+                # Not `async for`: coredis ends that iteration when a message arrives
+                # while it resubscribes after a reconnect, and the group would go deaf.
+                message = await subscription.get_message()
+                if message is None or message.get("type") != "message":
                     continue
                 data = message["data"]
-                self._deliver(data.decode() if isinstance(data, bytes) else data)
+                try:
+                    self._deliver(data.decode() if isinstance(data, bytes) else data)
+                except (ValueError, KeyError, TypeError) as error:
+                    # Someone else's message on our channel must not end the group
+                    # (and with it the server that holds it).
+                    log.warning(
+                        "%s: skipped a message that is not a broadcast: %r", self.name, error
+                    )
 
     def _deliver(self, published: str) -> None:
         event_id: str | None = None
-        if self.history_size:
+        if not published.startswith("{"):
+            # "<stream id> <message>" from a group that keeps history; every process
+            # reads both forms, so groups with and without history can share a name.
             event_id, _, published = published.partition(" ")
         message, close = _decode(published, event_id)
         for channel in list(self._members):

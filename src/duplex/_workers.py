@@ -34,14 +34,16 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     """Bind (without listening) so that port 0 becomes one real port all workers share.
 
     A bound socket that does not listen takes no connections; SO_REUSEPORT lets the
-    workers bind the same port beside it.
+    workers bind the same port beside it. It binds before it sets SO_REUSEPORT, so that
+    a port another server holds is refused even if that server shares with SO_REUSEPORT
+    (the workers would silently split the traffic with it).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     except OSError as error:
         sock.close()
         raise WorkersFailed(f"cannot bind {host}:{port}: {error.strerror}") from error
@@ -172,17 +174,23 @@ async def serve_workers(
 
 
 async def _supervise(supervisor: _Supervisor, workers: int, task_status: Any) -> None:
-    async with trio.open_nursery() as nursery:
-        readiness = [trio.Event() for _ in range(workers)]
-        for index, ready in enumerate(readiness):
-            nursery.start_soon(supervisor.keep_one, index, ready)
-        for ready in readiness:
-            await ready.wait()
-        task_status.started(supervisor.port)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Listening from the start: a signal while the workers start stops them as well,
+    # rather than ending the supervisor and leaving them behind.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            readiness = [trio.Event() for _ in range(workers)]
+            for index, ready in enumerate(readiness):
+                nursery.start_soon(supervisor.keep_one, index, ready)
+            nursery.start_soon(_announce, readiness, supervisor.port, task_status)
             async for signum in signals:
                 log.info("received %s, stopping the workers", signal.Signals(signum).name)
                 break
-        with trio.CancelScope(shield=True):
-            await supervisor.stop()
-        nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await supervisor.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def _announce(readiness: list[trio.Event], port: int, task_status: Any) -> None:
+    for ready in readiness:
+        await ready.wait()
+    task_status.started(port)
