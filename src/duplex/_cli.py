@@ -172,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(run_server, Server(demo.handler, args.host, args.port), demo.run)
         return 0
     if args.command == "serve" and args.workers is not None:
+        if args.workers < 1:
+            parser.error("--workers takes a number from 1 up")
         return run_workers(args.handler, args.host, args.port, args.workers)
     handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
     reuse_port = args.command == "serve" and args.worker

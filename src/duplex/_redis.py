@@ -139,7 +139,9 @@ class RedisChannelGroup(ChannelGroup):
         """Deliver what Redis publishes to the local members; coredis reconnects and
         resubscribes after Redis restarts."""
         async with self._client.pubsub(
-            channels=[self._channel_key], ignore_subscribe_messages=True
+            channels=[self._channel_key],
+            ignore_subscribe_messages=True,
+            retry_policy=self._retry_policy(),
         ) as subscription:
             task_status.started()
             while True:
@@ -157,6 +159,16 @@ class RedisChannelGroup(ChannelGroup):
                     log.warning(
                         "%s: skipped a message that is not a broadcast: %r", self.name, error
                     )
+
+    def _retry_policy(self) -> Any:
+        """Resubscribe after an outage within about a second of Redis coming back, and
+        keep trying for as long as it is away (coredis's default waits up to 16 s)."""
+        from coredis.exceptions import ConnectionError
+        from coredis.retry import ExponentialBackoffRetryPolicy
+
+        return ExponentialBackoffRetryPolicy(
+            (ConnectionError, TimeoutError), retries=None, base_delay=0.1, max_delay=1.0
+        )
 
     def _deliver(self, published: str) -> None:
         event_id: str | None = None

@@ -175,6 +175,11 @@ class Server:
         self.shutting_down = True
         self.closing.set()
         self._accept_scope.cancel()
+        # Close the listening sockets now, so the kernel stops queueing connections that
+        # nobody will accept (with workers, a sibling takes them instead).
+        for listener in self.listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
         for connection in list(self._connections):
             connection.shutdown()
         with trio.move_on_after(grace):
