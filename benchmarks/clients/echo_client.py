@@ -1,0 +1,185 @@
+"""Streaming echo load: one connection, sending and reading at the same time.
+
+A small trio program on a raw socket. In ``http`` mode it sends ``POST /echo`` with a
+chunked body of ``--total`` bytes in ``--chunk``-byte chunks while another task reads
+the response, decoding the chunked framing (or Content-Length) and counting payload
+bytes. In ``raw`` mode it sends and reads the bytes as they are (a TCP echo).
+
+Prints one JSON object: bytes sent and echoed, seconds from the first byte sent to the
+last echoed byte, time to first echoed byte, and whether it stalled (no progress
+for ``--stall`` seconds) or hit ``--timeout``. Both bound the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import trio
+
+
+class ChunkedCounter:
+    """Counts the payload bytes of a chunked body without copying them."""
+
+    def __init__(self) -> None:
+        self.line = bytearray()
+        self.data_left = 0  # payload bytes left in the current chunk
+        self.crlf_left = 0  # bytes of the CRLF after it
+        self.payload = 0
+        self.done = False
+
+    def feed(self, data: bytes | bytearray) -> int:
+        """Consume ``data``; return how many payload bytes it held."""
+        i, n, got = 0, len(data), 0
+        while i < n and not self.done:
+            if self.data_left:
+                take = min(self.data_left, n - i)
+                self.data_left -= take
+                got += take
+                i += take
+                if not self.data_left:
+                    self.crlf_left = 2
+            elif self.crlf_left:
+                take = min(self.crlf_left, n - i)
+                self.crlf_left -= take
+                i += take
+            else:
+                end = data.find(b"\n", i)
+                if end < 0:
+                    self.line += data[i:]
+                    break
+                self.line += data[i:end]
+                i = end + 1
+                size = int(bytes(self.line).split(b";")[0].strip() or b"0", 16)
+                self.line.clear()
+                if size == 0:
+                    self.done = True  # trailers ignored: ours never send any
+                self.data_left = size
+        self.payload += got
+        return got
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    total, chunk_size = args.total, args.chunk
+    chunks = total // chunk_size
+    payload = bytes(range(256)) * (chunk_size // 256)
+    http = args.mode == "http"
+    frame = f"{chunk_size:x}\r\n".encode() + payload + b"\r\n" if http else payload
+    stream = await trio.open_tcp_stream(args.host, args.port)
+    state: dict[str, float | int | None] = {
+        "sent": 0,
+        "echoed": 0,
+        "first": None,
+        "sent_at_first": None,
+        "last": None,
+        "progress": time.perf_counter(),
+    }
+    start = 0.0
+
+    async def sender() -> None:
+        if http:
+            await stream.send_all(
+                f"POST /echo HTTP/1.1\r\nhost: {args.host}:{args.port}\r\n"
+                "content-type: application/octet-stream\r\n"
+                "transfer-encoding: chunked\r\n\r\n".encode()
+            )
+        for _ in range(chunks):
+            await stream.send_all(frame)
+            state["sent"] = int(state["sent"] or 0) + chunk_size
+            state["progress"] = time.perf_counter()
+        if http:
+            await stream.send_all(b"0\r\n\r\n")
+        else:
+            await stream.send_eof()
+
+    async def receiver() -> None:
+        counter: ChunkedCounter | None = None  # None: count raw bytes
+        head = bytearray()
+        head_done = not http
+        while True:
+            data = await stream.receive_some(262144)
+            if not data:
+                return
+            now = time.perf_counter()
+            state["progress"] = now
+            if not head_done:
+                head += data
+                end = head.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                head_done = True
+                lines = bytes(head[:end]).decode("latin-1").lower().split("\r\n")
+                if not lines[0].startswith("http/1.1 200"):
+                    raise RuntimeError(f"unexpected response: {lines[0]}")
+                fields = {k.strip(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+                if fields.get("transfer-encoding") == "chunked":
+                    counter = ChunkedCounter()
+                data = bytes(head[end + 4 :])
+            got = counter.feed(data) if counter is not None else len(data)
+            if got:
+                if state["first"] is None:
+                    state["first"] = now
+                    state["sent_at_first"] = state["sent"]
+                state["last"] = now
+                state["echoed"] = int(state["echoed"] or 0) + got
+            if (counter is not None and counter.done) or int(state["echoed"] or 0) >= total:
+                return
+
+    async def watchdog(cancel: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(0.25)
+            if time.perf_counter() - float(state["progress"] or 0) > args.stall:
+                state["stalled"] = 1
+                cancel.cancel()
+                return
+
+    outcome = "ok"
+    async with stream:
+        with trio.move_on_after(args.timeout) as scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    start = time.perf_counter()
+                    state["progress"] = start
+                    nursery.start_soon(watchdog, nursery.cancel_scope)
+                    nursery.start_soon(sender)
+                    await receiver()
+                    nursery.cancel_scope.cancel()
+            except* trio.BrokenResourceError:
+                outcome = "connection broken"
+        if scope.cancelled_caught:
+            outcome = "timeout"
+        if state.get("stalled"):
+            outcome = "stalled"
+    echoed = int(state["echoed"] or 0)
+    end = float(state["last"] or time.perf_counter())
+    first = state["first"]
+    if echoed < total and outcome == "ok":
+        outcome = "short"
+    return {
+        "mode": args.mode,
+        "outcome": outcome,
+        "sent": state["sent"],
+        "echoed": echoed,
+        "seconds": end - start,
+        "first_byte_seconds": None if first is None else float(first) - start,
+        "sent_at_first_echo": state["sent_at_first"],
+        "mib_per_s": echoed / (1 << 20) / (end - start) if echoed else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", choices=["http", "raw"], default="http")
+    parser.add_argument("--total", type=int, default=256 << 20)
+    parser.add_argument("--chunk", type=int, default=65536)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--stall", type=float, default=5.0)
+    args = parser.parse_args()
+    print(json.dumps(trio.run(run, args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1152 @@
+"""Run duplex's benchmarks against its peers, on this machine, in one go.
+
+    python benchmarks/run.py [--quick] [--only small,echo,idle,broadcast,client]
+                             [--output docs/benchmarks.md] [--json results.json]
+
+Every server runs as its own process pinned to CPU 0 (``taskset -c 0``), every load
+generator pinned to CPU 1, all traffic on 127.0.0.1. Servers are started fresh for each
+benchmark and stopped by PID afterwards. Each load is bounded in count and in time.
+The results are written as markdown tables (with the targets of issue 6 as ratios to
+the peers measured in the same run) to ``--output``.
+
+Nothing here passes or fails: a missing tool or a peer that breaks shows up as a note
+in the tables, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import select
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SERVERS = HERE / "servers"
+CLIENTS = HERE / "clients"
+PY = sys.executable
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+MIB = 1 << 20
+GIB = 1 << 30
+BENCHMARKS = ("small", "echo", "idle", "broadcast", "client")
+SETTLE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    wrk_seconds: int
+    wrk_warmup: int
+    echo_bytes: int
+    idle_connections: int
+    broadcast_counts: tuple[int, ...]
+    broadcast_rounds: int
+    client_seconds: float
+    stream_bytes: int
+    repeats: int
+
+
+FULL = Sizes(
+    wrk_seconds=10,
+    wrk_warmup=2,
+    echo_bytes=256 * MIB,
+    idle_connections=10_000,
+    broadcast_counts=(1_000, 10_000),
+    broadcast_rounds=5,
+    client_seconds=10.0,
+    stream_bytes=256 * MIB,
+    repeats=3,
+)
+QUICK = Sizes(
+    wrk_seconds=5,
+    wrk_warmup=1,
+    echo_bytes=64 * MIB,
+    idle_connections=2_000,
+    broadcast_counts=(1_000, 2_000),
+    broadcast_rounds=3,
+    client_seconds=3.0,
+    stream_bytes=64 * MIB,
+    repeats=1,
+)
+
+
+# -- the servers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    description: str
+    argv: Callable[[int], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _uvicorn(http: str, loop: str) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        return [
+            PY, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(SERVERS),
+            "--host", "127.0.0.1", "--port", str(port), "--http", http, "--loop", loop,
+            "--no-access-log", "--log-level", "warning", "--backlog", "1024",
+        ]  # fmt: skip
+
+    return argv
+
+
+SERVER_SPECS = {
+    spec.name: spec
+    for spec in [
+        Server(
+            "duplex",
+            "`duplex.serve` (benchmarks/servers/duplex_app.py), default limits but max_connections",
+            lambda port: [PY, str(SERVERS / "duplex_app.py"), "--port", str(port)],
+        ),
+        Server(
+            "trio-h11-floor",
+            "trio.serve_tcp + one h11.Connection per socket (servers/trio_h11_floor.py)",
+            lambda port: [PY, str(SERVERS / "trio_h11_floor.py"), "--port", str(port)],
+        ),
+        Server(
+            "hypercorn-trio",
+            "`hypercorn --worker-class trio --workers 0` + ASGI app (servers/asgi_app.py)",
+            lambda port: [
+                PY,
+                "-m",
+                "hypercorn",
+                "--worker-class",
+                "trio",
+                "--workers",
+                "0",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--backlog",
+                "1024",
+                "asgi_app:app",
+            ],
+            {"PYTHONPATH": str(SERVERS)},
+        ),
+        Server(
+            "uvicorn-h11",
+            "`uvicorn --http h11 --loop asyncio` + the same ASGI app",
+            _uvicorn("h11", "asyncio"),
+        ),
+        Server(
+            "aiohttp",
+            "aiohttp.web (asyncio) (servers/aiohttp_app.py)",
+            lambda port: [PY, str(SERVERS / "aiohttp_app.py"), "--port", str(port)],
+        ),
+        Server(
+            "uvicorn-httptools",
+            "`uvicorn --http httptools --loop uvloop` + the same ASGI app (reference)",
+            _uvicorn("httptools", "uvloop"),
+        ),
+        Server(
+            "trio-raw-echo",
+            "raw trio TCP echo, no HTTP (servers/trio_raw_echo.py): the echo ceiling",
+            lambda port: [PY, str(SERVERS / "trio_raw_echo.py"), "--port", str(port)],
+        ),
+    ]
+}
+HTTP_SERVERS = [
+    "duplex",
+    "trio-h11-floor",
+    "hypercorn-trio",
+    "uvicorn-h11",
+    "aiohttp",
+    "uvicorn-httptools",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class RunningServer:
+    """A server process we started (pinned to SERVER_CPU); stopped by its PID."""
+
+    def __init__(self, spec: Server, logdir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.log_path = logdir / f"{spec.name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {**os.environ, **self.spec.env}
+        with self.log_path.open("wb") as log:
+            # taskset execs the server, so the PID is the server's own.
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", SERVER_CPU, *self.spec.argv(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited: {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.spec.name} did not listen within {timeout}s")
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-400:]
+        return ""
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        return proc_rss_kib(self.pid)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(name: str, logdir: Path) -> Iterator[RunningServer]:
+    server = RunningServer(SERVER_SPECS[name], logdir)
+    try:
+        server.start()
+        time.sleep(0.3)
+        yield server
+    finally:
+        server.stop()
+
+
+# -- load generators --------------------------------------------------------------------
+
+
+def pinned(argv: list[str]) -> list[str]:
+    return ["taskset", "-c", LOAD_CPU, *argv]
+
+
+def run_json(argv: list[str], timeout: float) -> dict[str, Any]:
+    """Run a load generator (pinned to LOAD_CPU) that prints a JSON line; parse it."""
+    done = subprocess.run(
+        pinned(argv), capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{Path(argv[1]).name} failed ({done.returncode}): {done.stderr.strip()[-500:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    requests = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE)
+    if requests is None or rps is None or p99 is None or p50 is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests": int(requests[1]),
+        "rps": float(rps[1]),
+        "p50_ms": _ms(p50[1]),
+        "p99_ms": _ms(p99[1]),
+        "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
+        "non_2xx": int(non2xx[1]) if non2xx else 0,
+    }
+
+
+def wrk(url: str, seconds: int) -> dict[str, Any]:
+    argv = pinned(["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", url])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
+# -- the benchmarks ---------------------------------------------------------------------
+
+
+def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """One result from repeated runs: each of ``keys`` is the median of its runs (the
+    rest comes from the run with the median first key); ``runs`` keeps the first key's
+    values, for the spread."""
+    good = [run for run in runs if "error" not in run]
+    if not good:
+        return runs[-1] if runs else {"error": "not run"}
+    first = keys[0]
+    good.sort(key=lambda run: run[first])
+    chosen = dict(good[(len(good) - 1) // 2])
+    for key in keys:
+        values = [run[key] for run in good if run.get(key) is not None]
+        if values:
+            chosen[key] = statistics.median(values)
+    chosen["runs"] = [run[first] for run in good]
+    return chosen
+
+
+def bench_small(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"_skipped": "wrk is not installed (apt-get install -y wrk)"}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in HTTP_SERVERS}
+    # Repeats go round all the servers, so that a noisy minute hits each of them alike.
+    for repeat in range(sizes.repeats):
+        for name in HTTP_SERVERS:
+            try:
+                with running(name, logdir) as server:
+                    wrk(server.url + "/", sizes.wrk_warmup)
+                    cpu0 = server.cpu_seconds()
+                    result = wrk(server.url + "/", sizes.wrk_seconds)
+                    cpu = server.cpu_seconds() - cpu0
+                result["server_cpu_s"] = cpu
+                result["req_per_cpu_s"] = result["requests"] / cpu if cpu else math.nan
+                runs[name].append(result)
+                log(
+                    f"small {name} #{repeat + 1}: {result['rps']:.0f} req/s, "
+                    f"p99 {result['p99_ms']:.2f} ms, {result['req_per_cpu_s']:.0f} req/CPU-s"
+                )
+            except Exception as error:
+                runs[name].append({"error": str(error)})
+                log(f"small {name}: ERROR {error}")
+    keys = ("req_per_cpu_s", "rps", "p99_ms", "server_cpu_s")
+    return {name: _medians(found, keys) for name, found in runs.items()}
+
+
+ECHO_SERVERS = [*HTTP_SERVERS, "trio-raw-echo"]
+
+
+def bench_echo(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ECHO_SERVERS}
+    client = str(CLIENTS / "echo_client.py")
+    for repeat in range(sizes.repeats):
+        for name in ECHO_SERVERS:
+            mode = "raw" if name == "trio-raw-echo" else "http"
+            base = [PY, client, "--mode", mode, "--timeout", "120", "--stall", "10"]
+            try:
+                with running(name, logdir) as server:
+                    port = ["--port", str(server.port)]
+                    run_json([*base, *port, "--total", str(4 * MIB)], timeout=60)  # warm-up
+                    cpu0 = server.cpu_seconds()
+                    total = ["--total", str(sizes.echo_bytes)]
+                    result = run_json([*base, *port, *total], timeout=180)
+                    cpu = server.cpu_seconds() - cpu0
+                echoed = result["echoed"]
+                result["server_cpu_s"] = cpu
+                result["cpu_s_per_gib"] = cpu / (echoed / GIB) if echoed else math.nan
+                runs[name].append(result)
+                log(
+                    f"echo {name} #{repeat + 1}: {result['outcome']}, "
+                    f"{result['mib_per_s']:.1f} MiB/s, {result['cpu_s_per_gib']:.2f} CPU-s/GiB, "
+                    f"first byte {(result['first_byte_seconds'] or math.nan) * 1000:.1f} ms "
+                    f"after {(result['sent_at_first_echo'] or 0) / MIB:.1f} MiB sent"
+                )
+            except Exception as error:
+                runs[name].append({"error": str(error)})
+                log(f"echo {name}: ERROR {error}")
+    keys = ("mib_per_s", "cpu_s_per_gib", "first_byte_seconds")
+    return {name: _medians(found, keys) for name, found in runs.items()}
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not readable:
+        raise TimeoutError(f"no answer within {timeout}s")
+    return proc.stdout.readline()
+
+
+def bench_idle(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    count = sizes.idle_connections
+    client = [PY, str(CLIENTS / "many_client.py"), "idle", "--path", "/idle"]
+    for name in HTTP_SERVERS:
+        try:
+            with running(name, logdir) as server:
+                port = ["--port", str(server.port)]
+                # Warm-up: the streaming code paths run (and import) once before "before".
+                run_json([*client, *port, "--count", "50", "--hold", "0"], timeout=60)
+                time.sleep(1.0)
+                rss0, cpu0 = server.rss_kib(), server.cpu_seconds()
+                proc = subprocess.Popen(
+                    pinned([*client, *port, "--count", str(count), "--hold", "300"]),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    cwd=REPO,
+                )
+                try:
+                    line = _read_line(proc, timeout=240)
+                    if not line.startswith("{"):
+                        assert proc.stderr is not None
+                        raise RuntimeError(f"idle client failed: {proc.stderr.read()[-500:]}")
+                    opened = json.loads(line)
+                    time.sleep(1.0)  # settle
+                    rss1, cpu1 = server.rss_kib(), server.cpu_seconds()
+                finally:
+                    if proc.poll() is None:
+                        assert proc.stdin is not None
+                        with contextlib.suppress(OSError):
+                            proc.stdin.write("\n")
+                            proc.stdin.close()
+                        try:
+                            proc.wait(timeout=60)
+                        except subprocess.TimeoutExpired:
+                            os.kill(proc.pid, signal.SIGKILL)
+                            proc.wait()
+            result = {
+                "connections": opened["opened"],
+                "open_seconds": opened["seconds"],
+                "rss_before_kib": rss0,
+                "rss_after_kib": rss1,
+                "kib_per_connection": (rss1 - rss0) / opened["opened"],
+                "cpu_s_to_open": cpu1 - cpu0,
+            }
+            results[name] = result
+            log(
+                f"idle {name}: {result['kib_per_connection']:.1f} KiB/conn, "
+                f"opened {count} in {result['open_seconds']:.2f} s"
+            )
+        except Exception as error:
+            results[name] = {"error": str(error)}
+            log(f"idle {name}: ERROR {error}")
+    return results
+
+
+def bench_broadcast(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    counts = ",".join(str(n) for n in sizes.broadcast_counts)
+    try:
+        with running("duplex", logdir) as server:
+            argv = [
+                PY, str(CLIENTS / "many_client.py"), "broadcast", "--port", str(server.port),
+                "--path", "/sse", "--counts", counts, "--rounds", str(sizes.broadcast_rounds),
+                "--server-pid", str(server.pid),
+            ]  # fmt: skip
+            result = run_json(argv, timeout=600)
+            result["rss_kib"] = server.rss_kib()
+    except Exception as error:
+        log(f"broadcast: ERROR {error}")
+        return {"error": str(error)}
+    for row in result["results"]:
+        log(
+            f"broadcast to {row['subscribers']}: median {row['median_last_ms']:.1f} ms "
+            f"(best {row['best_last_ms']:.1f}, worst {row['worst_last_ms']:.1f})"
+        )
+    return result
+
+
+CLIENT_LIBS = ("duplex", "httpx", "aiohttp")
+GET_SERVER = "uvicorn-httptools"
+
+
+def bench_client(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    results: dict[str, Any] = {"get": {}, "stream": {}, "get_server": GET_SERVER}
+    script = str(CLIENTS / "http_clients.py")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    try:
+        with running(GET_SERVER, logdir) as server:
+            for repeat in range(sizes.repeats):
+                for concurrency in (1, 10):
+                    for lib in CLIENT_LIBS:
+                        key = f"{lib}/c{concurrency}"
+                        argv = [
+                            PY, script, "get", "--lib", lib, "--url", server.url + "/",
+                            "--concurrency", str(concurrency),
+                            "--duration", str(sizes.client_seconds),
+                            "--max-requests", "2000000",
+                        ]  # fmt: skip
+                        try:
+                            result = run_json(argv, timeout=sizes.client_seconds + 60)
+                            result["rps"] = result["requests"] / result["seconds"]
+                            result["req_per_cpu_s"] = result["requests"] / result["cpu_seconds"]
+                            runs.setdefault(key, []).append(result)
+                            log(
+                                f"client get {key} #{repeat + 1}: {result['rps']:.0f} req/s, "
+                                f"{result['req_per_cpu_s']:.0f} req/client-CPU-s"
+                            )
+                        except Exception as error:
+                            runs.setdefault(key, []).append({"error": str(error)})
+                            log(f"client get {key}: ERROR {error}")
+    except Exception as error:
+        results["get"]["_error"] = str(error)
+    for key, found in runs.items():
+        results["get"][key] = _medians(found, ("rps", "req_per_cpu_s", "requests"))
+    try:
+        with running("duplex", logdir) as server:
+            for route in ("echo", "updown"):
+                for lib in CLIENT_LIBS:
+                    key = f"{lib}/{route}"
+                    argv = [
+                        PY, script, "stream", "--lib", lib, "--url", server.url,
+                        "--route", route, "--total", str(sizes.stream_bytes),
+                        "--timeout", "120", "--stall", "5",
+                    ]  # fmt: skip
+                    try:
+                        result = run_json(argv, timeout=180)
+                        results["stream"][key] = result
+                        log(
+                            f"client stream {key}: {result['outcome']}, "
+                            f"{result['mib_per_s']:.1f} MiB/s"
+                        )
+                    except Exception as error:
+                        results["stream"][key] = {"error": str(error)}
+                        log(f"client stream {key}: ERROR {error}")
+    except Exception as error:
+        results["stream"]["_error"] = str(error)
+    return results
+
+
+RUNNERS = {
+    "small": bench_small,
+    "echo": bench_echo,
+    "idle": bench_idle,
+    "broadcast": bench_broadcast,
+    "client": bench_client,
+}
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def environment(command: str) -> dict[str, Any]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    versions = {}
+    for package in (
+        "duplex", "trio", "h11", "hypercorn", "uvicorn", "httptools", "uvloop",
+        "aiohttp", "httpx", "httpcore", "anyio",
+    ):  # fmt: skip
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    wrk_version = "not installed"
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+        wrk_version = (out.stdout + out.stderr).split("[")[0].strip() or "unknown"
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": (commit or "unknown") + (" (src/ has uncommitted changes)" if dirty else ""),
+        "nproc": nproc,
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+        "wrk": wrk_version,
+        "command": command,
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row + [""] * (len(header) - len(row))) + " |" for row in rows]
+    return lines
+
+
+def _ratio(a: Any, b: Any) -> float:
+    try:
+        return float(a) / float(b)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return math.nan
+
+
+def _get(results: dict[str, Any], *keys: str) -> Any:
+    value: Any = results
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def targets(results: dict[str, Any]) -> list[list[str]]:
+    """Rows of (target, goal, measured, met?) from the results of this run."""
+    rows: list[list[str]] = []
+
+    def at_least(what: str, goal: float, measured: float, detail: str) -> None:
+        if math.isnan(measured):
+            rows.append([what, f"≥ {goal:g}x", "not measured", "—"])
+            return
+        met = "yes" if measured >= goal else "**no**"
+        rows.append([what, f"≥ {goal:g}x", f"{measured:.2f}x ({detail})", met])
+
+    def at_most(what: str, goal: float, measured: float, detail: str, unit: str = "x") -> None:
+        if math.isnan(measured):
+            rows.append([what, f"≤ {goal:g}{unit}", "not measured", "—"])
+            return
+        met = "yes" if measured <= goal else "**no**"
+        rows.append([what, f"≤ {goal:g}{unit}", f"{measured:.2f}{unit} ({detail})", met])
+
+    small = results.get("small", {})
+    d = _get(small, "duplex", "req_per_cpu_s")
+    for peer, goal in (("trio-h11-floor", 1.0), ("hypercorn-trio", 4.0)):
+        p = _get(small, peer, "req_per_cpu_s")
+        at_least(
+            f"small: req per server CPU-s vs {peer}",
+            goal,
+            _ratio(d, p),
+            f"{_fmt(d, 0)} / {_fmt(p, 0)}",
+        )
+    echo = results.get("echo", {})
+    d = _get(echo, "duplex", "mib_per_s")
+    for peer, goal in (("trio-h11-floor", 1.4), ("trio-raw-echo", 0.6)):
+        p = _get(echo, peer, "mib_per_s")
+        at_least(f"echo: MiB/s vs {peer}", goal, _ratio(d, p), f"{_fmt(d)} / {_fmt(p)} MiB/s")
+    d_cpu = _get(echo, "duplex", "cpu_s_per_gib")
+    for peer, goal in (("trio-h11-floor", 1.4), ("trio-raw-echo", 0.6)):
+        p_cpu = _get(echo, peer, "cpu_s_per_gib")
+        at_least(
+            f"echo (CPU view, informative): GiB per server CPU-s vs {peer}",
+            goal,
+            _ratio(p_cpu, d_cpu),
+            f"{_fmt(d_cpu, 2)} / {_fmt(p_cpu, 2)} CPU-s per GiB",
+        )
+    idle = results.get("idle", {})
+    d = _get(idle, "duplex", "kib_per_connection")
+    for peer, goal in (("trio-h11-floor", 1.0), ("uvicorn-h11", 0.7)):
+        p = _get(idle, peer, "kib_per_connection")
+        at_most(
+            f"idle: memory per connection vs {peer}",
+            goal,
+            _ratio(d, p),
+            f"{_fmt(d)} / {_fmt(p)} KiB",
+        )
+    measured = {row["subscribers"]: row for row in _get(results, "broadcast", "results") or []}
+    for subscribers, goal in ((1_000, 15.0), (10_000, 150.0)):
+        row = measured.get(subscribers)
+        at_most(
+            f"broadcast to {subscribers:,} (median of rounds)",
+            goal,
+            math.nan if row is None else row["median_last_ms"],
+            "" if row is None else f"best {row['best_last_ms']:.1f} ms",
+            " ms",
+        )
+    client = results.get("client", {})
+    for concurrency in (1, 10):
+        d = _get(client, "get", f"duplex/c{concurrency}", "rps")
+        h = _get(client, "get", f"httpx/c{concurrency}", "rps")
+        at_least(
+            f"client: GET req/s vs httpx, {concurrency} task(s)",
+            1.5,
+            _ratio(d, h),
+            f"{_fmt(d, 0)} / {_fmt(h, 0)}",
+        )
+        d = _get(client, "get", f"duplex/c{concurrency}", "req_per_cpu_s")
+        h = _get(client, "get", f"httpx/c{concurrency}", "req_per_cpu_s")
+        at_least(
+            f"client (CPU view, informative): GET per client CPU-s vs httpx, {concurrency} task(s)",
+            1.5,
+            _ratio(d, h),
+            f"{_fmt(d, 0)} / {_fmt(h, 0)}",
+        )
+    stream = client.get("stream", {})
+    h = _get(stream, "httpx/updown", "mib_per_s")
+    for route, label in (("echo", "full duplex"), ("updown", "upload then download")):
+        d = _get(stream, f"duplex/{route}", "mib_per_s")
+        at_least(
+            f"client: streaming MiB/s, duplex {label} vs httpx upload then download",
+            1.0,
+            _ratio(d, h),
+            f"{_fmt(d)} / {_fmt(h)} MiB/s",
+        )
+    return rows
+
+
+def _spread(result: dict[str, Any], digits: int) -> str:
+    runs = result.get("runs") or []
+    if len(runs) < 2:
+        return "—"
+    return f"{_fmt(float(min(runs)), digits)} to {_fmt(float(max(runs)), digits)}"
+
+
+def _cell_error(result: dict[str, Any]) -> list[str] | None:
+    if "error" in result:
+        return [f"error: {result['error'][:120]}"]
+    return None
+
+
+def _rewrap(lines: list[str], width: int = 88) -> list[str]:
+    """Re-flow plain paragraphs to ``width``; join list items onto one line each."""
+    out: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        first = block[0]
+        if first.startswith(("|", "#")):
+            out.extend(block)
+        elif first.startswith("- "):
+            items: list[str] = []
+            for line in block:
+                if line.startswith("- ") or not items:
+                    items.append(line)
+                else:
+                    items[-1] += " " + line.strip()
+            out.extend(items)
+        else:
+            out.extend(textwrap.wrap(" ".join(line.strip() for line in block), width))
+        block.clear()
+
+    for line in lines:
+        if line:
+            block.append(line)
+        else:
+            flush()
+            out.append("")
+    flush()
+    return out
+
+
+def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
+    out: list[str] = ["# Benchmarks", ""]
+    out += [
+        "duplex measured against its peers in one run on one machine (issue 6). These are",
+        "numbers from one noisy host, never a pass/fail test; CI does not run them. How to run",
+        "them and what each measures: [benchmarks/README.md](../benchmarks/README.md).",
+        "",
+    ]
+    if quick:
+        out += ["**Quick run (development sizes): not representative.**", ""]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    out += [
+        f"- Date: {env['date']}",
+        f"- Machine: `nproc` = {env['nproc']}, CPU: {env['cpu_model']}, Linux {env['kernel']}",
+        f"- Python: {env['python']}; {versions}; {env['wrk']}",
+        f"- Command: `{env['command']}`, at commit {env['commit']}",
+        f"- Load average (1/5/15 min) at start: {' / '.join(env['loadavg_start'])}, at end: "
+        f"{' / '.join(env['loadavg_end'])} — the host is shared: wall-clock figures are noisy,",
+        "  CPU-second figures (server CPU time from /proc/PID/stat) much less so.",
+        "- Servers pinned to CPU 0 (`taskset -c 0`), load generators to CPU 1; one process",
+        "  each; all traffic on 127.0.0.1; every server started fresh for each benchmark.",
+        "",
+        "## Targets",
+        "",
+        "Ratios of duplex to the peers measured in this same run.",
+        "",
+    ]
+    out += _table(["target", "goal", "measured", "met?"], targets(results))
+    out.append("")
+
+    if "small" in results:
+        small = results["small"]
+        out += [
+            "## 1. Small requests",
+            "",
+            f"13-byte response, keep-alive, `wrk -t1 -c50 -d{sizes.wrk_seconds}s --latency` "
+            f"(after a {sizes.wrk_warmup} s warm-up). Server CPU = user + system of the server",
+            "process over the measured run. Each figure is the median of its "
+            f"{sizes.repeats} run(s), taken in turns across the servers.",
+            "",
+        ]
+        if "_skipped" in small:
+            out += [f"Skipped: {small['_skipped']}", ""]
+        else:
+            rows = []
+            floor = _get(small, "trio-h11-floor", "req_per_cpu_s")
+            for name in HTTP_SERVERS:
+                r = small.get(name, {})
+                error = _cell_error(r)
+                if error:
+                    rows.append([name, *error, "", "", "", "", ""])
+                    continue
+                rows.append(
+                    [
+                        name,
+                        _fmt(r["rps"], 0),
+                        _fmt(r["p99_ms"], 2),
+                        _fmt(r["server_cpu_s"], 2),
+                        _fmt(r["req_per_cpu_s"], 0),
+                        _spread(r, 0),
+                        _fmt(_ratio(r["req_per_cpu_s"], floor), 2),
+                        _fmt(r["socket_errors"] + r["non_2xx"]),
+                    ]
+                )
+            out += _table(
+                [
+                    "server",
+                    "req/s",
+                    "p99 ms",
+                    "server CPU-s",
+                    "req per server CPU-s",
+                    "(runs: min to max)",
+                    "x floor",
+                    "errors",
+                ],
+                rows,
+            )
+            out.append("")
+
+    if "echo" in results:
+        echo = results["echo"]
+        out += [
+            "## 2. Full-duplex streaming echo",
+            "",
+            f"{sizes.echo_bytes // MIB} MiB in 64 KiB chunks over one connection, chunked "
+            "request, the server echoing each chunk as it arrives; the load client",
+            "(benchmarks/clients/echo_client.py, trio, raw socket) sends and reads at once.",
+            '"Sent before first echo" shows whether a server echoes before the request',
+            "ends (a server that buffers would show the whole body there). Each figure is",
+            f"the median of its {sizes.repeats} run(s).",
+            "",
+        ]
+        rows = []
+        for name in ECHO_SERVERS:
+            r = echo.get(name, {})
+            error = _cell_error(r)
+            if error:
+                rows.append([name, *error, "", "", "", "", ""])
+                continue
+            first = r.get("first_byte_seconds")
+            rows.append(
+                [
+                    name,
+                    r["outcome"],
+                    _fmt(r["mib_per_s"]),
+                    _spread(r, 1),
+                    _fmt(r["cpu_s_per_gib"], 2),
+                    _fmt(None if first is None else first * 1000, 1),
+                    _fmt(r["sent_at_first_echo"] / MIB, 2) + " MiB",
+                    "yes" if r["sent_at_first_echo"] < r["sent"] else "**no**",
+                ]
+            )
+        out += _table(
+            [
+                "server",
+                "outcome",
+                "MiB/s",
+                "(runs: min to max)",
+                "server CPU-s per GiB",
+                "first echoed byte, ms",
+                "sent before first echo",
+                "echoes while receiving?",
+            ],
+            rows,
+        )
+        out.append("")
+
+    if "idle" in results:
+        idle = results["idle"]
+        out += [
+            "## 3. Idle streaming connections",
+            "",
+            f"{sizes.idle_connections:,} open streaming responses (`GET /idle` with `Accept:",
+            "text/event-stream`: for duplex a `duplex.channel` with the heartbeat off, for the",
+            "others an endless SSE response that sends nothing), opened in batches of 250 by",
+            "benchmarks/clients/many_client.py (epoll). Memory = growth of the server's VmRSS",
+            "from before (after a 50-connection warm-up) to after all are open.",
+            "",
+        ]
+        rows = []
+        for name in HTTP_SERVERS:
+            r = idle.get(name, {})
+            error = _cell_error(r)
+            if error:
+                rows.append([name, *error, "", "", "", ""])
+                continue
+            rows.append(
+                [
+                    name,
+                    _fmt(r["connections"]),
+                    _fmt(r["kib_per_connection"], 1),
+                    f"{r['rss_before_kib'] / 1024:,.1f} → {r['rss_after_kib'] / 1024:,.1f}",
+                    _fmt(r["open_seconds"], 2),
+                    _fmt(r["cpu_s_to_open"], 2),
+                ]
+            )
+        out += _table(
+            [
+                "server",
+                "connections",
+                "KiB per connection",
+                "RSS MiB before → after",
+                "time to open all, s",
+                "server CPU-s to open",
+            ],
+            rows,
+        )
+        out.append("")
+
+    if "broadcast" in results:
+        b = results["broadcast"]
+        out += [
+            "## 4. Broadcast",
+            "",
+            "One 100-byte message to every SSE subscriber of a `duplex.ChannelGroup`",
+            "(`POST /broadcast` on the benchmark app); time from just before the request is",
+            "written until the last subscriber has read the message, measured by the client",
+            f"(one warm-up round, then {sizes.broadcast_rounds} rounds).",
+            "",
+        ]
+        if "error" in b:
+            out += [f"error: {b['error']}", ""]
+        else:
+            rows = [
+                [
+                    _fmt(row["subscribers"]),
+                    _fmt(row["median_last_ms"], 1),
+                    _fmt(row["best_last_ms"], 1),
+                    _fmt(row["worst_last_ms"], 1),
+                    _fmt(row["median_first_ms"], 1),
+                    _fmt(row["mean_server_cpu_ms"], 1),
+                    _fmt(row["mean_server_cpu_ms"] * 1000 / row["subscribers"], 1),
+                    _fmt(row["missed"]),
+                    _fmt(row["open_seconds"], 2),
+                ]
+                for row in b["results"]
+            ]
+            out += _table(
+                [
+                    "subscribers",
+                    "last has it, ms (median)",
+                    "best",
+                    "worst",
+                    "first has it, ms (median)",
+                    "server CPU ms per broadcast (mean)",
+                    "server CPU µs per subscriber",
+                    "missed",
+                    "time to subscribe, s",
+                ],
+                rows,
+            )
+            out.append("")
+
+    if "client" in results:
+        c = results["client"]
+        out += [
+            "## 5. Client side",
+            "",
+            f"GET over keep-alive against {c.get('get_server')} (pinned to CPU 0); each",
+            "client in its own process on CPU 1, N tasks sharing one client, "
+            f"{sizes.client_seconds:g} s each;",
+            "httpx runs on trio (anyio), aiohttp on asyncio. Client CPU = the client",
+            f"process's own CPU time. Medians of {sizes.repeats} run(s).",
+            "",
+        ]
+        rows = []
+        for concurrency in (1, 10):
+            for lib in CLIENT_LIBS:
+                r = _get(c, "get", f"{lib}/c{concurrency}") or {"error": "not run"}
+                error = _cell_error(r)
+                if error:
+                    rows.append([lib, str(concurrency), *error, "", ""])
+                    continue
+                rows.append(
+                    [
+                        lib,
+                        str(concurrency),
+                        _fmt(r["rps"], 0),
+                        _fmt(r["req_per_cpu_s"], 0),
+                        _fmt(r["requests"]),
+                    ]
+                )
+        out += _table(["client", "tasks", "req/s", "req per client CPU-s", "requests"], rows)
+        out += [
+            "",
+            f"Streaming {sizes.stream_bytes // MIB} MiB up and the same back down in 64 KiB",
+            "chunks against the duplex benchmark server: `/echo` echoes as it reads (needs a",
+            "client that reads while it sends), `/updown` reads the whole upload and then",
+            "sends it back (any client). MiB/s = payload MiB / seconds from start to the last",
+            "byte back.",
+            "",
+        ]
+        rows = []
+        for route in ("echo", "updown"):
+            for lib in CLIENT_LIBS:
+                r = _get(c, "stream", f"{lib}/{route}") or {"error": "not run"}
+                error = _cell_error(r)
+                if error:
+                    rows.append([lib, route, *error, "", "", ""])
+                    continue
+                first = r.get("first_byte_seconds")
+                rows.append(
+                    [
+                        lib,
+                        f"/{route}",
+                        r["outcome"],
+                        _fmt(r["mib_per_s"]),
+                        f"{r['up'] / MIB:,.1f} / {r['down'] / MIB:,.1f}",
+                        _fmt(None if first is None else first * 1000, 1),
+                        _fmt(r.get("client_cpu_seconds"), 2),
+                    ]
+                )
+        out += _table(
+            [
+                "client",
+                "route",
+                "outcome",
+                "MiB/s",
+                "MiB up / down",
+                "first byte back, ms",
+                "client CPU-s",
+            ],
+            rows,
+        )
+        out.append("")
+    out += [
+        "## Servers",
+        "",
+        *[f"- **{spec.name}**: {spec.description}" for spec in SERVER_SPECS.values()],
+        "- Listen backlog 1024 everywhere (duplex's fixed value); access logs off.",
+        "",
+    ]
+    return "\n".join(_rewrap(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="development sizes")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--render", metavar="JSON", help="only rewrite --output from a --json file of a run"
+    )
+    args = parser.parse_args()
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    if shutil.which("taskset") is None:
+        parser.error("taskset (util-linux) is needed to pin servers and load generators")
+    if (os.cpu_count() or 1) < 2:
+        parser.error("two CPUs are needed: one for the server, one for the load")
+    sizes = QUICK if args.quick else FULL
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        quick = saved.get("quick", args.quick)
+        report = render(saved["env"], saved["results"], QUICK if quick else FULL, quick)
+        Path(args.output).write_text(report)
+        print(f"wrote {args.output}")
+        return
+    command = "python benchmarks/run.py" + "".join(f" {shlex.quote(arg)}" for arg in sys.argv[1:])
+    env = environment(command)  # before pinning: `nproc` counts the CPUs we may use
+    # The orchestrator stays off the server's CPU; children inherit the file limit.
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = max(sizes.idle_connections, *sizes.broadcast_counts) + 256
+    if hard < needed:
+        print(f"warning: RLIMIT_NOFILE hard limit {hard} < {needed}", file=sys.stderr)
+
+    logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"duplex-bench-{os.getpid()}"
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    log(f"server logs in {logdir}")
+    results: dict[str, Any] = {}
+    for name in BENCHMARKS:
+        if name in only:
+            log(f"== {name}")
+            results[name] = RUNNERS[name](sizes, logdir, log)
+            # Let the kernel tear down the last benchmark's connections before the next.
+            time.sleep(SETTLE_SECONDS)
+    env["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    report = render(env, results, sizes, args.quick)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(report)
+    log(f"wrote {args.output}")
+    saved = json.dumps({"env": env, "results": results, "quick": args.quick}, indent=2)
+    (logdir / "results.json").write_text(saved)
+    log(f"raw results in {logdir / 'results.json'} (re-render with --render)")
+    if args.json:
+        Path(args.json).write_text(saved)
+    print()
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
