@@ -8,6 +8,8 @@ A handler returns ``channel(request, ...)``; the request picks the transport. Th
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import inspect
 import logging
@@ -38,6 +40,9 @@ Callback: TypeAlias = Callable[..., Any]
 #: WebSocket close codes that mean the conversation broke: protocol error, unsupported
 #: or invalid data, policy violation, message too big, missing extension, server error.
 _WEBSOCKET_ERRORS = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 1011})
+
+#: How long a WebSocket handshake may take once the connection is handed over.
+_HANDSHAKE_SECONDS = 10.0
 
 #: How long ``on_close`` and ``after_close`` may run once the exchange is cancelled.
 _CLEANUP_SECONDS = 5.0
@@ -143,6 +148,35 @@ class _ChannelHeaders(Headers):
     def __delitem__(self, name: str) -> None:
         if self._check(f"removing header {name!r}"):
             super().__delitem__(name)
+
+
+class _Refused(Exception):
+    """The request asked for a WebSocket it cannot have; it was answered over HTTP."""
+
+
+def _websocket_refusal(request: Request) -> tuple[int, str, dict[str, str]] | None:
+    """Why an upgrade request cannot open a WebSocket (status, reason, headers), if so.
+
+    Checked before the connection is handed over, so that a bad handshake is answered
+    here, over HTTP, rather than left to a WebSocket library that would wait for it.
+    """
+    headers = request.headers
+    if request.method != "GET":
+        return 400, "a WebSocket handshake is a GET", {}
+    if "upgrade" not in headers.get_tokens("connection"):
+        return 400, "a WebSocket handshake needs Connection: upgrade", {}
+    if headers.get("sec-websocket-version", "").strip() != "13":
+        return 426, "only WebSocket version 13 is spoken here", {"sec-websocket-version": "13"}
+    key = headers.get("sec-websocket-key", "").strip()
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid_key = False
+    if not valid_key:
+        return 400, "a WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes", {}
+    if request.body.length != 0:
+        return 400, "a WebSocket handshake has no body", {}
+    return None
 
 
 def _request_head(request: Request) -> bytes:
@@ -399,6 +433,12 @@ class Channel:
             return self._close_status or CloseStatus("gone", 1006, str(error))
         except trio_websocket.ConnectionClosed as error:
             return self._status_from_websocket(error.reason)
+        except _Refused as error:
+            log.debug("%r: refused: %s", self, error)
+            return CloseStatus("error", None, str(error))
+        except trio.TooSlowError:
+            log.debug("%r: the WebSocket handshake did not finish in time", self)
+            return CloseStatus("gone", 1006, "the WebSocket handshake did not finish")
         except Exception as error:
             log.exception("%r failed", self)
             self._state = "errored"
@@ -414,12 +454,21 @@ class Channel:
             headers["cache-control"] = "no-cache"
             await control.start(self._status, headers)
         elif self.transport == "websocket":
+            refusal = _websocket_refusal(self.request)
+            if refusal is not None:
+                status, reason, extra = refusal
+                extra |= {"content-type": "text/plain", "connection": "close"}
+                await control.start(status, extra)
+                await control.write(f"{reason}\n".encode())
+                await control.end()
+                raise _Refused(reason)
             stream, rest = await control.detach()
             replay = _ReplayStream(stream, _request_head(self.request) + rest)
-            request = await trio_websocket.wrap_server_stream(
-                nursery, replay, message_queue_size=1, max_message_size=self.max_message_size
-            )
-            self._websocket = await request.accept(extra_headers=self._headers.raw)
+            with trio.fail_after(_HANDSHAKE_SECONDS):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, replay, message_queue_size=1, max_message_size=self.max_message_size
+                )
+                self._websocket = await request.accept(extra_headers=self._headers.raw)
             if self.ping_interval is not None:
                 nursery.start_soon(self._ping, self._websocket, self.ping_interval)
         self._state = "open"

@@ -9,6 +9,7 @@ writes the request.
 from __future__ import annotations
 
 import logging
+import re
 import select
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator
@@ -46,7 +47,14 @@ class TooManyRedirects(Exception):
     """``follow_redirects`` met more redirects than ``max_redirects`` allows."""
 
 
+_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _split_url(url: str) -> tuple[Origin, str]:
+    # urlsplit quietly drops CR, LF and tabs; a URL holding them (or NUL, or a space)
+    # is refused instead, so that nothing can slip a line into the request head.
+    if _UNSAFE_IN_URL.search(url):
+        raise ValueError(f"URL {url!r} holds a space or a control character")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:

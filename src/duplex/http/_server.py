@@ -39,6 +39,9 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 WATCH_DELAY = 0.1
 # Control characters other than HTAB: h11 lets all but NUL through in field values.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# h11 merges repeated identical Content-Length fields (and "1, 1" lists) into one; the
+# raw head is checked for them so that duplex rejects what it cannot read one way only.
+_CONTENT_LENGTH_FIELD = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -503,19 +506,23 @@ class _ServerConnection:
         end = match.end()
         if end > limits.max_header_size:
             raise ProtocolError("request head too large", 431)
+        lengths = _CONTENT_LENGTH_FIELD.findall(data, 0, end)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            raise ProtocolError("repeated Content-Length")
         _check_line_ends(data, 0, end, "request head")
 
     def _check_request(self, event: h11.Request) -> None:
         if event.http_version not in (b"1.1", b"1.0"):
             raise ProtocolError(f"HTTP/{event.http_version.decode()} is not supported", 505)
+        if event.method == b"CONNECT":
+            # A 2xx would turn the connection into a tunnel: duplex is not a proxy.
+            raise ProtocolError("CONNECT is not supported", 501)
         _check_field_values(event.headers, "header")
         if _CONTROL.search(event.target):
             raise ProtocolError("control character in the request target")
         names = [name for name, _ in event.headers]
         if b"transfer-encoding" in names and b"content-length" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        if names.count(b"content-length") > 1:
-            raise ProtocolError("repeated Content-Length")
         max_body = self.limits.max_body_size
         if max_body is not None and b"content-length" in names:
             length = int(dict(event.headers)[b"content-length"])
@@ -592,6 +599,7 @@ class _ServerConnection:
         try:
             if length == 0:
                 # Nothing to read: answer in this task, with no second one to start.
+                exchange.expects_continue = False  # no body to continue with
                 await self._pump_body(exchange)
                 self._request_complete(exchange)
                 await self._respond(exchange)
