@@ -285,12 +285,6 @@ async def test_an_accepted_vector_is_framed_one_way_only(vector: Accepted) -> No
 # -- sizes that only the data can reveal ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a chunk size over max_body_size is taken at its word: the server waits for "
-    "that much data (until read_timeout) instead of answering 413 at once, as it does "
-    "for a Content-Length over max_body_size",
-)
 async def test_a_chunk_size_over_max_body_size_gets_413_at_once() -> None:
     recorder = Recorder()
     limits = duplex.Limits(max_body_size=1024, read_timeout=3)

@@ -61,8 +61,10 @@ class ClientLimits:
     max_connections_per_origin: int = 100
     #: Idle keep-alive connections kept per origin.
     max_idle_connections: int = 20
-    #: How long an idle connection is kept before it is closed instead of reused.
-    idle_expiry: float | None = 30.0
+    #: How long an idle connection is kept before it is closed instead of reused; below
+    #: a duplex server's keep_alive_timeout (5 s), so that it never reuses a connection
+    #: the server is closing.
+    idle_expiry: float | None = 4.0
     #: The whole response head (the client's defence against a hostile server).
     max_response_header_size: int = 65536
     #: Bytes asked of the socket in one read.

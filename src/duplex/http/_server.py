@@ -644,6 +644,14 @@ class _ServerConnection:
             if chunks is not None:
                 chunks.check(http.buffered())
             event = http.next_event()
+            if (
+                chunks is not None
+                and chunks.size is not None
+                and limits.max_body_size is not None
+                and received + chunks.size > limits.max_body_size
+            ):
+                # A chunk announced past the limit is refused now, not once it arrived.
+                raise ProtocolError("request body too large", 413)
             if chunks is not None:
                 chunks.advance(event)
             if event is h11.NEED_DATA:
