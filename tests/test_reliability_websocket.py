@@ -178,7 +178,7 @@ async def test_invalid_utf8_gets_a_close_frame_with_1007() -> None:
     reason="trio-websocket appends every data event to the message's list of parts, empty "
     "ones included, and bounds a message by its bytes only: a peer that sends empty "
     "continuation frames and never ends the message grows the server's memory by about "
-    "8 bytes per 6-byte frame, without limit",
+    "9 bytes per 6-byte frame, without limit",
 )
 async def test_a_flood_of_empty_fragments_keeps_memory_flat_and_the_message_whole() -> None:
     flood = frame(CONTINUATION, b"", fin=False) * 5_000
