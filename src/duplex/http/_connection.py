@@ -7,7 +7,10 @@ become duplex's (``ProtocolError``, ``Timeout``, trio's resource errors).
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Awaitable, Callable
+from math import inf
 from typing import Any
 
 import h11
@@ -29,12 +32,25 @@ def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
         return None
 
 
+#: Socket operations that may complete without waiting before the task yields to the
+#: scheduler anyway, so that a peer that always has data ready cannot starve the others.
+_BUDGET = 16
+#: Pieces at most in one scatter-gather write (well under any system's IOV_MAX).
+_MAX_PIECES = 64
+
+
 class HTTPConnection:
     """One h11 connection over one trio stream.
 
     One task receives events while others send; sends are serialised here. Every send
     is bounded by ``write_timeout`` and every socket read by the timeout its caller
     gives, raising ``duplex.Timeout`` naming the phase.
+
+    On a plain TCP stream the socket is read and written directly: an operation the
+    socket can complete at once costs no trip through trio's scheduler and no cancel
+    scope; only an operation that must wait enters a deadline and yields. (Each is
+    still a cancellation point, and every ``_BUDGET`` operations yield regardless.)
+    Other transports (TLS) go through the stream's own methods.
     """
 
     def __init__(
@@ -50,6 +66,8 @@ class HTTPConnection:
         self.h11 = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
         self.read_size = read_size
         self.write_timeout = write_timeout
+        self._socket = stream.socket if type(stream) is trio.SocketStream else None
+        self._budget = _BUDGET
         # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
         # would cost a trip through the scheduler on every send.
         self._sending = False
@@ -69,25 +87,72 @@ class HTTPConnection:
         except h11.RemoteProtocolError as error:
             raise ProtocolError(str(error), error.error_status_hint) from error
 
-    async def receive_data(self, timeout: float | None = None, phase: str = "read") -> bool:
+    async def receive_data(
+        self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
+    ) -> bool:
         """Read once from the socket into h11; False at EOF.
 
-        Raises ``duplex.Timeout`` after ``timeout`` seconds without data, and
-        ``trio.BrokenResourceError`` if the connection broke.
+        Raises ``duplex.Timeout`` after ``timeout`` seconds without data (or once
+        ``deadline`` passes), and ``trio.BrokenResourceError`` if the connection broke.
         """
-        if timeout is None:
-            data = await self.stream.receive_some(self.read_size)
-        else:
-            with trio.move_on_after(timeout) as scope:
+        sock = self._socket
+        if sock is None:
+            if timeout is not None:
+                deadline = min(deadline, trio.current_time() + timeout)
+            if deadline == inf:
                 data = await self.stream.receive_some(self.read_size)
-            if scope.cancelled_caught:
-                raise Timeout(phase, timeout)
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    data = await self.stream.receive_some(self.read_size)
+                if scope.cancelled_caught:
+                    raise Timeout(phase, 0.0 if timeout is None else timeout)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError("the connection is closed")
+                try:
+                    data = os.read(fd, self.read_size)
+                    break
+                except BlockingIOError:
+                    await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
+                except OSError as error:
+                    raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+            await self._spend()
         self.bytes_received += len(data)
         try:
             self.h11.receive_data(data if type(data) is bytes else bytes(data))
         except h11.RemoteProtocolError as error:
             raise ProtocolError(str(error), error.error_status_hint) from error
         return bool(data)
+
+    async def _wait(
+        self,
+        wait: Callable[[trio.socket.SocketType], Awaitable[None]],
+        sock: trio.socket.SocketType,
+        timeout: float | None,
+        phase: str,
+        deadline: float = inf,
+    ) -> None:
+        """Wait until ``sock`` is ready, within ``timeout`` seconds and ``deadline``."""
+        self._budget = _BUDGET  # waiting yields to the others anyway
+        if timeout is not None:
+            deadline = min(deadline, trio.current_time() + timeout)
+        if deadline == inf:
+            await wait(sock)
+            return
+        with trio.move_on_at(deadline) as scope:
+            await wait(sock)
+        if scope.cancelled_caught:
+            raise Timeout(phase, 0.0 if timeout is None else timeout)
+
+    async def _spend(self) -> None:
+        """Count an operation that did not wait; yield once the budget is spent."""
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = _BUDGET
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:
         """The next h11 event, reading the socket as needed (each read within ``timeout``)."""
@@ -137,11 +202,18 @@ class HTTPConnection:
         return pieces or []
 
     async def send(self, *events: Any) -> None:
-        """Encode ``events`` and write them to the socket in one go."""
+        """Encode ``events`` and write them to the socket in one go.
+
+        Body bytes are not copied on the way: h11 passes them through and the socket
+        takes them in one scatter-gather write.
+        """
+        if len(events) == 1:
+            await self.send_pieces(self.encode(events[0]))
+            return
         pieces: list[bytes] = []
         for event in events:
             pieces += self.encode(event)
-        await self.send_raw(b"".join(pieces) if len(pieces) != 1 else pieces[0])
+        await self.send_pieces(pieces)
 
     async def send_raw(self, data: bytes) -> None:
         """Write bytes to the socket, serialised with other senders.
@@ -149,23 +221,61 @@ class HTTPConnection:
         Raises ``duplex.Timeout("write")`` if the peer takes none of it within
         ``write_timeout``, ``trio.BrokenResourceError`` if the connection broke.
         """
-        if not data:
-            return
+        await self.send_pieces([data])
+
+    async def send_pieces(self, pieces: list[bytes]) -> None:
+        """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
         while self._sending:
             await self._send_waiters.park()
         self._sending = True
         try:
-            timeout = self.write_timeout
-            if timeout is None:
-                await self.stream.send_all(data)
+            sock = self._socket
+            if sock is None:
+                await self._send_through_stream(pieces)
             else:
-                with trio.move_on_after(timeout) as scope:
-                    await self.stream.send_all(data)
-                if scope.cancelled_caught:
-                    raise Timeout("write", timeout)
+                await self._send_to_socket(sock, pieces)
         finally:
             self._sending = False
             self._send_waiters.unpark()
+
+    async def _send_through_stream(self, pieces: list[bytes]) -> None:
+        data = b"".join(pieces) if len(pieces) != 1 else pieces[0]
+        if not data:
+            return
+        timeout = self.write_timeout
+        if timeout is None:
+            await self.stream.send_all(data)
+            return
+        with trio.move_on_after(timeout) as scope:
+            await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise Timeout("write", timeout)
+
+    async def _send_to_socket(self, sock: trio.socket.SocketType, pieces: list[Any]) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pieces = [piece for piece in pieces if piece]
+        if len(pieces) > _MAX_PIECES:
+            pieces = [b"".join(pieces)]
+        waited = False
+        while pieces:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the connection is closed")
+            try:
+                sent = os.writev(fd, pieces) if len(pieces) > 1 else os.write(fd, pieces[0])
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_writable, sock, self.write_timeout, "write")
+                waited = True
+                continue
+            except OSError as error:
+                raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+            # Drop what the socket took; a partly written piece goes on as a view.
+            while pieces and sent >= len(pieces[0]):
+                sent -= len(pieces.pop(0))
+            if sent:
+                pieces[0] = memoryview(pieces[0])[sent:]
+        if not waited:
+            await self._spend()
 
     async def aclose(self) -> None:
         """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""

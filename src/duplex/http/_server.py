@@ -473,11 +473,13 @@ class _ServerConnection:
             if event is not h11.NEED_DATA:
                 raise ProtocolError(f"unexpected {type(event).__name__} before a request")
             pending = len(self.http.buffered())
-            with trio.move_on_at(head_deadline if pending else idle_deadline) as scope:
-                got_data = await self.http.receive_data()
-            if scope.cancelled_caught:
+            try:
+                got_data = await self.http.receive_data(
+                    deadline=head_deadline if pending else idle_deadline
+                )
+            except Timeout:
                 if pending:
-                    raise ProtocolError("the request head did not arrive in time", 408)
+                    raise ProtocolError("the request head did not arrive in time", 408) from None
                 return None
             if not got_data and not pending:
                 return None
