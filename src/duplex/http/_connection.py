@@ -177,19 +177,34 @@ class HTTPConnection:
         """Return once the peer has closed or reset the connection.
 
         Reads nothing into memory: it peeks at the socket. Once unread data is waiting
-        (a pipelined request), it can no longer tell, and waits forever.
+        (a pipelined request), it can no longer tell, and waits forever. Cancellation is
+        checked before every look, so that a watcher cancelled while it was being woken
+        never waits on a socket that another task reads by then.
         """
         sock = raw_socket(self.stream)
         if sock is None:
             await trio.sleep_forever()
             return
-        try:
-            data = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            return
-        if not data:
-            return
-        await trio.sleep_forever()
+        while True:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            fd = sock.fileno()
+            if fd < 0:
+                return
+            # A stdlib socket object over the same descriptor, for the one non-blocking
+            # peek that trio's socket does not offer; detached so that it closes nothing.
+            peek = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+            try:
+                data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return
+            finally:
+                peek.detach()
+            if not data:
+                return
+            await trio.sleep_forever()
 
     # -- sending ----------------------------------------------------------------------
 

@@ -313,17 +313,32 @@ class _Exchange:
         "head_started",
         "keep_alive",
         "nursery",
+        "over",
         "request",
         "request_body",
         "request_complete",
         "response_body",
         "response_done",
+        "scope",
+        "task_scopes",
+        "tasks",
+        "tasks_done",
         "watch_scope",
     )
 
-    def __init__(self, request: Request, request_body: Writable, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        request: Request,
+        request_body: Writable,
+        scope: trio.CancelScope,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
         self.request = request
         self.request_body = request_body
+        #: Cancels the handler and everything else of the exchange.
+        self.scope = scope
+        #: The exchange's own nursery; None for an exchange answered in the connection's
+        #: task, whose ``request.nursery`` tasks run in the connection's nursery.
         self.nursery = nursery
         self.response_body: Readable | None = None
         self.head_started = False
@@ -333,12 +348,34 @@ class _Exchange:
         self.expects_continue = False
         self.detached = False
         self.request_complete = False
+        self.over = False
         # Made by the connection's watcher when it starts watching this exchange.
         self.watch_scope: trio.CancelScope | None = None
+        # Tasks of an inline exchange (see _InlineNursery): started, and their scopes.
+        self.tasks = 0
+        self.task_scopes: set[trio.CancelScope] = set()
+        self.tasks_done = trio.lowlevel.ParkingLot()
 
     def stop_watching(self) -> None:
         if self.watch_scope is not None:
             self.watch_scope.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the handler and the exchange's tasks."""
+        self.scope.cancel()
+        for scope in self.task_scopes:
+            scope.cancel()
+
+    def end_tasks(self) -> None:
+        """The exchange is over: cancel the tasks left in ``request.nursery``, if any
+        (looking first, since cancelling costs more than looking)."""
+        if self.nursery is not None:
+            if self.nursery.child_tasks:
+                self.scope.cancel()
+        else:
+            self.over = True
+            for scope in self.task_scopes:
+                scope.cancel()
 
     def fail(self, error: BaseException) -> None:
         """The connection cannot go on: wake both bodies with ``error`` and cancel."""
@@ -348,7 +385,65 @@ class _Exchange:
         body = self.response_body
         if isinstance(body, Writable):
             body.close_read_nowait(error)
-        self.nursery.cancel_scope.cancel()
+        self.cancel()
+
+
+class _InlineNursery(ExchangeNursery):
+    """``request.nursery`` of an exchange answered in the connection's task: its tasks
+    run in the connection's nursery, each in a scope the exchange cancels at its end."""
+
+    __slots__ = ("_connection", "_exchange")
+
+    def __init__(self, connection: _ServerConnection, exchange: _Exchange) -> None:
+        self._connection = connection
+        self._exchange = exchange
+
+    @property
+    def cancel_scope(self) -> trio.CancelScope:
+        return self._exchange.scope
+
+    def start_soon(
+        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> None:
+        self._exchange.tasks += 1
+        nursery = self._connection.nursery
+        nursery.start_soon(self._run, async_fn, args, name=name or async_fn)
+
+    async def start(
+        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> Any:
+        self._exchange.tasks += 1
+        nursery = self._connection.nursery
+        return await nursery.start(self._run, async_fn, args, name=name or async_fn)
+
+    async def _run(
+        self,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        exchange = self._exchange
+        scope = trio.CancelScope()
+        exchange.task_scopes.add(scope)
+        try:
+            with scope:
+                if exchange.over or exchange.failed:
+                    scope.cancel()
+                if task_status is trio.TASK_STATUS_IGNORED:
+                    await async_fn(*args)
+                else:
+                    await async_fn(*args, task_status=task_status)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("a task of the exchange stopped: %r", error)
+        except Exception:
+            log.exception("a task of the exchange with %s failed", self._connection.client)
+            self._connection._task_failed(exchange)
+            exchange.cancel()
+        finally:
+            exchange.task_scopes.discard(scope)
+            exchange.tasks -= 1
+            if not exchange.tasks:
+                exchange.tasks_done.unpark_all()
 
 
 class _ServerConnection:
@@ -372,6 +467,8 @@ class _ServerConnection:
         #: The exchange in flight, for the watcher; None between requests.
         self.in_flight: _Exchange | None = None
         self._watcher_idle = trio.lowlevel.ParkingLot()
+        #: The connection's own nursery (its watcher, and tasks of inline exchanges).
+        self.nursery: trio.Nursery
 
     def shutdown(self) -> None:
         self.closing = True
@@ -381,6 +478,7 @@ class _ServerConnection:
     async def run(self) -> None:
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 nursery.start_soon(self._watch)
                 await self._run()
                 nursery.cancel_scope.cancel()
@@ -554,12 +652,54 @@ class _ServerConnection:
             client=self.client,
             scheme=self.scheme,
         )
+        if length == 0:
+            exchange = await self._inline_exchange(request, body, last)
+        else:
+            exchange = await self._nursery_exchange(request, body, length, last)
+        if exchange is None:
+            return False
+        if exchange.failed or exchange.detached or not exchange.keep_alive:
+            return False
+        return http.h11.our_state is h11.DONE and http.h11.their_state is h11.DONE
+
+    async def _inline_exchange(
+        self, request: Request, body: Writable, last: bool
+    ) -> _Exchange | None:
+        """Answer a request without a body in the connection's own task: no nursery and
+        no second task (``request.nursery`` lends the connection's nursery)."""
+        event = self.http.next_event()  # a request without a body ends with its head
+        if not isinstance(event, h11.EndOfMessage):
+            raise ProtocolError(f"unexpected {type(event).__name__} in a request")
+        body.close_write_nowait()
+        exchange = _Exchange(request, body, trio.CancelScope())
+        exchange.keep_alive = not last
+        exchange.request_complete = True
+        request._nursery = _InlineNursery(self, exchange)
+        self.in_flight = exchange
+        self._watcher_idle.unpark()
+        try:
+            with exchange.scope:
+                await self._respond(exchange)
+        finally:
+            self.in_flight = None
+            exchange.end_tasks()
+            if exchange.tasks:
+                with trio.CancelScope(shield=True):
+                    while exchange.tasks:
+                        await exchange.tasks_done.park()
+        return exchange
+
+    async def _nursery_exchange(
+        self, request: Request, body: Writable, length: int | None, last: bool
+    ) -> _Exchange | None:
+        """Serve a request with a body: this task reads it while another answers."""
+        http = self.http
         error_status: int | None = None
         exchange: _Exchange | None = None
         try:
             async with trio.open_nursery() as nursery:
                 request._nursery = ExchangeNursery(nursery)
-                exchange = _Exchange(request, body, nursery)
+                exchange = _Exchange(request, body, nursery.cancel_scope, nursery)
                 exchange.keep_alive = not last
                 exchange.expects_continue = http.h11.they_are_waiting_for_100_continue
                 self.in_flight = exchange
@@ -578,10 +718,8 @@ class _ServerConnection:
         assert exchange is not None
         if error_status is not None and not exchange.head_started:
             await _answer_and_close(http.stream, error_status, HTTPStatus(error_status).phrase)
-            return False
-        if exchange.failed or exchange.detached or not exchange.keep_alive:
-            return False
-        return http.h11.our_state is h11.DONE and http.h11.their_state is h11.DONE
+            return None
+        return exchange
 
     def _request_complete(self, exchange: _Exchange) -> None:
         exchange.request_complete = True
@@ -598,18 +736,12 @@ class _ServerConnection:
         """Read the request and send the response, at once when the request has a body;
         the status to answer with if the request turned out bad."""
         nursery = exchange.nursery
+        assert nursery is not None
         try:
-            if length == 0:
-                # Nothing to read: answer in this task, with no second one to start.
-                exchange.expects_continue = False  # no body to continue with
-                await self._pump_body(exchange)
-                self._request_complete(exchange)
-                await self._respond(exchange)
-            else:
-                nursery.start_soon(self._respond, exchange)
-                if not await self._pump_body(exchange):
-                    exchange.keep_alive = False
-                self._request_complete(exchange)
+            nursery.start_soon(self._respond, exchange)
+            if not await self._pump_body(exchange):
+                exchange.keep_alive = False
+            self._request_complete(exchange)
         except ProtocolError as error:
             log.debug("bad request body from %s: %s", self.client, error)
             exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
@@ -624,7 +756,7 @@ class _ServerConnection:
         # The exchange is over once both messages are: leftover tasks stop then. A
         # detached connection is another protocol's now, and ends with its task.
         if exchange.response_done and not exchange.detached:
-            nursery.cancel_scope.cancel()
+            exchange.end_tasks()
         return None
 
     async def _pump_body(self, exchange: _Exchange) -> bool:
@@ -713,7 +845,7 @@ class _ServerConnection:
             exchange.stop_watching()
             exchange.request_body.close_read_nowait(ResponseEnded("the response has ended"))
             if exchange.request_complete and not exchange.detached:
-                exchange.nursery.cancel_scope.cancel()
+                exchange.end_tasks()
 
     async def _send_response(self, exchange: _Exchange, response: Response) -> None:
         if isinstance(response.body, Takeover):
@@ -766,7 +898,7 @@ class _ServerConnection:
                 output = Writable()
                 exchange.response_body = output
                 stream = Stream(request.body, output)
-                exchange.nursery.start_soon(_run_streamable, body, stream)
+                request.nursery.start_soon(_run_streamable, body, stream)
                 await self._send_readable(output)
         else:
             await http.send(head)
