@@ -338,13 +338,6 @@ async def test_trailers_over_max_header_size_arriving_in_pieces_get_431() -> Non
         assert await send_oversized_trailers(piece_size=512) == 431
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="max_header_size bounds trailers only while they are incomplete (h11's "
-    "max_incomplete_event_size); trailers that arrive whole in one read of up to "
-    "read_size bytes are accepted whatever their size, so the outcome depends on how "
-    "the bytes were split",
-)
 async def test_trailers_over_max_header_size_arriving_in_one_read_get_431() -> None:
     with trio.fail_after(5):
         assert await send_oversized_trailers(piece_size=len(BIG_TRAILERS) + 3) == 431

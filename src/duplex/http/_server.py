@@ -7,6 +7,7 @@ handler and writes the response. Either may finish first.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -45,6 +46,12 @@ _CONTENT_LENGTH_FIELD = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGN
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+#: Connections accepted at most per wake-up of the accept loop.
+_ACCEPT_BURST = 64
+# As trio's SocketListener: out of descriptors or memory (wait, then try again), and a
+# connection that failed before it was accepted (skip it).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_IGNORED_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 class PeerGone(trio.BrokenResourceError):
@@ -143,9 +150,54 @@ class Server:
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         with self._accept_scope:
-            await trio.serve_listeners(self._handle, self.listeners, handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in self.listeners:
+                    accepting.start_soon(self._accept_from, listener.socket, nursery)
+
+    async def _accept_from(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        """Accept connections in bursts of up to ``_ACCEPT_BURST`` per wake-up.
+
+        Accepting one connection per trip through the scheduler (as a loop over
+        ``listener.accept()`` does) falls behind a server busy with many connections,
+        and the kernel's listen queue overflows; a burst empties it.
+        """
+        # A stdlib socket object over the listening descriptor, for accepting without a
+        # checkpoint each; detached at the end so that it closes nothing.
+        listening = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+        try:
+            while True:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                accepted = 0
+                while accepted < _ACCEPT_BURST:
+                    try:
+                        connection, _ = listening.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as error:
+                        if error.errno in _ACCEPT_CAPACITY_ERRNOS:
+                            log.error("cannot accept more connections now: %s", error)
+                            await trio.sleep(0.1)  # until some connection has closed
+                            break
+                        if error.errno in _IGNORED_ACCEPT_ERRNOS:
+                            continue  # the peer gave up before we accepted it
+                        raise
+                    accepted += 1
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(connection))
+                    nursery.start_soon(self._handle, stream)
+                if accepted < _ACCEPT_BURST:
+                    await trio.lowlevel.wait_readable(sock)
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # let them start
+        finally:
+            listening.detach()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(stream)
+        finally:
+            await trio.aclose_forcefully(stream)  # closes even when cancelled
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         transport: trio.abc.Stream = stream
         if self.ssl_context is not None:
             transport = trio.SSLStream(
@@ -265,9 +317,10 @@ class _ChunkedFraming:
 
     LINE, DATA, TRAILERS = range(3)
 
-    def __init__(self) -> None:
+    def __init__(self, max_trailer_size: int) -> None:
         self.state = self.LINE
         self.size: int | None = None  # of the complete chunk-size line just checked
+        self.max_trailer_size = max_trailer_size
 
     def check(self, data: bytes | bytearray) -> None:
         self.size = None
@@ -289,11 +342,18 @@ class _ChunkedFraming:
                 self._check_trailers(data, end + 2)
 
     def _check_trailers(self, data: bytes | bytearray, start: int) -> None:
+        """Check the trailer section at ``data[start:]``: its line ends, and its size
+        against ``max_header_size`` however the bytes arrived (whole or in pieces)."""
         if data[start : start + 1] == b"\n":
             raise ProtocolError("bare LF line ending in the trailers")
+        if data[start : start + 2] == b"\r\n":
+            return  # no trailers
         match = _HEAD_END.search(data, start)
-        if match is not None and data[start : start + 2] != b"\r\n":
-            _check_line_ends(data, start, match.end(), "trailers")
+        end = len(data) if match is None else match.end()
+        if end - start > self.max_trailer_size:
+            raise ProtocolError("trailers too large", 431)
+        if match is not None:
+            _check_line_ends(data, start, end, "trailers")
 
     def advance(self, event: Any) -> None:
         if isinstance(event, h11.Data):
@@ -773,7 +833,7 @@ class _ServerConnection:
                 await http.send(h11.InformationalResponse(status_code=100, headers=[]))
         received = 0
         drained = 0
-        chunks = _ChunkedFraming() if body.length is None else None
+        chunks = _ChunkedFraming(limits.max_header_size) if body.length is None else None
         while True:
             if chunks is not None:
                 chunks.check(http.buffered())
