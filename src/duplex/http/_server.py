@@ -20,7 +20,7 @@ from typing import Any
 import h11
 import trio
 
-from .._body import Readable, Writable
+from .._body import BytesLike, Readable, Writable
 from .._errors import ProtocolError, Timeout
 from .._stream import Stream
 from ._connection import HTTPConnection
@@ -955,11 +955,16 @@ class _ServerConnection:
         elif isinstance(body, Streamable):
             await http.send(head)
             if not no_body:
-                output = Writable()
+                # The stream writes straight to the connection from this task: an echo
+                # is the connection's task and this one, with no queue between them
+                # and the socket.
+                output = _DirectOutput(http)
                 exchange.response_body = output
-                stream = Stream(request.body, output)
-                request.nursery.start_soon(_run_streamable, body, stream)
-                await self._send_readable(output)
+                await _run_streamable(body, Stream(request.body, output))
+                if output.error is not None:
+                    raise trio.BrokenResourceError("the response's stream failed") from (
+                        output.error
+                    )
         else:
             await http.send(head)
             if not no_body:
@@ -1050,6 +1055,38 @@ class _Control:
         await trio.lowlevel.checkpoint()
         http = self._connection.http
         return http.stream, http.h11.trailing_data[0]
+
+
+class _DirectOutput(Writable):
+    """The output of a ``Streamable``'s stream: each write goes to the connection at
+    once, as an h11 ``Data`` event, in the writer's own task; it returns once the socket
+    took the bytes. The queue of ``Writable`` stays empty; its closing rules hold.
+    """
+
+    def __init__(self, http: HTTPConnection) -> None:
+        super().__init__(0)
+        self._http = http
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the output was closed with, if any."""
+        return self._write_error
+
+    async def write(self, data: BytesLike) -> None:
+        """Send ``data`` as the next piece of the response body.
+
+        Raises ``trio.ClosedResourceError`` after ``close_write``,
+        ``trio.BrokenResourceError`` once the exchange failed or the peer left,
+        ``duplex.Timeout`` if the peer takes nothing within the write timeout.
+        """
+        self._check_writable()
+        if not data:
+            await trio.lowlevel.checkpoint()
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        await self._http.send(h11.Data(data=chunk))
+
+    send_all = write
 
 
 async def _run_streamable(body: Streamable, stream: Stream) -> None:
