@@ -72,6 +72,9 @@ class HTTPConnection:
         # would cost a trip through the scheduler on every send.
         self._sending = False
         self._send_waiters = trio.lowlevel.ParkingLot()
+        # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
+        # out first with the next send (or ``flush``).
+        self._pending: list[Any] = []
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
 
@@ -238,11 +241,55 @@ class HTTPConnection:
         """
         await self.send_pieces([data])
 
+    @property
+    def direct(self) -> bool:
+        """True when the socket is read and written directly (plain TCP, not TLS)."""
+        return self._socket is not None
+
+    def write_nowait(self, event: Any) -> bool | None:
+        """Send ``event`` (body data) without waiting, for a sender that must not block.
+
+        Returns None, having done nothing, when it cannot go out at once in order
+        (another send in flight, bytes already pending, a transport other than plain
+        TCP); True once the socket took all of it; False when the socket took only part
+        (or none): the rest is committed and goes out first with the next send or
+        ``flush``, which the caller must then await. Raises ``trio.BrokenResourceError``
+        if the connection broke.
+        """
+        sock = self._socket
+        if sock is None or self._sending or self._pending:
+            return None
+        fd = sock.fileno()
+        if fd < 0:
+            return None
+        pieces: list[Any] = [piece for piece in self.encode(event) if piece]
+        try:
+            sent = os.writev(fd, pieces)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+        while pieces and sent >= len(pieces[0]):
+            sent -= len(pieces.pop(0))
+        if not pieces:
+            return True
+        if sent:
+            pieces[0] = memoryview(pieces[0])[sent:]
+        self._pending = pieces
+        return False
+
+    async def flush(self) -> None:
+        """Write what ``write_nowait`` left pending (as ``send_raw`` writes)."""
+        await self.send_pieces([])
+
     async def send_pieces(self, pieces: list[bytes]) -> None:
         """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
         while self._sending:
             await self._send_waiters.park()
         self._sending = True
+        if self._pending:
+            pieces = self._pending + pieces
+            self._pending = []
         try:
             sock = self._socket
             if sock is None:

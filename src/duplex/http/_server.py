@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import ssl
+from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from http import HTTPStatus
 from math import inf
@@ -104,6 +105,9 @@ class Server:
         self._stopped = trio.Event()
         #: Set when ``shutdown()`` starts; long-lived exchanges (channels) watch it.
         self.closing = trio.Event()
+        # Exchanges to look at once they have lasted WATCH_DELAY, oldest first.
+        self._watch_queue: deque[tuple[float, _ServerConnection, _Exchange]] = deque()
+        self._watch_wakeup = trio.lowlevel.ParkingLot()
 
     @property
     def port(self) -> int:
@@ -145,8 +149,33 @@ class Server:
         with self._serve_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._accept, nursery)
+                nursery.start_soon(self._schedule_watchers)
                 task_status.started(self)
         self._stopped.set()
+
+    def _watch_later(self, connection: _ServerConnection, exchange: _Exchange) -> None:
+        self._watch_queue.append((trio.current_time(), connection, exchange))
+        if len(self._watch_queue) == 1:
+            self._watch_wakeup.unpark()
+
+    async def _schedule_watchers(self) -> None:
+        """Start a watcher for each exchange that lasts ``WATCH_DELAY``.
+
+        One task for the whole server, so that a quick exchange costs an append to a
+        queue, not a task: it wakes at most every half ``WATCH_DELAY`` while exchanges
+        run, and sleeps while there are none.
+        """
+        queue = self._watch_queue
+        while True:
+            if not queue:
+                await self._watch_wakeup.park()
+                continue
+            await trio.sleep_until(max(queue[0][0] + WATCH_DELAY, trio.current_time()))
+            # Everything due within the next half delay goes now: fewer wake-ups.
+            due = trio.current_time() - WATCH_DELAY / 2
+            while queue and queue[0][0] <= due:
+                _, connection, exchange = queue.popleft()
+                connection._start_watching(exchange)
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         with self._accept_scope:
@@ -373,6 +402,7 @@ class _Exchange:
         "head_started",
         "keep_alive",
         "nursery",
+        "on_server_closing",
         "over",
         "request",
         "request_body",
@@ -380,6 +410,7 @@ class _Exchange:
         "response_body",
         "response_done",
         "scope",
+        "self_watching",
         "task_scopes",
         "tasks",
         "tasks_done",
@@ -411,6 +442,11 @@ class _Exchange:
         self.over = False
         # Made by the connection's watcher when it starts watching this exchange.
         self.watch_scope: trio.CancelScope | None = None
+        # Set when the exchange's own task watches for the peer leaving (a channel
+        # waiting for news): no watcher task is started for it then.
+        self.self_watching = False
+        #: Called when the server starts shutting down while this exchange runs.
+        self.on_server_closing: Callable[[], object] | None = None
         # Tasks of an inline exchange (see _InlineNursery): started, and their scopes.
         self.tasks = 0
         self.task_scopes: set[trio.CancelScope] = set()
@@ -526,7 +562,6 @@ class _ServerConnection:
         self.cancel_scope = trio.CancelScope()
         #: The exchange in flight, for the watcher; None between requests.
         self.in_flight: _Exchange | None = None
-        self._watcher_idle = trio.lowlevel.ParkingLot()
         #: The connection's own nursery (its watcher, and tasks of inline exchanges).
         self.nursery: trio.Nursery
 
@@ -534,47 +569,47 @@ class _ServerConnection:
         self.closing = True
         if self.idle:
             self.cancel_scope.cancel()
+            return
+        exchange = self.in_flight
+        if exchange is not None and exchange.on_server_closing is not None:
+            exchange.on_server_closing()
 
     async def run(self) -> None:
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                nursery.start_soon(self._watch)
                 await self._run()
                 nursery.cancel_scope.cancel()
         await self.http.aclose()
 
-    async def _watch(self) -> None:
-        """Notice a peer that goes away while an exchange is in flight.
+    def _watch_later(self, exchange: _Exchange) -> None:
+        """Have the server look at ``exchange`` once it has lasted ``WATCH_DELAY``."""
+        self.server._watch_later(self, exchange)
 
-        One task per connection, so that a quick exchange costs nothing: it looks at an
-        exchange only once it has lasted ``WATCH_DELAY``, and only after its request has
-        been read (until then the connection task reads the socket and sees the peer
-        leave itself). Then it peeks at the socket, reading nothing, and fails the
-        exchange when the peer closes or resets the connection.
+    def _start_watching(self, exchange: _Exchange) -> None:
+        """Start a task that notices the peer leaving mid-exchange, if still useful.
+
+        Only once the request has been read (until then the connection's task reads the
+        socket and sees the peer leave itself), and only for an exchange still running
+        that no one else watches. The task peeks at the socket, reading nothing, and
+        fails the exchange when the peer closes or resets the connection.
         """
-        watched: _Exchange | None = None
-        while True:
-            exchange = self.in_flight
-            if (
-                exchange is None
-                or exchange is watched
-                or not exchange.request_complete
-                or exchange.response_done
-            ):
-                await self._watcher_idle.park()  # woken when a request completes or ends
-                continue
-            watched = exchange
-            await trio.sleep(WATCH_DELAY)
-            if exchange is not self.in_flight or exchange.response_done:
-                continue
-            if exchange.detached or exchange.failed:
-                continue
-            exchange.watch_scope = scope = trio.CancelScope()
-            with scope:
-                await self.http.wait_peer_gone()
-                log.debug("peer %s went away mid-exchange", self.client)
-                exchange.fail(PeerGone("the peer closed the connection"))
+        if (
+            exchange is self.in_flight
+            and exchange.request_complete
+            and not (exchange.response_done or exchange.detached or exchange.failed)
+            and not (exchange.self_watching or exchange.watch_scope is not None)
+        ):
+            exchange.watch_scope = trio.CancelScope()
+            self.nursery.start_soon(self._watch, exchange, exchange.watch_scope)
+
+    async def _watch(self, exchange: _Exchange, scope: trio.CancelScope) -> None:
+        with scope:
+            if exchange is not self.in_flight or exchange.response_done or exchange.detached:
+                return
+            await self.http.wait_peer_gone()
+            log.debug("peer %s went away mid-exchange", self.client)
+            exchange.fail(PeerGone("the peer closed the connection"))
 
     async def _run(self) -> None:
         try:
@@ -736,7 +771,7 @@ class _ServerConnection:
         exchange.request_complete = True
         request._nursery = _InlineNursery(self, exchange)
         self.in_flight = exchange
-        self._watcher_idle.unpark()
+        self._watch_later(exchange)
         try:
             with exchange.scope:
                 await self._respond(exchange)
@@ -763,7 +798,6 @@ class _ServerConnection:
                 exchange.keep_alive = not last
                 exchange.expects_continue = http.h11.they_are_waiting_for_100_continue
                 self.in_flight = exchange
-                self._watcher_idle.unpark()
                 error_status = await self._run_exchange(exchange, length)
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
             # A task of the exchange met the peer leaving (or a body it closed itself).
@@ -774,7 +808,6 @@ class _ServerConnection:
             self._task_failed(exchange)
         finally:
             self.in_flight = None
-            self._watcher_idle.unpark()
         assert exchange is not None
         if error_status is not None and not exchange.head_started:
             await _answer_and_close(http.stream, error_status, HTTPStatus(error_status).phrase)
@@ -783,7 +816,7 @@ class _ServerConnection:
 
     def _request_complete(self, exchange: _Exchange) -> None:
         exchange.request_complete = True
-        self._watcher_idle.unpark()  # the socket is free to watch now
+        self._watch_later(exchange)  # the socket is free to watch now
 
     @staticmethod
     def _task_failed(exchange: _Exchange | None) -> None:
@@ -1042,6 +1075,38 @@ class _Control:
         if not self.ended:
             self.ended = True
             await self._connection.http.send(h11.EndOfMessage())
+
+    def write_nowait(self, data: bytes) -> bool | None:
+        if self._exchange.request.method == "HEAD" or not data:
+            return True
+        return self._connection.http.write_nowait(h11.Data(data=data))
+
+    async def flush(self) -> None:
+        await self._connection.http.flush()
+
+    @property
+    def can_watch(self) -> bool:
+        exchange = self._exchange
+        return (
+            self._connection.http.direct
+            and exchange.request_complete
+            and not exchange.detached
+            and not exchange.failed
+        )
+
+    async def wait_peer_gone(self) -> None:
+        if not self.can_watch:
+            await trio.sleep_forever()
+        exchange = self._exchange
+        exchange.self_watching = True
+        exchange.stop_watching()  # a watcher task may be peeking already
+        await self._connection.http.wait_peer_gone()
+
+    def on_server_closing(self, callback: Callable[[], object]) -> None:
+        if self._connection.closing or self._connection.server.shutting_down:
+            callback()
+        else:
+            self._exchange.on_server_closing = callback
 
     async def detach(self) -> tuple[trio.abc.Stream, bytes]:
         if self._exchange.head_started:

@@ -45,6 +45,34 @@ class ResponseControl(Protocol):
         """Finish the response (after ``start``)."""
         ...
 
+    def write_nowait(self, data: bytes) -> bool | None:
+        """Send part of the body now if it can go out without waiting, for a sender that
+        must not block (a broadcast): None, having sent nothing, when it cannot; True
+        when the socket took all of it; False when part of it is still pending, to be
+        sent by ``flush`` (which the caller must then await) or the next ``write``."""
+        ...
+
+    async def flush(self) -> None:
+        """Send what ``write_nowait`` left pending."""
+        ...
+
+    @property
+    def can_watch(self) -> bool:
+        """True when ``wait_peer_gone`` can tell that the peer left (the request has
+        been read, and the transport is a plain socket)."""
+        ...
+
+    async def wait_peer_gone(self) -> None:
+        """Return once the peer closes or resets the connection (waits forever where
+        ``can_watch`` is False, or once the peer sent more). Reads nothing: the
+        exchange's task watches the peer itself, and the server starts no watcher."""
+        ...
+
+    def on_server_closing(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when the server starts a graceful shutdown (at once if it
+        has started already)."""
+        ...
+
     async def detach(self) -> tuple[trio.abc.Stream, bytes]:
         """Take the connection over: the transport and the bytes that the server read
         after the request head. The server stops reading and watching it, never reuses
