@@ -9,6 +9,7 @@ package), including a small message over ``max_message_size``.
 from __future__ import annotations
 
 import socket
+import struct
 import tracemalloc
 
 import pytest
@@ -19,16 +20,19 @@ import duplex
 from _channel_support import CloseRecorder, Opened
 from _reliability_support import (
     BINARY,
+    CLOSE,
     CONTINUATION,
     PING,
     PONG,
     TEXT,
     UPGRADE,
+    Frame,
     RawWebSocket,
     frame,
     wait_until,
 )
 from _server_support import RawClient, request_bytes, serving
+from duplex._websocket import FRAME_ALLOWANCE
 
 
 def echo_channel(
@@ -143,43 +147,30 @@ async def test_invalid_utf8_in_a_text_message_closes_the_channel_with_1007(
     assert [(status.kind, status.code) for status in closes.statuses] == [("error", 1007)]
 
 
-CLOSE_FRAME_NOT_SENT = (
-    "trio-websocket turns wsproto's parse failure into a close event as if the peer had "
-    "closed, and, the connection being still OPEN, sends no close frame: the server only "
-    "drops the TCP connection, so the client sees 1006 instead of the code (RFC 6455 "
-    "§7.1.7 says the endpoint SHOULD send a close frame first)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CLOSE_FRAME_NOT_SENT)
-async def test_an_unmasked_client_frame_gets_a_close_frame_with_1002() -> None:
+@pytest.mark.parametrize("violation", VIOLATIONS.values(), ids=VIOLATIONS.keys())
+async def test_a_protocol_violation_gets_a_close_frame_with_1002(violation: bytes) -> None:
     with trio.fail_after(5):
         async with (
             serving(echo_channel()) as server,
             await RawWebSocket.connect(server.port) as ws,
         ):
-            await ws.send(frame(TEXT, b"hi", mask=False))
+            await ws.send(violation)
             assert await ws.read_close_code() == 1002
+            assert await ws.read_frame() is None  # then the server hangs up
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_FRAME_NOT_SENT)
-async def test_invalid_utf8_gets_a_close_frame_with_1007() -> None:
+@pytest.mark.parametrize("frames", INVALID_UTF8.values(), ids=INVALID_UTF8.keys())
+async def test_invalid_utf8_gets_a_close_frame_with_1007(frames: list[bytes]) -> None:
     with trio.fail_after(5):
         async with (
             serving(echo_channel()) as server,
             await RawWebSocket.connect(server.port) as ws,
         ):
-            await ws.send(frame(TEXT, b"\xff\xfe"))
+            await ws.send(b"".join(frames))
             assert await ws.read_close_code() == 1007
+            assert await ws.read_frame() is None  # then the server hangs up
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trio-websocket appends every data event to the message's list of parts, empty "
-    "ones included, and bounds a message by its bytes only: a peer that sends empty "
-    "continuation frames and never ends the message grows the server's memory by about "
-    "9 bytes per 6-byte frame, without limit",
-)
 async def test_a_flood_of_empty_fragments_keeps_memory_flat_and_the_message_whole() -> None:
     flood = frame(CONTINUATION, b"", fin=False) * 5_000
     with trio.fail_after(10):
@@ -200,10 +191,114 @@ async def test_a_flood_of_empty_fragments_keeps_memory_flat_and_the_message_whol
                 tracemalloc.stop()
             await ws.send(frame(CONTINUATION, b"second half"))
             echoed = await ws.read_frame()
-    # 10,000 fragments: even a pointer kept for each would be 80 KiB.
+    # 10,000 fragments (within the allowance of a 1 MiB limit: 16,384): even a pointer
+    # kept for each would be 80 KiB.
     assert after - before < 32 * 1024
     assert echoed is not None
     assert (echoed.opcode, echoed.payload) == (TEXT, b"first half, second half")
+
+
+async def test_fragments_past_the_allowance_of_max_message_size_close_with_1009() -> None:
+    closes = CloseRecorder()
+    limit = 65536
+    fragments = limit // FRAME_ALLOWANCE + 1  # each counts FRAME_ALLOWANCE bytes, empty or not
+    with trio.fail_after(5):
+        async with (
+            serving(echo_channel(closes, max_message_size=limit)) as server,
+            await RawWebSocket.connect(server.port) as ws,
+        ):
+            await ws.send(frame(TEXT, b"", fin=False))
+            await ws.send(frame(CONTINUATION, b"", fin=False) * fragments)
+            code = await ws.read_close_code()
+            await closes.called.wait()
+    assert code == 1009
+    assert [(status.kind, status.code) for status in closes.statuses] == [("error", 1009)]
+
+
+MESSAGES = {
+    # Cut inside "é" and inside "✓": the pieces are not valid UTF-8 on their own.
+    "text": (TEXT, "héllo ✓ wörld".encode(), (2, 8)),
+    "binary": (BINARY, bytes(range(256)) * 4, (1, 700)),
+}
+
+
+@pytest.mark.parametrize(("opcode", "payload", "cuts"), MESSAGES.values(), ids=MESSAGES.keys())
+async def test_a_fragmented_message_sent_one_byte_at_a_time_arrives_whole(
+    opcode: int, payload: bytes, cuts: tuple[int, int]
+) -> None:
+    first, second = cuts
+    data = (
+        frame(opcode, payload[:first], fin=False)
+        + frame(CONTINUATION, payload[first:second], fin=False)
+        + frame(CONTINUATION, payload[second:])
+    )
+    with trio.fail_after(10):
+        async with (
+            serving(echo_channel()) as server,
+            await RawWebSocket.connect(server.port) as ws,
+        ):
+            for index in range(len(data)):
+                await ws.send(data[index : index + 1])
+                await trio.testing.wait_all_tasks_blocked()  # the server reads each alone
+            echoed = await ws.read_frame()
+    assert echoed is not None
+    assert (echoed.opcode, echoed.payload, echoed.fin) == (opcode, payload, True)
+
+
+async def test_frames_sent_along_with_the_handshake_are_not_lost() -> None:
+    with trio.fail_after(5):
+        async with serving(echo_channel()) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                handshake = request_bytes("/ws", headers=UPGRADE)
+                await stream.send_all(handshake + frame(TEXT, b"early") + frame(TEXT, b"bird"))
+                data = b""
+                while data.count(b"early") + data.count(b"bird") < 2:
+                    more = await stream.receive_some(65536)
+                    assert more, data
+                    data += more
+    head, _, frames = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert frames == frame(TEXT, b"early", mask=False) + frame(TEXT, b"bird", mask=False)
+
+
+async def test_a_client_close_frame_is_answered_with_its_code_then_the_server_hangs_up() -> None:
+    closes = CloseRecorder()
+    with trio.fail_after(5):
+        async with (
+            serving(echo_channel(closes)) as server,
+            await RawWebSocket.connect(server.port) as ws,
+        ):
+            await ws.send(frame(CLOSE, struct.pack("!H", 4001) + b"bye"))
+            answer = await ws.read_frame()
+            assert await ws.read_frame() is None
+            await closes.called.wait()
+    assert answer == Frame(CLOSE, struct.pack("!H", 4001) + b"bye")
+    assert closes.statuses == [duplex.CloseStatus("client", 4001, "bye")]
+
+
+async def test_a_client_that_takes_nothing_for_the_write_timeout_is_closed_as_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(duplex._channel, "_WRITE_SECONDS", 0.2)
+    closes = CloseRecorder()
+
+    async def flood(channel: duplex.Channel) -> None:
+        for _ in range(256):  # 16 MiB: more than any socket buffers
+            await channel.send(b"x" * 65536)
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request, on_open=flood, on_close=closes, ping_interval=None)
+
+    with trio.fail_after(5):
+        async with (
+            serving(handler) as server,
+            await RawWebSocket.connect(server.port) as ws,
+        ):
+            ws.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await closes.called.wait()
+    assert [(status.kind, status.code) for status in closes.statuses] == [("gone", 1006)]
+    assert "the peer took less than" in closes.statuses[0].reason
 
 
 async def test_a_ping_flood_from_a_peer_that_reads_nothing_is_pushed_back() -> None:
@@ -279,6 +374,12 @@ REFUSED_HANDSHAKES = {
         400,
     ),
     "with-a-body": (request_bytes("/ws", method="POST", headers=UPGRADE, body=b"hello"), 400),
+    # Refused by wsproto's own checks, which the request is replayed through:
+    "upgrade-to-two-protocols": (
+        request_bytes("/ws", headers=UPGRADE.replace("websocket", "websocket, h2c")),
+        400,
+    ),
+    "http-1.0-without-host": (f"GET /ws HTTP/1.0\r\n{UPGRADE}\r\n".encode(), 400),
 }
 
 

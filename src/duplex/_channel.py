@@ -8,8 +8,6 @@ A handler returns ``channel(request, ...)``; the request picks the transport. Th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import inspect
 import logging
@@ -19,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import trio
-import trio_websocket
 
+from ._websocket import ConnectionClosed, Handshake, WebSocket
 from .http._models import Headers, HeadersLike, Request, Response
 from .http._takeover import ResponseControl, Takeover
 from .sse import Event, comment
@@ -49,6 +47,10 @@ _CLEANUP_SECONDS = 5.0
 
 #: How long a WebSocket client may take to answer our close frame before we hang up.
 _CLOSE_HANDSHAKE_SECONDS = 5.0
+
+#: Longest a WebSocket client may take to accept 64 KiB of what is sent to it (the
+#: default of the server's ``Limits.write_timeout``, which bounds HTTP responses).
+_WRITE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,32 +98,6 @@ def _transport_for(request: Request) -> Transport:
     return "http"
 
 
-class _ReplayStream(trio.abc.Stream):
-    """A transport that first yields bytes the server already read (the request head,
-    rebuilt from the parsed request, and anything after it), then the live stream."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
 class _ChannelHeaders(Headers):
     """A channel's response headers: changing them once it opened is an illegal action."""
 
@@ -152,37 +128,6 @@ class _ChannelHeaders(Headers):
 
 class _Refused(Exception):
     """The request asked for a WebSocket it cannot have; it was answered over HTTP."""
-
-
-def _websocket_refusal(request: Request) -> tuple[int, str, dict[str, str]] | None:
-    """Why an upgrade request cannot open a WebSocket (status, reason, headers), if so.
-
-    Checked before the connection is handed over, so that a bad handshake is answered
-    here, over HTTP, rather than left to a WebSocket library that would wait for it.
-    """
-    headers = request.headers
-    if request.method != "GET":
-        return 400, "a WebSocket handshake is a GET", {}
-    if "upgrade" not in headers.get_tokens("connection"):
-        return 400, "a WebSocket handshake needs Connection: upgrade", {}
-    if headers.get("sec-websocket-version", "").strip() != "13":
-        return 426, "only WebSocket version 13 is spoken here", {"sec-websocket-version": "13"}
-    key = headers.get("sec-websocket-key", "").strip()
-    try:
-        valid_key = len(base64.b64decode(key, validate=True)) == 16
-    except binascii.Error:
-        valid_key = False
-    if not valid_key:
-        return 400, "a WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes", {}
-    if request.body.length != 0:
-        return 400, "a WebSocket handshake has no body", {}
-    return None
-
-
-def _request_head(request: Request) -> bytes:
-    lines = [f"{request.method} {request.target} HTTP/{request.http_version}".encode()]
-    lines += [name + b": " + value for name, value in request.headers.raw]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 class Channel:
@@ -242,7 +187,7 @@ class Channel:
         self._in_before_close = False
         self._on_close_called = False
         self._groups: set[ChannelGroup] = set()
-        self._websocket: trio_websocket.WebSocketConnection | None = None
+        self._websocket: WebSocket | None = None
         #: Wraps the writing, so that a client that takes nothing more can be cut off
         #: even while a write to it is blocked.
         self._write_scope = trio.CancelScope()
@@ -431,8 +376,8 @@ class Channel:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("%r: the transport broke: %r", self, error)
             return self._close_status or CloseStatus("gone", 1006, str(error))
-        except trio_websocket.ConnectionClosed as error:
-            return self._status_from_websocket(error.reason)
+        except ConnectionClosed as error:
+            return self._status_from_websocket(error)
         except _Refused as error:
             log.debug("%r: refused: %s", self, error)
             return CloseStatus("error", None, str(error))
@@ -454,21 +399,26 @@ class Channel:
             headers["cache-control"] = "no-cache"
             await control.start(self._status, headers)
         elif self.transport == "websocket":
-            refusal = _websocket_refusal(self.request)
+            # A bad handshake is answered here, over HTTP, before the connection is
+            # taken over.
+            handshake = Handshake(self.request)
+            refusal = handshake.refusal
             if refusal is not None:
-                status, reason, extra = refusal
-                extra |= {"content-type": "text/plain", "connection": "close"}
-                await control.start(status, extra)
-                await control.write(f"{reason}\n".encode())
+                answer = refusal.headers | {"content-type": "text/plain", "connection": "close"}
+                await control.start(refusal.status, answer)
+                await control.write(f"{refusal.reason}\n".encode())
                 await control.end()
-                raise _Refused(reason)
+                raise _Refused(refusal.reason)
             stream, rest = await control.detach()
-            replay = _ReplayStream(stream, _request_head(self.request) + rest)
             with trio.fail_after(_HANDSHAKE_SECONDS):
-                request = await trio_websocket.wrap_server_stream(
-                    nursery, replay, message_queue_size=1, max_message_size=self.max_message_size
+                self._websocket = await handshake.accept(
+                    nursery,
+                    stream,
+                    rest,
+                    extra_headers=self._headers.raw,
+                    max_message_size=self.max_message_size,
+                    write_timeout=_WRITE_SECONDS,
                 )
-                self._websocket = await request.accept(extra_headers=self._headers.raw)
             if self.ping_interval is not None:
                 nursery.start_soon(self._ping, self._websocket, self.ping_interval)
         self._state = "open"
@@ -477,7 +427,7 @@ class Channel:
         await server_closing.wait()
         self._request_close(CloseStatus("shutdown", 1001, "the server is shutting down"))
 
-    async def _ping(self, websocket: trio_websocket.WebSocketConnection, interval: float) -> None:
+    async def _ping(self, websocket: WebSocket, interval: float) -> None:
         """Ping every ``interval`` seconds; a client that does not answer within the next
         interval is gone."""
         while True:
@@ -485,7 +435,7 @@ class Channel:
             with trio.move_on_after(interval) as scope:
                 try:
                     await websocket.ping()
-                except trio_websocket.ConnectionClosed:
+                except ConnectionClosed:
                     return
             if scope.cancelled_caught:
                 self._request_close(CloseStatus("gone", 1006, "no answer to ping"))
@@ -506,24 +456,23 @@ class Channel:
                 # from noticing the client leave. (The handler may have closed it.)
                 with contextlib.suppress(trio.ClosedResourceError):
                     await self.request.body.discard()
-        except trio_websocket.ConnectionClosed as error:
-            self._request_close(self._status_from_websocket(error.reason))
+        except ConnectionClosed as error:
+            self._request_close(self._status_from_websocket(error))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._request_close(CloseStatus("gone", 1006, "the client went away"))
         except Exception as error:
             log.exception("%r: on_receive failed", self)
             self._request_close(CloseStatus("error", 1011, repr(error)))
 
-    def _status_from_websocket(self, reason: trio_websocket.CloseReason | None) -> CloseStatus:
-        if reason is None or reason.code == 1006:
-            return CloseStatus("gone", 1006, "the connection dropped without a close frame")
+    def _status_from_websocket(self, closed: ConnectionClosed) -> CloseStatus:
+        if closed.code == 1006:
+            return CloseStatus("gone", 1006, closed.reason)
         if self._close_status is not None and self._close_status.kind != "gone":
             return self._close_status
-        code = int(reason.code)
         # These codes report a broken conversation (a protocol error, bad data, a message
         # over the limit), whichever side noticed, not a choice to leave.
-        kind: Literal["client", "error"] = "error" if code in _WEBSOCKET_ERRORS else "client"
-        return CloseStatus(kind, code, reason.reason or "")
+        kind: Literal["client", "error"] = "error" if closed.code in _WEBSOCKET_ERRORS else "client"
+        return CloseStatus(kind, closed.code, closed.reason)
 
     async def _write_loop(self, control: ResponseControl) -> None:
         head_sent = self.transport != "http"
@@ -623,7 +572,7 @@ class Channel:
             code = status.code if status is not None and status.code is not None else 1000
             # A client that never answers the close frame must not hold the channel open.
             with trio.move_on_after(_CLOSE_HANDSHAKE_SECONDS):
-                await self._websocket.aclose(code=code, reason=status.reason if status else None)
+                await self._websocket.aclose(code, status.reason if status is not None else "")
             return
         if not head_sent:
             headers = self._headers.copy()
