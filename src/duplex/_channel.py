@@ -45,6 +45,9 @@ _HANDSHAKE_SECONDS = 10.0
 #: How long ``on_close`` and ``after_close`` may run once the exchange is cancelled.
 _CLEANUP_SECONDS = 5.0
 
+# The message encoded last, for which transport, and its bytes (see Channel._encode).
+_last_encoded: tuple[object, str, bytes] = (None, "", b"")
+
 #: How long a WebSocket client may take to answer our close frame before we hang up.
 _CLOSE_HANDSHAKE_SECONDS = 5.0
 
@@ -181,6 +184,15 @@ class Channel:
         self._queue: deque[tuple[Message, bool]] = deque()
         self._wakeup = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
+        # While the channel's task waits for news (``_wait_for_work``): the scope that
+        # ``_wake`` cancels, whether it did, and whether a message may be written at
+        # once from ``send``/``offer`` instead of being queued for that task.
+        self._control: ResponseControl | None = None
+        self._head_sent = False
+        self._wait_scope: trio.CancelScope | None = None
+        self._woken = False
+        self._idle = False
+        self._needs_flush = False
         self._close_status: CloseStatus | None = None
         self._closed_event = trio.Event()
         self._in_after_close = False
@@ -298,11 +310,43 @@ class Channel:
             return False
         if not isinstance(data, str | bytes | Event):
             raise TypeError(f"a channel sends str, bytes or sse.Event, not {type(data).__name__}")
+        if self._idle and not close and not self._queue:
+            written = self._write_now(data)
+            if written is not None:
+                return written
         self._queue.append((data, close))
         if close:
             self._close_status = CloseStatus("server")
-        self._wakeup.unpark()
+        self._wake()
         return True
+
+    def _write_now(self, data: Message) -> bool | None:
+        """Write ``data`` from the sender's task while the channel's task is idle, if
+        the socket takes it without waiting (a broadcast then wakes no task at all); None
+        when it must be queued instead."""
+        control = self._control
+        assert control is not None
+        try:
+            written = control.write_nowait(self._encode(data))
+        except trio.BrokenResourceError:
+            self._request_close(CloseStatus("gone", 1006, "the client went away"))
+            return False
+        if written is None:
+            return None
+        if not written:
+            # The socket took part of it: the channel's task sends the rest.
+            self._needs_flush = True
+            self._wake()
+        return True
+
+    def _wake(self) -> None:
+        """Wake the channel's task if it waits for news."""
+        self._idle = False  # what comes next waits for the task, in order
+        self._wakeup.unpark_all()
+        scope = self._wait_scope
+        if scope is not None and not self._woken:
+            self._woken = True
+            scope.cancel()
 
     def send_from_thread(self, data: Message, close: bool = False) -> bool:
         """``send`` from a thread that is not running trio (blocks that thread)."""
@@ -328,7 +372,7 @@ class Channel:
             # Nothing more reaches this client: a write blocked on it would hold the
             # close (and on_close) until the write timeout.
             self._write_scope.cancel()
-        self._wakeup.unpark_all()
+        self._wake()
         self._space.unpark_all()
         return True
 
@@ -337,7 +381,7 @@ class Channel:
         self._state = "errored"
         if self._close_status is None:
             self._close_status = CloseStatus("error", 1011, f"illegal action: {action}")
-        self._wakeup.unpark_all()
+        self._wake()
         self._space.unpark_all()
 
     # -- running (the server calls this through Takeover) -----------------------------
@@ -365,8 +409,9 @@ class Channel:
     async def _serve(self, control: ResponseControl, nursery: trio.Nursery) -> CloseStatus:
         """Open the channel and run it until it closes; return why it closed."""
         try:
+            self._control = control
             await self._open(control, nursery)
-            nursery.start_soon(self._watch_shutdown, control.server_closing)
+            control.on_server_closing(self._server_closing)
             nursery.start_soon(self._receive)
             await _call(self.on_open, self)
             for hook in self._hooks["after_open"]:
@@ -423,8 +468,7 @@ class Channel:
                 nursery.start_soon(self._ping, self._websocket, self.ping_interval)
         self._state = "open"
 
-    async def _watch_shutdown(self, server_closing: trio.Event) -> None:
-        await server_closing.wait()
+    def _server_closing(self) -> None:
         self._request_close(CloseStatus("shutdown", 1001, "the server is shutting down"))
 
     async def _ping(self, websocket: WebSocket, interval: float) -> None:
@@ -475,7 +519,7 @@ class Channel:
         return CloseStatus(kind, closed.code, closed.reason)
 
     async def _write_loop(self, control: ResponseControl) -> None:
-        head_sent = self.transport != "http"
+        self._head_sent = self.transport != "http"
         before_close_done = False
         while True:
             status = self._close_status
@@ -490,10 +534,10 @@ class Channel:
                 self._queue.clear()
                 break
             if self._queue:
-                flushed = await self._flush(control, head_sent)
+                flushed = await self._flush(control, self._head_sent)
                 if flushed is None:
                     return
-                head_sent = flushed
+                self._head_sent = flushed
                 continue
             if status is None:
                 await self._wait_for_work(control)
@@ -508,7 +552,7 @@ class Channel:
                     await _call(hook, self)
             finally:
                 self._in_before_close = False
-        await self._end(control, head_sent)
+        await self._end(control, self._head_sent)
 
     async def _flush(self, control: ResponseControl, head_sent: bool) -> bool | None:
         """Send everything queued; the new ``head_sent``, or None if the reply is done."""
@@ -541,23 +585,52 @@ class Channel:
         return True
 
     async def _wait_for_work(self, control: ResponseControl) -> None:
-        if self.transport == "sse" and self.heartbeat is not None:
-            with trio.move_on_after(self.heartbeat) as scope:
-                await self._wakeup.park()
-            if scope.cancelled_caught:
-                await control.write(comment())
-            return
-        await self._wakeup.park()
+        """Wait until there is something to do (``_wake``), the heartbeat is due, or the
+        client leaves.
+
+        Where the server lets it, this task watches for the client leaving itself (no
+        second task per channel), and messages go out from the sender's task meanwhile.
+        """
+        websocket = self._websocket is not None
+        self._woken = False
+        with trio.CancelScope() as scope:
+            if self.transport == "sse" and self.heartbeat is not None:
+                scope.deadline = trio.current_time() + self.heartbeat
+            self._wait_scope = scope
+            self._idle = not websocket and self._head_sent and not self._hooks["before_chunk"]
+            try:
+                if not websocket and control.can_watch:
+                    await control.wait_peer_gone()
+                    self._request_close(CloseStatus("gone", 1006, "the client went away"))
+                else:
+                    await self._wakeup.park()
+            finally:
+                self._idle = False
+                self._wait_scope = None
+        if self._needs_flush:
+            self._needs_flush = False
+            await control.flush()
+        if scope.cancelled_caught and not self._woken:
+            await control.write(comment())  # the heartbeat is due
 
     def _encode(self, data: Message) -> bytes:
+        global _last_encoded
+        # A broadcast hands the same message to every member: encode it once.
+        last = _last_encoded
+        if data is last[0] and self.transport == last[1]:
+            return last[2]
         if self.transport == "sse":
             if isinstance(data, Event):
-                return data.encode()
-            text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
-            return Event(text).encode()
-        if isinstance(data, Event):
-            return data.data.encode()
-        return data.encode() if isinstance(data, str) else data
+                encoded = data.encode()
+            else:
+                text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+                encoded = Event(text).encode()
+        elif isinstance(data, Event):
+            encoded = data.data.encode()
+        else:
+            encoded = data.encode() if isinstance(data, str) else data
+        _last_encoded = (data, self.transport, encoded)
+        return encoded
 
     async def _deliver(self, control: ResponseControl, data: Message) -> None:
         if self._websocket is not None:
@@ -586,7 +659,7 @@ class Channel:
         if self._state != "errored":
             self._state = "closed"
         self._queue.clear()
-        self._wakeup.unpark_all()
+        self._wake()
         self._space.unpark_all()
         for group in list(self._groups):
             group.discard(self)

@@ -128,8 +128,12 @@ class ChannelGroup:
             if self._keep_history:
                 message = self._stamp(message)
             delivered = 0
+            max_queue, when_full = self.max_queue, self.when_full
             for channel in list(self._members):
-                delivered += self._offer(channel, message, close)
+                if channel.offer(message, close, max_queue=max_queue, when_full=when_full):
+                    delivered += 1
+                elif not channel.is_open:
+                    self.discard(channel)
             return delivered
         delivered = 0
         for channel, attachment in list(self._members.items()):

@@ -39,6 +39,19 @@ _BUDGET = 16
 _MAX_PIECES = 64
 
 
+_last_chunk: tuple[bytes, bytes] = (b"", b"")
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` framed as one chunk of a chunked body; the last one is remembered."""
+    global _last_chunk
+    if data is _last_chunk[0]:
+        return _last_chunk[1]
+    framed = b"%x\r\n%b\r\n" % (len(data), data)
+    _last_chunk = (data, framed)
+    return framed
+
+
 class HTTPConnection:
     """One h11 connection over one trio stream.
 
@@ -75,6 +88,10 @@ class HTTPConnection:
         # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
         # out first with the next send (or ``flush``).
         self._pending: list[Any] = []
+        # The last response head this side sent, and whether h11 frames its body in
+        # chunks (worked out from the head when ``write_nowait`` first needs it).
+        self._head: list[bytes] = []
+        self._chunked: bool | None = None
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
 
@@ -217,7 +234,25 @@ class HTTPConnection:
             pieces = self.h11.send_with_data_passthrough(event)
         except h11.LocalProtocolError as error:
             raise ProtocolError(f"cannot send this message: {error}", 500) from error
+        if type(event) is h11.Response:
+            self._head = pieces or []
+            self._chunked = None
         return pieces or []
+
+    def _chunked_body(self) -> bool:
+        """True while sending a response body that h11 frames in chunks.
+
+        Read from the head h11 wrote (it names ``Transfer-Encoding: chunked`` exactly
+        when it chose that framing; a field value cannot hold a line break), so that
+        body data can be framed here without h11 (h11's state does not change with
+        body data).
+        """
+        if self.h11.our_state is not h11.SEND_BODY:
+            return False
+        if self._chunked is None:
+            head = b"".join(self._head).lower()
+            self._chunked = b"\r\ntransfer-encoding: chunked\r\n" in head
+        return self._chunked
 
     async def send(self, *events: Any) -> None:
         """Encode ``events`` and write them to the socket in one go.
@@ -246,8 +281,8 @@ class HTTPConnection:
         """True when the socket is read and written directly (plain TCP, not TLS)."""
         return self._socket is not None
 
-    def write_nowait(self, event: Any) -> bool | None:
-        """Send ``event`` (body data) without waiting, for a sender that must not block.
+    def write_nowait(self, data: bytes) -> bool | None:
+        """Send ``data`` as body data without waiting, for a sender that must not block.
 
         Returns None, having done nothing, when it cannot go out at once in order
         (another send in flight, bytes already pending, a transport other than plain
@@ -262,7 +297,11 @@ class HTTPConnection:
         fd = sock.fileno()
         if fd < 0:
             return None
-        pieces: list[Any] = [piece for piece in self.encode(event) if piece]
+        if self._chunked_body():
+            # A broadcast frames the same bytes for every member: frame them once.
+            pieces: list[Any] = [_chunk(data)]
+        else:
+            pieces = [piece for piece in self.encode(h11.Data(data=data)) if piece]
         try:
             sent = os.writev(fd, pieces)
         except BlockingIOError:

@@ -455,6 +455,7 @@ class _Exchange:
     def stop_watching(self) -> None:
         if self.watch_scope is not None:
             self.watch_scope.cancel()
+            self.watch_scope = None
 
     def cancel(self) -> None:
         """Cancel the handler and the exchange's tasks."""
@@ -605,7 +606,12 @@ class _ServerConnection:
 
     async def _watch(self, exchange: _Exchange, scope: trio.CancelScope) -> None:
         with scope:
-            if exchange is not self.in_flight or exchange.response_done or exchange.detached:
+            if (
+                exchange is not self.in_flight
+                or exchange.response_done
+                or exchange.detached
+                or exchange.self_watching
+            ):
                 return
             await self.http.wait_peer_gone()
             log.debug("peer %s went away mid-exchange", self.client)
@@ -1079,7 +1085,7 @@ class _Control:
     def write_nowait(self, data: bytes) -> bool | None:
         if self._exchange.request.method == "HEAD" or not data:
             return True
-        return self._connection.http.write_nowait(h11.Data(data=data))
+        return self._connection.http.write_nowait(data)
 
     async def flush(self) -> None:
         await self._connection.http.flush()
@@ -1100,7 +1106,12 @@ class _Control:
         exchange = self._exchange
         exchange.self_watching = True
         exchange.stop_watching()  # a watcher task may be peeking already
-        await self._connection.http.wait_peer_gone()
+        try:
+            await self._connection.http.wait_peer_gone()
+        finally:
+            # Busy again (writing, say): a watcher task looks after it meanwhile.
+            exchange.self_watching = False
+            self._connection._watch_later(exchange)
 
     def on_server_closing(self, callback: Callable[[], object]) -> None:
         if self._connection.closing or self._connection.server.shutting_down:
