@@ -148,6 +148,19 @@ class Readable(trio.abc.ReceiveStream):
         await self.aclose()
 
 
+#: The queue of a body that is closed and empty from the start: never appended to.
+_NO_QUEUE: deque[bytes] = deque(maxlen=0)
+
+
+def _empty_body(max_buffer_size: int) -> Writable:
+    """A body of length 0, already complete (a request without a body), made without a
+    queue of its own."""
+    body = Writable(max_buffer_size, length=0)
+    body._queue = _NO_QUEUE
+    body.close_write_nowait()
+    return body
+
+
 class Writable(Readable, trio.abc.SendStream):
     """A bounded pipe: one task writes chunks, one task reads them.
 

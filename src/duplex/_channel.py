@@ -45,6 +45,9 @@ _HANDSHAKE_SECONDS = 10.0
 #: How long ``on_close`` and ``after_close`` may run once the exchange is cancelled.
 _CLEANUP_SECONDS = 5.0
 
+#: The queue of a channel that has queued nothing yet (never appended to).
+_NO_MESSAGES: deque[tuple[Message, bool]] = deque(maxlen=0)
+
 # The message encoded last, for which transport, and its bytes (see Channel._encode).
 _last_encoded: tuple[object, str, bytes] = (None, "", b"")
 
@@ -141,6 +144,43 @@ class Channel:
     Messages sent while the channel is ``new`` are queued and go out once it opens.
     """
 
+    # Slots: a server may hold tens of thousands of channels.
+    __slots__ = (
+        "_close_status",
+        "_closed_event",
+        "_control",
+        "_groups",
+        "_head_sent",
+        "_headers",
+        "_hooks",
+        "_idle",
+        "_in_after_close",
+        "_in_before_close",
+        "_needs_flush",
+        "_on_close_called",
+        "_queue",
+        "_space",
+        "_state",
+        "_status",
+        "_trio_token",
+        "_wait_scope",
+        "_wakeup",
+        "_websocket",
+        "_woken",
+        "_write_scope",
+        "heartbeat",
+        "last_event_id",
+        "max_message_size",
+        "max_queue",
+        "on_close",
+        "on_open",
+        "on_receive",
+        "ping_interval",
+        "request",
+        "transport",
+        "when_full",
+    )
+
     def __init__(
         self,
         request: Request,
@@ -165,7 +205,7 @@ class Channel:
         self.on_open = on_open
         self.on_receive = on_receive
         self.on_close = on_close
-        self._hooks: dict[str, list[Callback]] = {
+        self._hooks: dict[str, tuple[Callback, ...]] = {
             "after_open": _hook_list(after_open),
             "before_chunk": _hook_list(before_chunk),
             "before_close": _hook_list(before_close),
@@ -181,9 +221,11 @@ class Channel:
         self.ping_interval = ping_interval
         #: The ``Last-Event-ID`` an SSE client reconnected with, if any.
         self.last_event_id: str | None = request.headers.get("last-event-id")
-        self._queue: deque[tuple[Message, bool]] = deque()
-        self._wakeup = trio.lowlevel.ParkingLot()
-        self._space = trio.lowlevel.ParkingLot()
+        # The queue, and the lots where the channel's task waits for news and senders
+        # for room, are made when first needed: an idle channel has none of them.
+        self._queue: deque[tuple[Message, bool]] = _NO_MESSAGES
+        self._wakeup: trio.lowlevel.ParkingLot | None = None
+        self._space: trio.lowlevel.ParkingLot | None = None
         # While the channel's task waits for news (``_wait_for_work``): the scope that
         # ``_wake`` cancels, whether it did, and whether a message may be written at
         # once from ``send``/``offer`` instead of being queued for that task.
@@ -272,6 +314,8 @@ class Channel:
             self._illegal("sending from after_close")
             return False
         while self.is_open and len(self._queue) >= self.max_queue:
+            if self._space is None:
+                self._space = trio.lowlevel.ParkingLot()
             await self._space.park()
         return self._enqueue(data, close)
 
@@ -314,6 +358,8 @@ class Channel:
             written = self._write_now(data)
             if written is not None:
                 return written
+        if self._queue is _NO_MESSAGES:
+            self._queue = deque()
         self._queue.append((data, close))
         if close:
             self._close_status = CloseStatus("server")
@@ -342,7 +388,8 @@ class Channel:
     def _wake(self) -> None:
         """Wake the channel's task if it waits for news."""
         self._idle = False  # what comes next waits for the task, in order
-        self._wakeup.unpark_all()
+        if self._wakeup is not None:
+            self._wakeup.unpark_all()
         scope = self._wait_scope
         if scope is not None and not self._woken:
             self._woken = True
@@ -373,7 +420,8 @@ class Channel:
             # close (and on_close) until the write timeout.
             self._write_scope.cancel()
         self._wake()
-        self._space.unpark_all()
+        if self._space is not None:
+            self._space.unpark_all()
         return True
 
     def _illegal(self, action: str) -> None:
@@ -382,7 +430,8 @@ class Channel:
         if self._close_status is None:
             self._close_status = CloseStatus("error", 1011, f"illegal action: {action}")
         self._wake()
-        self._space.unpark_all()
+        if self._space is not None:
+            self._space.unpark_all()
 
     # -- running (the server calls this through Takeover) -----------------------------
 
@@ -393,9 +442,17 @@ class Channel:
     async def _run(self, control: ResponseControl) -> None:
         status: CloseStatus | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                status = await self._serve(control, nursery)
-                nursery.cancel_scope.cancel()
+            if (
+                self.transport == "websocket"
+                or self.on_receive is not None
+                or self.request.body.length != 0
+            ):
+                async with trio.open_nursery() as nursery:
+                    status = await self._serve(control, nursery)
+                    nursery.cancel_scope.cancel()
+            else:
+                # Nothing to receive, no WebSocket: the channel is this task alone.
+                status = await self._serve(control, None)
         finally:
             if status is None:  # cancelled: the client went away, or the server stopped
                 status = (
@@ -406,13 +463,14 @@ class Channel:
             with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
                 await self._finish(status)
 
-    async def _serve(self, control: ResponseControl, nursery: trio.Nursery) -> CloseStatus:
+    async def _serve(self, control: ResponseControl, nursery: trio.Nursery | None) -> CloseStatus:
         """Open the channel and run it until it closes; return why it closed."""
         try:
             self._control = control
             await self._open(control, nursery)
             control.on_server_closing(self._server_closing)
-            nursery.start_soon(self._receive)
+            if nursery is not None:
+                nursery.start_soon(self._receive)
             await _call(self.on_open, self)
             for hook in self._hooks["after_open"]:
                 await _call(hook, self)
@@ -435,7 +493,7 @@ class Channel:
             return self._close_status or CloseStatus("error", 1011, repr(error))
         return self._close_status or CloseStatus("server")
 
-    async def _open(self, control: ResponseControl, nursery: trio.Nursery) -> None:
+    async def _open(self, control: ResponseControl, nursery: trio.Nursery | None) -> None:
         if self._state == "errored":
             raise trio.ClosedResourceError("the channel errored before it opened")
         if self.transport == "sse":
@@ -444,6 +502,7 @@ class Channel:
             headers["cache-control"] = "no-cache"
             await control.start(self._status, headers)
         elif self.transport == "websocket":
+            assert nursery is not None  # _run opens one for a WebSocket
             # A bad handshake is answered here, over HTTP, before the connection is
             # taken over.
             handshake = Handshake(self.request)
@@ -558,7 +617,8 @@ class Channel:
         """Send everything queued; the new ``head_sent``, or None if the reply is done."""
         batch = list(self._queue)
         self._queue.clear()
-        self._space.unpark_all()
+        if self._space is not None:
+            self._space.unpark_all()
         chunks = [data for data, _ in batch]
         for hook in self._hooks["before_chunk"]:
             chunks = list(await _call(hook, chunks))
@@ -603,6 +663,8 @@ class Channel:
                     await control.wait_peer_gone()
                     self._request_close(CloseStatus("gone", 1006, "the client went away"))
                 else:
+                    if self._wakeup is None:
+                        self._wakeup = trio.lowlevel.ParkingLot()
                     await self._wakeup.park()
             finally:
                 self._idle = False
@@ -660,7 +722,8 @@ class Channel:
             self._state = "closed"
         self._queue.clear()
         self._wake()
-        self._space.unpark_all()
+        if self._space is not None:
+            self._space.unpark_all()
         for group in list(self._groups):
             group.discard(self)
         self._in_after_close = True
@@ -680,12 +743,12 @@ class Channel:
         self._closed_event.set()
 
 
-def _hook_list(hooks: Callback | Iterable[Callback] | None) -> list[Callback]:
+def _hook_list(hooks: Callback | Iterable[Callback] | None) -> tuple[Callback, ...]:
     if hooks is None:
-        return []
+        return ()
     if callable(hooks):
-        return [hooks]
-    return list(hooks)
+        return (hooks,)
+    return tuple(hooks)
 
 
 def channel(

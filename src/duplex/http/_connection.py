@@ -66,6 +66,21 @@ class HTTPConnection:
     Other transports (TLS) go through the stream's own methods.
     """
 
+    __slots__ = (
+        "_budget",
+        "_chunked",
+        "_head",
+        "_pending",
+        "_send_waiters",
+        "_sending",
+        "_socket",
+        "bytes_received",
+        "h11",
+        "read_size",
+        "stream",
+        "write_timeout",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -84,7 +99,8 @@ class HTTPConnection:
         # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
         # would cost a trip through the scheduler on every send.
         self._sending = False
-        self._send_waiters = trio.lowlevel.ParkingLot()
+        # Made when a second sender must wait (most connections never have one).
+        self._send_waiters: trio.lowlevel.ParkingLot | None = None
         # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
         # out first with the next send (or ``flush``).
         self._pending: list[Any] = []
@@ -136,9 +152,10 @@ class HTTPConnection:
                     data = os.read(fd, self.read_size)
                     break
                 except BlockingIOError:
-                    await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
+                    pass  # waited for below: an idle connection keeps no exception alive
                 except OSError as error:
                     raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+                await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
             await self._spend()
         self.bytes_received += len(data)
         try:
@@ -213,15 +230,18 @@ class HTTPConnection:
             # A stdlib socket object over the same descriptor, for the one non-blocking
             # peek that trio's socket does not offer; detached so that it closes nothing.
             peek = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+            data: bytes | None = None
             try:
                 data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
+                pass  # waited for below, outside the handler: nothing of it stays alive
             except OSError:
                 return
             finally:
                 peek.detach()
+            if data is None:
+                await trio.lowlevel.wait_readable(sock)
+                continue
             if not data:
                 return
             await trio.sleep_forever()
@@ -324,6 +344,8 @@ class HTTPConnection:
     async def send_pieces(self, pieces: list[bytes]) -> None:
         """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
         while self._sending:
+            if self._send_waiters is None:
+                self._send_waiters = trio.lowlevel.ParkingLot()
             await self._send_waiters.park()
         self._sending = True
         if self._pending:
@@ -337,7 +359,8 @@ class HTTPConnection:
                 await self._send_to_socket(sock, pieces)
         finally:
             self._sending = False
-            self._send_waiters.unpark()
+            if self._send_waiters is not None:
+                self._send_waiters.unpark()
 
     async def _send_through_stream(self, pieces: list[bytes]) -> None:
         data = b"".join(pieces) if len(pieces) != 1 else pieces[0]

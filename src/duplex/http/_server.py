@@ -21,7 +21,7 @@ from typing import Any
 import h11
 import trio
 
-from .._body import BytesLike, Readable, Writable
+from .._body import BytesLike, Readable, Writable, _empty_body
 from .._errors import ProtocolError, Timeout
 from .._stream import Stream
 from ._connection import HTTPConnection
@@ -108,6 +108,7 @@ class Server:
         # Exchanges to look at once they have lasted WATCH_DELAY, oldest first.
         self._watch_queue: deque[tuple[float, _ServerConnection, _Exchange]] = deque()
         self._watch_wakeup = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery  # the connections' (set by serve)
 
     @property
     def port(self) -> int:
@@ -148,6 +149,7 @@ class Server:
         log.info("listening on %s:%d", self.host, self.port)
         with self._serve_scope:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._accept, nursery)
                 nursery.start_soon(self._schedule_watchers)
                 task_status.started(self)
@@ -449,8 +451,9 @@ class _Exchange:
         self.on_server_closing: Callable[[], object] | None = None
         # Tasks of an inline exchange (see _InlineNursery): started, and their scopes.
         self.tasks = 0
-        self.task_scopes: set[trio.CancelScope] = set()
-        self.tasks_done = trio.lowlevel.ParkingLot()
+        # (Made with the first task: most exchanges have none.)
+        self.task_scopes: set[trio.CancelScope] | None = None
+        self.tasks_done: trio.lowlevel.ParkingLot | None = None
 
     def stop_watching(self) -> None:
         if self.watch_scope is not None:
@@ -460,7 +463,7 @@ class _Exchange:
     def cancel(self) -> None:
         """Cancel the handler and the exchange's tasks."""
         self.scope.cancel()
-        for scope in self.task_scopes:
+        for scope in self.task_scopes or ():
             scope.cancel()
 
     def end_tasks(self) -> None:
@@ -471,7 +474,7 @@ class _Exchange:
                 self.scope.cancel()
         else:
             self.over = True
-            for scope in self.task_scopes:
+            for scope in self.task_scopes or ():
                 scope.cancel()
 
     def fail(self, error: BaseException) -> None:
@@ -521,6 +524,8 @@ class _InlineNursery(ExchangeNursery):
     ) -> None:
         exchange = self._exchange
         scope = trio.CancelScope()
+        if exchange.task_scopes is None:
+            exchange.task_scopes = set()
         exchange.task_scopes.add(scope)
         try:
             with scope:
@@ -539,11 +544,23 @@ class _InlineNursery(ExchangeNursery):
         finally:
             exchange.task_scopes.discard(scope)
             exchange.tasks -= 1
-            if not exchange.tasks:
+            if not exchange.tasks and exchange.tasks_done is not None:
                 exchange.tasks_done.unpark_all()
 
 
 class _ServerConnection:
+    __slots__ = (
+        "cancel_scope",
+        "client",
+        "closing",
+        "http",
+        "idle",
+        "in_flight",
+        "limits",
+        "scheme",
+        "server",
+    )
+
     def __init__(
         self, server: Server, stream: trio.abc.Stream, client: tuple[str, int] | None
     ) -> None:
@@ -563,8 +580,12 @@ class _ServerConnection:
         self.cancel_scope = trio.CancelScope()
         #: The exchange in flight, for the watcher; None between requests.
         self.in_flight: _Exchange | None = None
-        #: The connection's own nursery (its watcher, and tasks of inline exchanges).
-        self.nursery: trio.Nursery
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """Where the connection's helper tasks run (a watcher, tasks of an inline
+        exchange): the server's, so that a connection needs no nursery of its own."""
+        return self.server._nursery
 
     def shutdown(self) -> None:
         self.closing = True
@@ -577,10 +598,7 @@ class _ServerConnection:
 
     async def run(self) -> None:
         with self.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                await self._run()
-                nursery.cancel_scope.cancel()
+            await self._run()
         await self.http.aclose()
 
     def _watch_later(self, exchange: _Exchange) -> None:
@@ -743,7 +761,10 @@ class _ServerConnection:
                 length = int(value)
             elif name == b"transfer-encoding":
                 length = None
-        body = Writable(self.limits.body_buffer_size, length=length)
+        if length == 0:
+            body = _empty_body(self.limits.body_buffer_size)
+        else:
+            body = Writable(self.limits.body_buffer_size, length=length)
         request = Request(
             event.method.decode("ascii"),
             event.target.decode("latin-1"),
@@ -771,7 +792,6 @@ class _ServerConnection:
         event = self.http.next_event()  # a request without a body ends with its head
         if not isinstance(event, h11.EndOfMessage):
             raise ProtocolError(f"unexpected {type(event).__name__} in a request")
-        body.close_write_nowait()
         exchange = _Exchange(request, body, trio.CancelScope())
         exchange.keep_alive = not last
         exchange.request_complete = True
@@ -786,6 +806,7 @@ class _ServerConnection:
             exchange.end_tasks()
             if exchange.tasks:
                 with trio.CancelScope(shield=True):
+                    exchange.tasks_done = trio.lowlevel.ParkingLot()
                     while exchange.tasks:
                         await exchange.tasks_done.park()
         return exchange
@@ -1042,6 +1063,8 @@ class _ServerConnection:
 
 class _Control:
     """The server's side of a ``Takeover``: the exchange, handed to its function."""
+
+    __slots__ = ("_connection", "_exchange", "detached", "ended")
 
     def __init__(self, connection: _ServerConnection, exchange: _Exchange) -> None:
         self._connection = connection
