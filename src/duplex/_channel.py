@@ -337,6 +337,11 @@ class Channel:
         ``"too-slow"`` and returns False; ``"drop-oldest"`` drops the oldest queued
         message to make room.
         """
+        if self._idle and not close:
+            # Open, nothing queued, its task waiting: straight to the socket if it can.
+            written = self._write_now(data)
+            if written is not None:
+                return written
         if self._in_after_close:
             self._illegal("sending from after_close")
             return False
@@ -681,6 +686,8 @@ class Channel:
         last = _last_encoded
         if data is last[0] and self.transport == last[1]:
             return last[2]
+        if not isinstance(data, str | bytes | Event):
+            raise TypeError(f"a channel sends str, bytes or sse.Event, not {type(data).__name__}")
         if self.transport == "sse":
             if isinstance(data, Event):
                 encoded = data.encode()

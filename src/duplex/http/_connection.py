@@ -323,7 +323,7 @@ class HTTPConnection:
         else:
             pieces = [piece for piece in self.encode(h11.Data(data=data)) if piece]
         try:
-            sent = os.writev(fd, pieces)
+            sent = os.write(fd, pieces[0]) if len(pieces) == 1 else os.writev(fd, pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
