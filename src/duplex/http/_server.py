@@ -172,9 +172,9 @@ class Server:
             if not queue:
                 await self._watch_wakeup.park()
                 continue
-            await trio.sleep_until(max(queue[0][0] + WATCH_DELAY, trio.current_time()))
-            # Everything due within the next half delay goes now: fewer wake-ups.
-            due = trio.current_time() - WATCH_DELAY / 2
+            # Wake for a batch: everything due within the next tenth of the delay.
+            await trio.sleep_until(queue[0][0] + WATCH_DELAY * 1.1)
+            due = trio.current_time() - WATCH_DELAY
             while queue and queue[0][0] <= due:
                 _, connection, exchange = queue.popleft()
                 connection._start_watching(exchange)
