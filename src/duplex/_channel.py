@@ -54,11 +54,6 @@ _last_encoded: tuple[object, str, bytes] = (None, "", b"")
 #: How long a WebSocket client may take to answer our close frame before we hang up.
 _CLOSE_HANDSHAKE_SECONDS = 5.0
 
-#: Longest a WebSocket client may take to accept 64 KiB of what is sent to it (the
-#: default of the server's ``Limits.write_timeout``, which bounds HTTP responses).
-_WRITE_SECONDS = 60.0
-
-
 @dataclass(frozen=True, slots=True)
 class CloseStatus:
     """Why a channel closed, as ``on_close`` receives it.
@@ -526,7 +521,7 @@ class Channel:
                     rest,
                     extra_headers=self._headers.raw,
                     max_message_size=self.max_message_size,
-                    write_timeout=_WRITE_SECONDS,
+                    write_timeout=control.write_timeout,
                 )
             if self.ping_interval is not None:
                 nursery.start_soon(self._ping, self._websocket, self.ping_interval)

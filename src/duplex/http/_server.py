@@ -1114,6 +1114,10 @@ class _Control:
         await self._connection.http.flush()
 
     @property
+    def write_timeout(self) -> float | None:
+        return self._connection.limits.write_timeout
+
+    @property
     def can_watch(self) -> bool:
         exchange = self._exchange
         return (

@@ -57,6 +57,12 @@ class ResponseControl(Protocol):
         ...
 
     @property
+    def write_timeout(self) -> float | None:
+        """The server's ``Limits.write_timeout``: how long the peer may take any of what
+        is sent to it (for a protocol run on a detached connection)."""
+        ...
+
+    @property
     def can_watch(self) -> bool:
         """True when ``wait_peer_gone`` can tell that the peer left (the request has
         been read, and the transport is a plain socket)."""
