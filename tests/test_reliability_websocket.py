@@ -277,10 +277,7 @@ async def test_a_client_close_frame_is_answered_with_its_code_then_the_server_ha
     assert closes.statuses == [duplex.CloseStatus("client", 4001, "bye")]
 
 
-async def test_a_client_that_takes_nothing_for_the_write_timeout_is_closed_as_gone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(duplex._channel, "_WRITE_SECONDS", 0.2)
+async def test_a_client_that_takes_nothing_for_the_write_timeout_is_closed_as_gone() -> None:
     closes = CloseRecorder()
 
     async def flood(channel: duplex.Channel) -> None:
@@ -292,7 +289,7 @@ async def test_a_client_that_takes_nothing_for_the_write_timeout_is_closed_as_go
 
     with trio.fail_after(5):
         async with (
-            serving(handler) as server,
+            serving(handler, limits=duplex.Limits(write_timeout=0.2)) as server,
             await RawWebSocket.connect(server.port) as ws,
         ):
             ws.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
