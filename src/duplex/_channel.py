@@ -54,6 +54,7 @@ _last_encoded: tuple[object, str, bytes] = (None, "", b"")
 #: How long a WebSocket client may take to answer our close frame before we hang up.
 _CLOSE_HANDSHAKE_SECONDS = 5.0
 
+
 @dataclass(frozen=True, slots=True)
 class CloseStatus:
     """Why a channel closed, as ``on_close`` receives it.
