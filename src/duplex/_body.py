@@ -148,17 +148,37 @@ class Readable(trio.abc.ReceiveStream):
         await self.aclose()
 
 
-#: The queue of a body that is closed and empty from the start: never appended to.
-_NO_QUEUE: deque[bytes] = deque(maxlen=0)
+class _Empty(Readable):
+    """A body of length 0, complete from the start (a request without a body): reads
+    give ``b""`` until the reader closes it."""
 
+    __slots__ = ("_closed",)
 
-def _empty_body(max_buffer_size: int) -> Writable:
-    """A body of length 0, already complete (a request without a body), made without a
-    queue of its own."""
-    body = Writable(max_buffer_size, length=0)
-    body._queue = _NO_QUEUE
-    body.close_write_nowait()
-    return body
+    def __init__(self) -> None:
+        self._closed = False
+
+    @property
+    def length(self) -> int:
+        return 0
+
+    @property
+    def is_empty(self) -> bool:
+        return True
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        await checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("this body was closed by its reader")
+        await cancel_shielded_checkpoint()
+        return b""
+
+    def close_read_nowait(self, error: BaseException | None = None) -> None:
+        """``aclose`` without the checkpoint, for synchronous teardown code."""
+        self._closed = True
+
+    async def aclose(self, error: BaseException | None = None) -> None:
+        self._closed = True
+        await checkpoint()
 
 
 class Writable(Readable, trio.abc.SendStream):

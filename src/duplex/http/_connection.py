@@ -1,8 +1,9 @@
-"""The trio driver under one h11 connection, shared by the server and the client.
+"""The trio driver under an HTTP/1.1 connection, shared by the server and the client.
 
-h11 knows HTTP/1.1 and nothing of sockets; this module knows sockets and timeouts and
-nothing of HTTP grammar. It is also the one place where h11's and the socket's errors
-become duplex's (``ProtocolError``, ``Timeout``, trio's resource errors).
+``Transport`` knows sockets and timeouts and nothing of HTTP grammar; ``HTTPConnection``
+puts one h11 connection over it (the client's side; the server's is ``_wire.ServerWire``).
+This module is also the one place where socket errors become duplex's (``Timeout``,
+trio's resource errors) and h11's become ``ProtocolError``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import trio
 
 from .._errors import ProtocolError, Timeout
 
-__all__ = ["HTTPConnection", "raw_socket"]
+__all__ = ["HTTPConnection", "Transport", "raw_socket"]
 
 
 def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -40,43 +41,24 @@ _BUDGET = 2
 _MAX_PIECES = 64
 
 
-_last_chunk: tuple[bytes, bytes] = (b"", b"")
+class Transport:
+    """Reads and writes one trio stream, each operation bounded in time.
 
-
-def _chunk(data: bytes) -> bytes:
-    """``data`` framed as one chunk of a chunked body; the last one is remembered."""
-    global _last_chunk
-    if data is _last_chunk[0]:
-        return _last_chunk[1]
-    framed = b"%x\r\n%b\r\n" % (len(data), data)
-    _last_chunk = (data, framed)
-    return framed
-
-
-class HTTPConnection:
-    """One h11 connection over one trio stream.
-
-    One task receives events while others send; sends are serialised here. Every send
-    is bounded by ``write_timeout`` and every socket read by the timeout its caller
-    gives, raising ``duplex.Timeout`` naming the phase.
-
-    On a plain TCP stream the socket is read and written directly: an operation the
-    socket can complete at once costs no trip through trio's scheduler and no cancel
-    scope; only an operation that must wait enters a deadline and yields. (Each is
-    still a cancellation point, and every ``_BUDGET`` operations yield regardless.)
-    Other transports (TLS) go through the stream's own methods.
+    Writes are serialised here (one sender at a time, in order). On a plain TCP stream
+    the socket is read and written directly: an operation the socket can complete at
+    once costs no trip through trio's scheduler and no cancel scope; only one that must
+    wait enters a deadline and yields. (Each is still a cancellation point, and every
+    ``_BUDGET`` operations yield regardless.) Other transports (TLS) go through the
+    stream's own methods.
     """
 
     __slots__ = (
         "_budget",
-        "_chunked",
-        "_head",
         "_pending",
         "_send_waiters",
         "_sending",
         "_socket",
         "bytes_received",
-        "h11",
         "read_size",
         "stream",
         "write_timeout",
@@ -85,14 +67,11 @@ class HTTPConnection:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        role: type[h11.CLIENT] | type[h11.SERVER],
         *,
-        max_incomplete_event_size: int = 16384,
         read_size: int = 65536,
         write_timeout: float | None = None,
     ) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
         self.read_size = read_size
         self.write_timeout = write_timeout
         self._socket = stream.socket if type(stream) is trio.SocketStream else None
@@ -105,42 +84,41 @@ class HTTPConnection:
         # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
         # out first with the next send (or ``flush``).
         self._pending: list[Any] = []
-        # The last response head this side sent, and whether h11 frames its body in
-        # chunks (worked out from the head when ``write_nowait`` first needs it).
-        self._head: list[bytes] = []
-        self._chunked: bool | None = None
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
 
+    @property
+    def direct(self) -> bool:
+        """True when the socket is read and written directly (plain TCP, not TLS)."""
+        return self._socket is not None
+
     # -- receiving --------------------------------------------------------------------
 
-    def next_event(self) -> Any:
-        """The next h11 event already buffered, or ``h11.NEED_DATA`` / ``h11.PAUSED``.
-
-        Raises ``ProtocolError`` for input h11 rejects.
-        """
-        try:
-            return self.h11.next_event()
-        except h11.RemoteProtocolError as error:
-            raise ProtocolError(str(error), error.error_status_hint) from error
-
-    async def receive_data(
-        self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
-    ) -> bool:
-        """Read once from the socket into h11; False at EOF.
+    async def read_some(
+        self,
+        timeout: float | None = None,
+        phase: str = "read",
+        *,
+        deadline: float = inf,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        """Read once from the socket (at most ``max_bytes``, else ``read_size``); ``b""``
+        at EOF.
 
         Raises ``duplex.Timeout`` after ``timeout`` seconds without data (or once
-        ``deadline`` passes), and ``trio.BrokenResourceError`` if the connection broke.
+        ``deadline`` passes), ``trio.BrokenResourceError`` if the connection broke, and
+        ``trio.ClosedResourceError`` if it was closed here.
         """
+        size = self.read_size if max_bytes is None else max_bytes
         sock = self._socket
         if sock is None:
             if timeout is not None:
                 deadline = min(deadline, trio.current_time() + timeout)
             if deadline == inf:
-                data = await self.stream.receive_some(self.read_size)
+                data = await self.stream.receive_some(size)
             else:
                 with trio.move_on_at(deadline) as scope:
-                    data = await self.stream.receive_some(self.read_size)
+                    data = await self.stream.receive_some(size)
                 if scope.cancelled_caught:
                     raise Timeout(phase, 0.0 if timeout is None else timeout)
         else:
@@ -150,7 +128,7 @@ class HTTPConnection:
                 if fd < 0:
                     raise trio.ClosedResourceError("the connection is closed")
                 try:
-                    data = os.read(fd, self.read_size)
+                    data = os.read(fd, size)
                     break
                 except BlockingIOError:
                     pass  # waited for below: an idle connection keeps no exception alive
@@ -159,11 +137,7 @@ class HTTPConnection:
                 await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
             await self._spend()
         self.bytes_received += len(data)
-        try:
-            self.h11.receive_data(data if type(data) is bytes else bytes(data))
-        except h11.RemoteProtocolError as error:
-            raise ProtocolError(str(error), error.error_status_hint) from error
-        return bool(data)
+        return data if type(data) is bytes else bytes(data)
 
     async def _wait(
         self,
@@ -191,25 +165,6 @@ class HTTPConnection:
         if self._budget <= 0:
             self._budget = _BUDGET
             await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:
-        """The next h11 event, reading the socket as needed (each read within ``timeout``)."""
-        while True:
-            event = self.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            await self.receive_data(timeout, phase)
-
-    def buffered(self) -> bytes | bytearray:
-        """What h11 holds unparsed, without copying where h11 allows it."""
-        # h11 offers only a copy (trailing_data); the head checks scan the buffer on
-        # every request, so read it in place when this h11 version keeps it where we
-        # expect, and fall back to the copy otherwise.
-        buffer = getattr(self.h11, "_receive_buffer", None)
-        data = getattr(buffer, "_data", None)
-        if isinstance(data, bytearray):
-            return data
-        return self.h11.trailing_data[0]
 
     async def wait_peer_gone(self) -> None:
         """Return once the peer has closed or reset the connection.
@@ -249,68 +204,15 @@ class HTTPConnection:
 
     # -- sending ----------------------------------------------------------------------
 
-    def encode(self, event: Any) -> list[bytes]:
-        """The bytes h11 would put on the wire for ``event`` (its state moves on)."""
-        try:
-            pieces = self.h11.send_with_data_passthrough(event)
-        except h11.LocalProtocolError as error:
-            raise ProtocolError(f"cannot send this message: {error}", 500) from error
-        if type(event) is h11.Response:
-            self._head = pieces or []
-            self._chunked = None
-        return pieces or []
+    def write_nowait(self, pieces: list[Any]) -> bool | None:
+        """Write ``pieces`` without waiting, for a sender that must not block.
 
-    def _chunked_body(self) -> bool:
-        """True while sending a response body that h11 frames in chunks.
-
-        Read from the head h11 wrote (it names ``Transfer-Encoding: chunked`` exactly
-        when it chose that framing; a field value cannot hold a line break), so that
-        body data can be framed here without h11 (h11's state does not change with
-        body data).
-        """
-        if self.h11.our_state is not h11.SEND_BODY:
-            return False
-        if self._chunked is None:
-            head = b"".join(self._head).lower()
-            self._chunked = b"\r\ntransfer-encoding: chunked\r\n" in head
-        return self._chunked
-
-    async def send(self, *events: Any) -> None:
-        """Encode ``events`` and write them to the socket in one go.
-
-        Body bytes are not copied on the way: h11 passes them through and the socket
-        takes them in one scatter-gather write.
-        """
-        if len(events) == 1:
-            await self.send_pieces(self.encode(events[0]))
-            return
-        pieces: list[bytes] = []
-        for event in events:
-            pieces += self.encode(event)
-        await self.send_pieces(pieces)
-
-    async def send_raw(self, data: bytes) -> None:
-        """Write bytes to the socket, serialised with other senders.
-
-        Raises ``duplex.Timeout("write")`` if the peer takes none of it within
-        ``write_timeout``, ``trio.BrokenResourceError`` if the connection broke.
-        """
-        await self.send_pieces([data])
-
-    @property
-    def direct(self) -> bool:
-        """True when the socket is read and written directly (plain TCP, not TLS)."""
-        return self._socket is not None
-
-    def write_nowait(self, data: bytes) -> bool | None:
-        """Send ``data`` as body data without waiting, for a sender that must not block.
-
-        Returns None, having done nothing, when it cannot go out at once in order
+        Returns None, having done nothing, when they cannot go out at once in order
         (another send in flight, bytes already pending, a transport other than plain
-        TCP); True once the socket took all of it; False when the socket took only part
-        (or none): the rest is committed and goes out first with the next send or
-        ``flush``, which the caller must then await. Raises ``trio.BrokenResourceError``
-        if the connection broke.
+        TCP); True once the socket took all of them; False when it took only part (or
+        none): the rest is committed and goes out first with the next send or ``flush``,
+        which the caller must then await. Raises ``trio.BrokenResourceError`` if the
+        connection broke.
         """
         sock = self._socket
         if sock is None or self._sending or self._pending:
@@ -318,17 +220,13 @@ class HTTPConnection:
         fd = sock.fileno()
         if fd < 0:
             return None
-        if self._chunked_body():
-            # A broadcast frames the same bytes for every member: frame them once.
-            pieces: list[Any] = [_chunk(data)]
-        else:
-            pieces = [piece for piece in self.encode(h11.Data(data=data)) if piece]
         try:
             sent = os.write(fd, pieces[0]) if len(pieces) == 1 else os.writev(fd, pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
             raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+        pieces = list(pieces)
         while pieces and sent >= len(pieces[0]):
             sent -= len(pieces.pop(0))
         if not pieces:
@@ -339,10 +237,18 @@ class HTTPConnection:
         return False
 
     async def flush(self) -> None:
-        """Write what ``write_nowait`` left pending (as ``send_raw`` writes)."""
+        """Write what ``write_nowait`` left pending (as ``send_pieces`` writes)."""
         await self.send_pieces([])
 
-    async def send_pieces(self, pieces: list[bytes]) -> None:
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes to the socket, serialised with other senders.
+
+        Raises ``duplex.Timeout("write")`` if the peer takes none of it within
+        ``write_timeout``, ``trio.BrokenResourceError`` if the connection broke.
+        """
+        await self.send_pieces([data])
+
+    async def send_pieces(self, pieces: list[Any]) -> None:
         """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
         while self._sending:
             if self._send_waiters is None:
@@ -363,9 +269,10 @@ class HTTPConnection:
             if self._send_waiters is not None:
                 self._send_waiters.unpark()
 
-    async def _send_through_stream(self, pieces: list[bytes]) -> None:
+    async def _send_through_stream(self, pieces: list[Any]) -> None:
         data = b"".join(pieces) if len(pieces) != 1 else pieces[0]
         if not data:
+            await trio.lowlevel.checkpoint()
             return
         timeout = self.write_timeout
         if timeout is None:
@@ -405,3 +312,86 @@ class HTTPConnection:
     async def aclose(self) -> None:
         """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""
         await trio.aclose_forcefully(self.stream)
+
+
+class HTTPConnection(Transport):
+    """One h11 connection over one trio stream: the client's side of HTTP/1.1.
+
+    One task receives events while others send; sends are serialised. Every send is
+    bounded by ``write_timeout`` and every socket read by the timeout its caller gives,
+    raising ``duplex.Timeout`` naming the phase.
+    """
+
+    __slots__ = ("h11",)
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+        *,
+        max_incomplete_event_size: int = 16384,
+        read_size: int = 65536,
+        write_timeout: float | None = None,
+    ) -> None:
+        super().__init__(stream, read_size=read_size, write_timeout=write_timeout)
+        self.h11 = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
+
+    def next_event(self) -> Any:
+        """The next h11 event already buffered, or ``h11.NEED_DATA`` / ``h11.PAUSED``.
+
+        Raises ``ProtocolError`` for input h11 rejects.
+        """
+        try:
+            return self.h11.next_event()
+        except h11.RemoteProtocolError as error:
+            raise ProtocolError(str(error), error.error_status_hint) from error
+
+    async def receive_data(
+        self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
+    ) -> bool:
+        """Read once from the socket into h11; False at EOF.
+
+        Raises ``duplex.Timeout`` after ``timeout`` seconds without data (or once
+        ``deadline`` passes), and ``trio.BrokenResourceError`` if the connection broke.
+        """
+        data = await self.read_some(timeout, phase, deadline=deadline)
+        try:
+            self.h11.receive_data(data)
+        except h11.RemoteProtocolError as error:
+            raise ProtocolError(str(error), error.error_status_hint) from error
+        return bool(data)
+
+    async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:
+        """The next h11 event, reading the socket as needed (each read within ``timeout``)."""
+        while True:
+            event = self.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self.receive_data(timeout, phase)
+
+    def buffered(self) -> bytes:
+        """What h11 holds unparsed."""
+        data: bytes = self.h11.trailing_data[0]
+        return data
+
+    def encode(self, event: Any) -> list[bytes]:
+        """The bytes h11 would put on the wire for ``event`` (its state moves on)."""
+        try:
+            pieces = self.h11.send_with_data_passthrough(event)
+        except h11.LocalProtocolError as error:
+            raise ProtocolError(f"cannot send this message: {error}", 500) from error
+        return pieces or []
+
+    async def send(self, *events: Any) -> None:
+        """Encode ``events`` and write them to the socket in one go.
+
+        Body bytes are not copied on the way: h11 passes them through and the socket
+        takes them in one scatter-gather write.
+        """
+        if len(events) == 1:
+            await self.send_pieces(self.encode(events[0]))
+            return
+        pieces: list[bytes] = []
+        for event in events:
+            pieces += self.encode(event)
+        await self.send_pieces(pieces)

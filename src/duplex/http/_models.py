@@ -39,6 +39,12 @@ _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
+# Fields validated lately, by (name, value) as given: a handler tends to send the same
+# few headers on every response. Bounded; emptied when full.
+_fields: dict[tuple[str | bytes, str | bytes], tuple[bytes, bytes]] = {}
+_MAX_FIELDS = 512
+
+
 def _as_bytes(value: str | bytes, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -92,11 +98,18 @@ class Headers:
 
     def add(self, name: str | bytes, value: str | bytes) -> None:
         """Append a field, keeping any others of the same name."""
-        raw_name = _as_bytes(name, "header name").lower()
-        if _NAME.fullmatch(raw_name) is None:
-            raise ValueError(f"invalid header name {name!r}")
-        raw_value = validate_field_value(_as_bytes(value, "header value").strip(b" \t"))
-        self._raw.append((raw_name, raw_value))
+        key = (name, value)
+        field = _fields.get(key)
+        if field is None:
+            raw_name = _as_bytes(name, "header name").lower()
+            if _NAME.fullmatch(raw_name) is None:
+                raise ValueError(f"invalid header name {name!r}")
+            raw_value = validate_field_value(_as_bytes(value, "header value").strip(b" \t"))
+            field = (raw_name, raw_value)
+            if len(_fields) >= _MAX_FIELDS:
+                _fields.clear()
+            _fields[key] = field
+        self._raw.append(field)
 
     def __setitem__(self, name: str, value: str) -> None:
         """Replace every field called ``name`` with one holding ``value``."""
@@ -217,7 +230,11 @@ class Response:
             raise ValueError(f"invalid status code {status}")
         self.status = status
         self.headers = Headers(headers)
-        self.reason = validate_field_value(_as_bytes(reason, "reason phrase"), "reason phrase")
+        self.reason = (
+            validate_field_value(_as_bytes(reason, "reason phrase"), "reason phrase")
+            if reason
+            else b""
+        )
         if isinstance(body, str):
             body = body.encode()
             if "content-type" not in self.headers:

@@ -1,8 +1,9 @@
 """The HTTP/1.1 server: full-duplex exchanges over h11, one task per connection.
 
-Per exchange, the connection's task reads the request body from the socket into
-``request.body`` (then watches for the peer leaving), while one more task runs the
-handler and writes the response. Either may finish first.
+The connection's task reads each request head, then runs the handler and sends the
+response. Whoever reads ``request.body`` reads it from the socket, so the request may
+stream in while the response streams out, with no task or queue between them. A
+watcher task notices the peer leaving an exchange that lasts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import re
 import socket
 import ssl
-from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from http import HTTPStatus
 from math import inf
@@ -21,13 +21,13 @@ from typing import Any
 import h11
 import trio
 
-from .._body import BytesLike, Readable, Writable, _empty_body
+from .._body import BytesLike, Readable, Writable, _Empty
 from .._errors import ProtocolError, Timeout
 from .._stream import Stream
-from ._connection import HTTPConnection
 from ._limits import Limits
 from ._models import ExchangeNursery, Headers, HeadersLike, Request, Response, Streamable
 from ._takeover import Takeover
+from ._wire import CONTINUE, ServerWire
 
 __all__ = ["Handler", "Server", "serve"]
 
@@ -35,16 +35,10 @@ log = logging.getLogger("duplex.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-# The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
-_HEAD_END = re.compile(rb"\n\r?\n")
 #: How long an exchange runs before the watcher starts looking for its peer leaving.
 WATCH_DELAY = 0.1
 # Control characters other than HTAB: h11 lets all but NUL through in field values.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# h11 merges repeated identical Content-Length fields (and "1, 1" lists) into one; the
-# raw head is checked for them so that duplex rejects what it cannot read one way only.
-_CONTENT_LENGTH_FIELD = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 #: Connections accepted at most per wake-up of the accept loop.
@@ -105,8 +99,9 @@ class Server:
         self._stopped = trio.Event()
         #: Set when ``shutdown()`` starts; long-lived exchanges (channels) watch it.
         self.closing = trio.Event()
-        # Exchanges to look at once they have lasted WATCH_DELAY, oldest first.
-        self._watch_queue: deque[tuple[float, _ServerConnection, _Exchange]] = deque()
+        # Connections whose exchange in flight is to be looked at once it has lasted
+        # WATCH_DELAY.
+        self._watching: set[_ServerConnection] = set()
         self._watch_wakeup = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery  # the connections' (set by serve)
 
@@ -155,29 +150,33 @@ class Server:
                 task_status.started(self)
         self._stopped.set()
 
-    def _watch_later(self, connection: _ServerConnection, exchange: _Exchange) -> None:
-        self._watch_queue.append((trio.current_time(), connection, exchange))
-        if len(self._watch_queue) == 1:
+    def _watch_later(self, connection: _ServerConnection) -> None:
+        if not self._watching:
             self._watch_wakeup.unpark()
+        self._watching.add(connection)
 
     async def _schedule_watchers(self) -> None:
         """Start a watcher for each exchange that lasts ``WATCH_DELAY``.
 
-        One task for the whole server, so that a quick exchange costs an append to a
-        queue, not a task: it wakes at most every half ``WATCH_DELAY`` while exchanges
-        run, and sleeps while there are none.
+        One task for the whole server, so that a quick exchange costs no task and keeps
+        nothing alive: the set holds connections (each once), and each look reads the
+        exchange in flight. It wakes every half ``WATCH_DELAY`` while exchanges run,
+        and sleeps while there are none.
         """
-        queue = self._watch_queue
+        watching = self._watching
         while True:
-            if not queue:
+            if not watching:
                 await self._watch_wakeup.park()
                 continue
-            # Wake for a batch: everything due within the next tenth of the delay.
-            await trio.sleep_until(queue[0][0] + WATCH_DELAY * 1.1)
+            await trio.sleep(WATCH_DELAY / 2)
             due = trio.current_time() - WATCH_DELAY
-            while queue and queue[0][0] <= due:
-                _, connection, exchange = queue.popleft()
-                connection._start_watching(exchange)
+            for connection in list(watching):
+                exchange = connection.in_flight
+                if exchange is None:
+                    watching.discard(connection)
+                elif exchange.started <= due:
+                    watching.discard(connection)
+                    connection._start_watching(exchange)
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         with self._accept_scope:
@@ -319,91 +318,35 @@ async def _answer_and_close(stream: trio.abc.Stream, status: int, message: str) 
         await trio.aclose_forcefully(stream)
 
 
-def _check_line_ends(data: bytes | bytearray, start: int, end: int, what: str) -> None:
-    """Refuse bare LF, bare CR and obs-fold in ``data[start:end]``, which h11 repairs."""
-    crlf = data.count(b"\r\n", start, end)
-    if data.count(b"\n", start, end) != crlf:
-        raise ProtocolError(f"bare LF line ending in the {what}")
-    if data.count(b"\r", start, end) != crlf:
-        raise ProtocolError(f"bare CR in the {what}")
-    if data.find(b"\n ", start, end) >= 0 or data.find(b"\n\t", start, end) >= 0:
-        raise ProtocolError(f"obsolete line folding in the {what}")
-
-
 def _check_field_values(fields: Iterable[tuple[bytes, bytes]], what: str) -> None:
     for name, value in fields:
         if _CONTROL.search(value):
             raise ProtocolError(f"control character in the {name.decode()} {what}")
 
 
-class _ChunkedFraming:
-    """Follows h11 through a chunked body to check the raw bytes it would let through.
-
-    h11 accepts CR and NUL in chunk extensions, and repairs bare LF line ends and
-    obs-fold in trailers; duplex refuses them. ``check`` runs on the buffer before each
-    ``next_event`` and ``advance`` after it. The buffer starts at a chunk-size line
-    (perhaps behind the CRLF that ends the previous chunk), inside a chunk's data, or at
-    the trailers.
-    """
-
-    LINE, DATA, TRAILERS = range(3)
-
-    def __init__(self, max_trailer_size: int) -> None:
-        self.state = self.LINE
-        self.size: int | None = None  # of the complete chunk-size line just checked
-        self.max_trailer_size = max_trailer_size
-
-    def check(self, data: bytes | bytearray) -> None:
-        self.size = None
-        if self.state == self.DATA:
-            return
-        if self.state == self.TRAILERS:
-            self._check_trailers(data, 0)
-            return
-        start = 2 if data[:2] == b"\r\n" else 1 if data[:1] == b"\n" else 0
-        end = data.find(b"\r\n", start)
-        if end < 0:
-            return
-        if data.find(b"\r", start, end) >= 0 or data.find(b"\x00", start, end) >= 0:
-            raise ProtocolError("CR or NUL in a chunk extension")
-        size = _CHUNK_SIZE.match(data, start, end)
-        if size is not None:
-            self.size = int(size[0], 16)
-            if self.size == 0:
-                self._check_trailers(data, end + 2)
-
-    def _check_trailers(self, data: bytes | bytearray, start: int) -> None:
-        """Check the trailer section at ``data[start:]``: its line ends, and its size
-        against ``max_header_size`` however the bytes arrived (whole or in pieces)."""
-        if data[start : start + 1] == b"\n":
-            raise ProtocolError("bare LF line ending in the trailers")
-        if data[start : start + 2] == b"\r\n":
-            return  # no trailers
-        match = _HEAD_END.search(data, start)
-        end = len(data) if match is None else match.end()
-        if end - start > self.max_trailer_size:
-            raise ProtocolError("trailers too large", 431)
-        if match is not None:
-            _check_line_ends(data, start, end, "trailers")
-
-    def advance(self, event: Any) -> None:
-        if isinstance(event, h11.Data):
-            self.state = self.LINE if event.chunk_end else self.DATA
-        elif event is h11.NEED_DATA and self.size is not None:
-            # h11 took the whole chunk-size line and waits for what follows it.
-            self.state = self.TRAILERS if self.size == 0 else self.DATA
+def _tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """The comma-separated tokens of every ``name`` field, lower-cased."""
+    return [
+        token.strip().lower()
+        for field, value in headers
+        if field == name
+        for token in value.split(b",")
+    ]
 
 
 class _Exchange:
     """One request and its response, with what each side knows of the other."""
 
     __slots__ = (
+        "body_waiting",
+        "continue_sent",
         "detached",
+        "error_status",
         "expects_continue",
         "failed",
         "head_started",
+        "http_10",
         "keep_alive",
-        "nursery",
         "on_server_closing",
         "over",
         "request",
@@ -413,43 +356,46 @@ class _Exchange:
         "response_done",
         "scope",
         "self_watching",
+        "started",
         "task_scopes",
         "tasks",
         "tasks_done",
         "watch_scope",
+        "watch_wanted",
     )
 
-    def __init__(
-        self,
-        request: Request,
-        request_body: Writable,
-        scope: trio.CancelScope,
-        nursery: trio.Nursery | None = None,
-    ) -> None:
+    def __init__(self, request: Request, scope: trio.CancelScope) -> None:
         self.request = request
-        self.request_body = request_body
+        self.request_body: Readable = request.body
+        self.started = trio.current_time()
         #: Cancels the handler and everything else of the exchange.
         self.scope = scope
-        #: The exchange's own nursery; None for an exchange answered in the connection's
-        #: task, whose ``request.nursery`` tasks run in the connection's nursery.
-        self.nursery = nursery
         self.response_body: Readable | None = None
         self.head_started = False
         self.response_done = False
         self.failed = False
         self.keep_alive = True
+        self.http_10 = False
         self.expects_continue = False
+        self.continue_sent = False
         self.detached = False
         self.request_complete = False
         self.over = False
+        #: The status the connection answers with if the request turns out bad before
+        #: the response began (its body too large, malformed, too slow).
+        self.error_status: int | None = None
         # Made by the connection's watcher when it starts watching this exchange.
         self.watch_scope: trio.CancelScope | None = None
         # Set when the exchange's own task watches for the peer leaving (a channel
         # waiting for news): no watcher task is started for it then.
         self.self_watching = False
+        # Set while a reader of the request body waits on the socket (a watcher must not
+        # wait on it too), and when a watcher is wanted once it stops.
+        self.body_waiting = False
+        self.watch_wanted = False
         #: Called when the server starts shutting down while this exchange runs.
         self.on_server_closing: Callable[[], object] | None = None
-        # Tasks of an inline exchange (see _InlineNursery): started, and their scopes.
+        # Tasks in request.nursery (see _InlineNursery): started, and their scopes.
         self.tasks = 0
         # (Made with the first task: most exchanges have none.)
         self.task_scopes: set[trio.CancelScope] | None = None
@@ -459,6 +405,7 @@ class _Exchange:
         if self.watch_scope is not None:
             self.watch_scope.cancel()
             self.watch_scope = None
+            self.watch_wanted = True
 
     def cancel(self) -> None:
         """Cancel the handler and the exchange's tasks."""
@@ -467,30 +414,37 @@ class _Exchange:
             scope.cancel()
 
     def end_tasks(self) -> None:
-        """The exchange is over: cancel the tasks left in ``request.nursery``, if any
-        (looking first, since cancelling costs more than looking)."""
-        if self.nursery is not None:
-            if self.nursery.child_tasks:
-                self.scope.cancel()
-        else:
-            self.over = True
-            for scope in self.task_scopes or ():
-                scope.cancel()
+        """The exchange is over: cancel the tasks left in ``request.nursery``, if any."""
+        self.over = True
+        for scope in self.task_scopes or ():
+            scope.cancel()
+
+    def close_request_body(self, error: BaseException) -> None:
+        """The response has ended: the request body's reader stops, without data lost
+        for the connection (which drains what is left)."""
+        body = self.request_body
+        if isinstance(body, _RequestBody | Writable | _Empty):
+            body.close_read_nowait(error)
 
     def fail(self, error: BaseException) -> None:
-        """The connection cannot go on: wake both bodies with ``error`` and cancel."""
+        """The exchange cannot go on: wake both bodies with ``error`` and cancel."""
         self.failed = True
         self.keep_alive = False
-        self.request_body.close_write_nowait(error)
-        body = self.response_body
-        if isinstance(body, Writable):
-            body.close_read_nowait(error)
+        body = self.request_body
+        if isinstance(body, _RequestBody):
+            body.fail(error)
+        elif isinstance(body, Writable):
+            body.close_write_nowait(error)
+        response_body = self.response_body
+        if isinstance(response_body, Writable):
+            response_body.close_read_nowait(error)
         self.cancel()
 
 
 class _InlineNursery(ExchangeNursery):
-    """``request.nursery`` of an exchange answered in the connection's task: its tasks
-    run in the connection's nursery, each in a scope the exchange cancels at its end."""
+    """``request.nursery``: its tasks run in the server's nursery, each in a scope the
+    exchange cancels at its end (the connection's task runs the handler, so an exchange
+    needs no nursery of its own)."""
 
     __slots__ = ("_connection", "_exchange")
 
@@ -548,17 +502,139 @@ class _InlineNursery(ExchangeNursery):
                 exchange.tasks_done.unpark_all()
 
 
+class _RequestBody(Readable):
+    """``request.body`` of a request with a body, read from the connection by whichever
+    task reads it: no task and no queue stand between the socket and the reader.
+
+    It reads only while someone reads it (so the peer is held back by TCP itself), sends
+    ``100 Continue`` when first read if the client waits for it, and fails the exchange
+    when the body turns out bad (the connection then answers 400, 408, 413 or 431 if the
+    response has not begun). Bytes read from the socket are in the connection's buffer
+    before any wait ends, so a cancelled read loses none of them.
+    """
+
+    __slots__ = ("_closed", "_connection", "_ended", "_error", "_exchange", "_length", "_wait")
+
+    def __init__(self, connection: _ServerConnection, length: int | None) -> None:
+        self._connection = connection
+        self._exchange: _Exchange | None = None  # set once the exchange exists
+        self._length = length
+        self._ended = False
+        self._closed = False
+        self._error: BaseException | None = None
+        # Cancels the reader's wait for the socket (the body closed or failed meanwhile).
+        self._wait: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<request body length={self._length} ended={self._ended}>"
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    @property
+    def is_empty(self) -> bool:
+        return self._closed or self._ended or self._error is not None
+
+    def fail(self, error: BaseException) -> None:
+        """Later reads raise ``trio.BrokenResourceError`` from ``error``."""
+        if self._error is None and not self._ended:
+            self._error = error
+        self._wake()
+
+    def close_read_nowait(self, error: BaseException | None = None) -> None:
+        """The reader gives up (or the response ended): later reads raise
+        ``trio.ClosedResourceError``."""
+        self._closed = True
+        self._pushback = b""
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wait is not None:
+            self._wait.cancel()
+
+    async def aclose(self, error: BaseException | None = None) -> None:
+        self.close_read_nowait(error)
+        await trio.lowlevel.checkpoint()
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        connection = self._connection
+        exchange = self._exchange
+        assert exchange is not None
+        waited = False
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this body was closed by its reader")
+            if self._error is not None:
+                error = trio.BrokenResourceError("the request body broke")
+                error.__cause__ = self._error
+                raise error
+            if self._ended:
+                data = b""
+                break
+            try:
+                piece = connection.wire.take_body(max_bytes)
+            except ProtocolError as error:
+                connection._body_failed(exchange, error)
+                continue
+            if piece is not None:
+                data = piece
+                if not data:
+                    self._ended = True
+                    connection._request_complete(exchange)
+                break
+            waited = True
+            await self._fill(exchange)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def _fill(self, exchange: _Exchange) -> None:
+        """Read more of the body from the socket (in the reader's own task)."""
+        connection = self._connection
+        wire = connection.wire
+        if exchange.expects_continue and not exchange.continue_sent:
+            # 100 Continue only once the handler asks for the body, as RFC 9110 intends.
+            exchange.continue_sent = True
+            if not exchange.head_started and not wire.body_received and not wire.buffered:
+                try:
+                    await wire.send_raw(CONTINUE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
+                    exchange.fail(PeerGone("the peer went away"))
+                    return
+        exchange.stop_watching()  # a watcher must not wait on the socket with us
+        exchange.body_waiting = True
+        self._wait = trio.CancelScope()
+        try:
+            with self._wait:
+                await wire.fill(connection.limits.read_timeout, "read")
+        except Timeout as error:
+            log.debug("request body from %s timed out", connection.client)
+            connection._body_failed(exchange, error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("peer %s went away mid-body: %r", connection.client, error)
+            exchange.fail(PeerGone("the peer closed the connection mid-body"))
+        finally:
+            self._wait = None
+            exchange.body_waiting = False
+            if exchange.watch_wanted:
+                exchange.watch_wanted = False
+                connection._watch_later(exchange)
+
+
 class _ServerConnection:
     __slots__ = (
         "cancel_scope",
         "client",
         "closing",
-        "http",
+        "failed_exchange",
         "idle",
         "in_flight",
         "limits",
         "scheme",
         "server",
+        "wire",
     )
 
     def __init__(
@@ -566,10 +642,11 @@ class _ServerConnection:
     ) -> None:
         self.server = server
         self.limits = limits = server.limits
-        self.http = HTTPConnection(
+        self.wire = ServerWire(
             stream,
-            h11.SERVER,
-            max_incomplete_event_size=limits.max_header_size,
+            max_header_size=limits.max_header_size,
+            max_request_line=limits.max_request_line,
+            max_body_size=limits.max_body_size,
             read_size=limits.read_size,
             write_timeout=limits.write_timeout,
         )
@@ -580,11 +657,14 @@ class _ServerConnection:
         self.cancel_scope = trio.CancelScope()
         #: The exchange in flight, for the watcher; None between requests.
         self.in_flight: _Exchange | None = None
+        #: The exchange whose request turned out bad, answered (if it can still be)
+        #: once the connection's task has stopped.
+        self.failed_exchange: _Exchange | None = None
 
     @property
     def nursery(self) -> trio.Nursery:
-        """Where the connection's helper tasks run (a watcher, tasks of an inline
-        exchange): the server's, so that a connection needs no nursery of its own."""
+        """Where the connection's helper tasks run (a watcher, the tasks of
+        ``request.nursery``): the server's, so that a connection needs no nursery."""
         return self.server._nursery
 
     def shutdown(self) -> None:
@@ -599,28 +679,38 @@ class _ServerConnection:
     async def run(self) -> None:
         with self.cancel_scope:
             await self._run()
-        await self.http.aclose()
+        exchange = self.failed_exchange
+        if exchange is not None and exchange.error_status and not exchange.head_started:
+            status = exchange.error_status
+            await _answer_and_close(self.wire.stream, status, HTTPStatus(status).phrase)
+        await self.wire.aclose()
 
     def _watch_later(self, exchange: _Exchange) -> None:
         """Have the server look at ``exchange`` once it has lasted ``WATCH_DELAY``."""
-        self.server._watch_later(self, exchange)
+        self.server._watch_later(self)
 
     def _start_watching(self, exchange: _Exchange) -> None:
         """Start a task that notices the peer leaving mid-exchange, if still useful.
 
-        Only once the request has been read (until then the connection's task reads the
-        socket and sees the peer leave itself), and only for an exchange still running
-        that no one else watches. The task peeks at the socket, reading nothing, and
-        fails the exchange when the peer closes or resets the connection.
+        Only while no one else waits on the socket (a reader of the request body, or the
+        exchange's own task), and only for an exchange still running. The task peeks at
+        the socket, reading nothing, and fails the exchange when the peer closes or
+        resets the connection.
         """
         if (
-            exchange is self.in_flight
-            and exchange.request_complete
-            and not (exchange.response_done or exchange.detached or exchange.failed)
-            and not (exchange.self_watching or exchange.watch_scope is not None)
+            exchange is not self.in_flight
+            or exchange.response_done
+            or exchange.detached
+            or exchange.failed
+            or exchange.self_watching
+            or exchange.watch_scope is not None
         ):
-            exchange.watch_scope = trio.CancelScope()
-            self.nursery.start_soon(self._watch, exchange, exchange.watch_scope)
+            return
+        if exchange.body_waiting:
+            exchange.watch_wanted = True  # the reader asks again once it stops waiting
+            return
+        exchange.watch_scope = trio.CancelScope()
+        self.nursery.start_soon(self._watch, exchange, exchange.watch_scope)
 
     async def _watch(self, exchange: _Exchange, scope: trio.CancelScope) -> None:
         with scope:
@@ -629,9 +719,10 @@ class _ServerConnection:
                 or exchange.response_done
                 or exchange.detached
                 or exchange.self_watching
+                or exchange.body_waiting
             ):
                 return
-            await self.http.wait_peer_gone()
+            await self.wire.wait_peer_gone()
             log.debug("peer %s went away mid-exchange", self.client)
             exchange.fail(PeerGone("the peer closed the connection"))
 
@@ -641,7 +732,7 @@ class _ServerConnection:
                 await self._serve()
             except ProtocolError as error:
                 log.debug("bad request from %s: %s", self.client, error)
-                await _answer_and_close(self.http.stream, error.status, str(error))
+                await _answer_and_close(self.wire.stream, error.status, str(error))
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 log.debug("connection from %s ended: %r", self.client, error)
         except Exception:
@@ -666,69 +757,37 @@ class _ServerConnection:
             if not await self._exchange(event, last):
                 return
             started = trio.current_time()
-            self.http.h11.start_next_cycle()
+            self.wire.next_request()
 
     # -- the request head -------------------------------------------------------------
 
-    async def _read_head(self, started: float, *, first: bool) -> Any:
-        """The next ``h11.Request``, or None when the peer closes or idles out.
+    async def _read_head(self, started: float, *, first: bool) -> h11.Request | None:
+        """The next request's head, or None when the peer closes or idles out.
 
         Raises ``ProtocolError`` with the status to answer (400, 408, 414, 431, 501).
         """
         limits = self.limits
+        wire = self.wire
         head_deadline = inf if limits.header_timeout is None else started + limits.header_timeout
         idle_deadline = head_deadline
         if not first and limits.keep_alive_timeout is not None:
             idle_deadline = min(head_deadline, started + limits.keep_alive_timeout)
         while True:
-            self._check_head_bytes()
-            event = self.http.next_event()
-            if isinstance(event, h11.Request):
-                return event
-            if isinstance(event, h11.ConnectionClosed):
+            if wire.buffered:
+                event = wire.parse_head()
+                if event is not None:
+                    return event
+            pending = wire.buffered > 0
+            if wire.eof:
+                if pending:
+                    raise ProtocolError("the peer closed the connection mid-head")
                 return None
-            if event is not h11.NEED_DATA:
-                raise ProtocolError(f"unexpected {type(event).__name__} before a request")
-            pending = len(self.http.buffered())
             try:
-                got_data = await self.http.receive_data(
-                    deadline=head_deadline if pending else idle_deadline
-                )
+                await wire.fill(deadline=head_deadline if pending else idle_deadline)
             except Timeout:
                 if pending:
                     raise ProtocolError("the request head did not arrive in time", 408) from None
                 return None
-            if not got_data and not pending:
-                return None
-
-    def _check_head_bytes(self) -> None:
-        """Reject, from the raw bytes, heads that h11 would accept or repair.
-
-        The size limits count the whole head however it arrives, and obs-fold, bare CR
-        and bare LF line ends are refused rather than repaired: each is a smuggling
-        vector when a proxy in front reads the head differently.
-        """
-        limits = self.limits
-        data = self.http.buffered()
-        line_end = data.find(b"\n", 0, limits.max_request_line + 2)
-        if line_end < 0:
-            if len(data) > limits.max_request_line + 1:
-                raise ProtocolError("request line too long", 414)
-            return
-        if line_end - (data[line_end - 1 : line_end] == b"\r") > limits.max_request_line:
-            raise ProtocolError("request line too long", 414)
-        match = _HEAD_END.search(data, line_end - 1 if line_end else 0)
-        if match is None:
-            if len(data) > limits.max_header_size:
-                raise ProtocolError("request head too large", 431)
-            return
-        end = match.end()
-        if end > limits.max_header_size:
-            raise ProtocolError("request head too large", 431)
-        lengths = _CONTENT_LENGTH_FIELD.findall(data, 0, end)
-        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
-            raise ProtocolError("repeated Content-Length")
-        _check_line_ends(data, 0, end, "request head")
 
     def _check_request(self, event: h11.Request) -> None:
         if event.http_version not in (b"1.1", b"1.0"):
@@ -742,65 +801,62 @@ class _ServerConnection:
         names = [name for name, _ in event.headers]
         if b"transfer-encoding" in names and b"content-length" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        max_body = self.limits.max_body_size
-        if max_body is not None and b"content-length" in names:
-            length = int(dict(event.headers)[b"content-length"])
-            if length > max_body:
-                raise ProtocolError("request body too large", 413)
 
     # -- one exchange -----------------------------------------------------------------
 
     async def _exchange(self, event: h11.Request, last: bool) -> bool:
-        """Serve one request; True if the connection may serve another."""
-        http = self.http
+        """Serve one request in this task; True if the connection may serve another.
+
+        The handler runs here; whoever reads the request body reads it from the socket.
+        What the response leaves unread is drained here afterwards.
+        """
+        wire = self.wire
         raw_headers = list(event.headers)
-        headers = Headers._from_h11(raw_headers)
         length: int | None = 0  # no framing header: no body
         for name, value in raw_headers:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
-                length = None
+                length = None  # chunked: h11 accepts no other coding
+        max_body = self.limits.max_body_size
+        if length and max_body is not None and length > max_body:
+            raise ProtocolError("request body too large", 413)
+        body: Readable
         if length == 0:
-            body = _empty_body(self.limits.body_buffer_size)
+            body = _Empty()
         else:
-            body = Writable(self.limits.body_buffer_size, length=length)
+            body = _RequestBody(self, length)
+            wire.begin_body(length)
         request = Request(
             event.method.decode("ascii"),
             event.target.decode("latin-1"),
-            headers,
+            Headers._from_h11(raw_headers),
             body,
             http_version=event.http_version.decode("ascii"),
             client=self.client,
             scheme=self.scheme,
         )
+        # A failed exchange ends its connection: the connection's scope is its scope.
+        exchange = _Exchange(request, self.cancel_scope)
+        http_10 = event.http_version == b"1.0"
+        exchange.http_10 = http_10
+        closes = b"close" in _tokens(raw_headers, b"connection")
+        exchange.keep_alive = not (last or http_10 or closes)
         if length == 0:
-            exchange = await self._inline_exchange(request, body, last)
+            exchange.request_complete = True
         else:
-            exchange = await self._nursery_exchange(request, body, length, last)
-        if exchange is None:
-            return False
-        if exchange.failed or exchange.detached or not exchange.keep_alive:
-            return False
-        return http.h11.our_state is h11.DONE and http.h11.their_state is h11.DONE
-
-    async def _inline_exchange(
-        self, request: Request, body: Writable, last: bool
-    ) -> _Exchange | None:
-        """Answer a request without a body in the connection's own task: no nursery and
-        no second task (``request.nursery`` lends the connection's nursery)."""
-        event = self.http.next_event()  # a request without a body ends with its head
-        if not isinstance(event, h11.EndOfMessage):
-            raise ProtocolError(f"unexpected {type(event).__name__} in a request")
-        exchange = _Exchange(request, body, trio.CancelScope())
-        exchange.keep_alive = not last
-        exchange.request_complete = True
+            assert isinstance(body, _RequestBody)
+            body._exchange = exchange
+            exchange.expects_continue = not http_10 and b"100-continue" in _tokens(
+                raw_headers, b"expect"
+            )
         request._nursery = _InlineNursery(self, exchange)
         self.in_flight = exchange
         self._watch_later(exchange)
         try:
-            with exchange.scope:
-                await self._respond(exchange)
+            await self._respond(exchange)
+            if not (exchange.request_complete or exchange.failed or exchange.detached):
+                await self._drain(exchange)
         finally:
             self.in_flight = None
             exchange.end_tasks()
@@ -809,41 +865,55 @@ class _ServerConnection:
                     exchange.tasks_done = trio.lowlevel.ParkingLot()
                     while exchange.tasks:
                         await exchange.tasks_done.park()
-        return exchange
+        return (
+            exchange.keep_alive
+            and exchange.request_complete
+            and wire.response_ended
+            and not (exchange.failed or exchange.detached)
+        )
 
-    async def _nursery_exchange(
-        self, request: Request, body: Writable, length: int | None, last: bool
-    ) -> _Exchange | None:
-        """Serve a request with a body: this task reads it while another answers."""
-        http = self.http
-        error_status: int | None = None
-        exchange: _Exchange | None = None
+    async def _drain(self, exchange: _Exchange) -> None:
+        """Read and drop what the response left of the request body, up to
+        ``max_drain_size``; past it, or on any error, the connection will close."""
+        wire = self.wire
+        if exchange.expects_continue and not exchange.continue_sent and not wire.buffered:
+            # The client waits for a 100 Continue that will not come now: it may or may
+            # not send the body, so the connection cannot be read reliably any more.
+            exchange.keep_alive = False
+            return
+        drained = 0
         try:
-            async with trio.open_nursery() as nursery:
-                request._nursery = ExchangeNursery(nursery)
-                exchange = _Exchange(request, body, nursery.cancel_scope, nursery)
-                exchange.keep_alive = not last
-                exchange.expects_continue = http.h11.they_are_waiting_for_100_continue
-                self.in_flight = exchange
-                error_status = await self._run_exchange(exchange, length)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
-            # A task of the exchange met the peer leaving (or a body it closed itself).
-            log.debug("a task of the exchange with %s stopped: %r", self.client, group)
-            self._task_failed(exchange)
-        except* Exception as group:
-            log.error("a task of the exchange with %s failed", self.client, exc_info=group)
-            self._task_failed(exchange)
-        finally:
-            self.in_flight = None
-        assert exchange is not None
-        if error_status is not None and not exchange.head_started:
-            await _answer_and_close(http.stream, error_status, HTTPStatus(error_status).phrase)
-            return None
-        return exchange
+            while True:
+                data = wire.take_body()
+                if data is None:
+                    await wire.fill(self.limits.read_timeout, "read")
+                    continue
+                if not data:
+                    exchange.request_complete = True
+                    return
+                drained += len(data)
+                if drained > self.limits.max_drain_size:
+                    exchange.keep_alive = False
+                    return
+        except (ProtocolError, Timeout, trio.BrokenResourceError) as error:
+            log.debug("draining the request body of %s: %r", self.client, error)
+            exchange.keep_alive = False
 
     def _request_complete(self, exchange: _Exchange) -> None:
         exchange.request_complete = True
         self._watch_later(exchange)  # the socket is free to watch now
+
+    def _body_failed(self, exchange: _Exchange, error: ProtocolError | Timeout) -> None:
+        """The request body turned out bad: answer with its status if still possible."""
+        status = 408 if isinstance(error, Timeout) else error.status
+        log.debug("bad request body from %s: %s", self.client, error)
+        if exchange.error_status is None:
+            exchange.error_status = status
+            self.failed_exchange = exchange
+        if isinstance(error, Timeout):
+            exchange.fail(error)
+        else:
+            exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
 
     @staticmethod
     def _task_failed(exchange: _Exchange | None) -> None:
@@ -851,85 +921,6 @@ class _ServerConnection:
         if exchange is not None and not exchange.response_done:
             exchange.failed = True
             exchange.keep_alive = False
-
-    async def _run_exchange(self, exchange: _Exchange, length: int | None) -> int | None:
-        """Read the request and send the response, at once when the request has a body;
-        the status to answer with if the request turned out bad."""
-        nursery = exchange.nursery
-        assert nursery is not None
-        try:
-            nursery.start_soon(self._respond, exchange)
-            if not await self._pump_body(exchange):
-                exchange.keep_alive = False
-            self._request_complete(exchange)
-        except ProtocolError as error:
-            log.debug("bad request body from %s: %s", self.client, error)
-            exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
-            return error.status
-        except Timeout as error:
-            log.debug("request body from %s timed out", self.client)
-            exchange.fail(error)
-            return 408
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            log.debug("peer %s went away mid-body: %r", self.client, error)
-            exchange.fail(PeerGone("the peer closed the connection mid-body"))
-        # The exchange is over once both messages are: leftover tasks stop then. A
-        # detached connection is another protocol's now, and ends with its task.
-        if exchange.response_done and not exchange.detached:
-            exchange.end_tasks()
-        return None
-
-    async def _pump_body(self, exchange: _Exchange) -> bool:
-        """Read the request body from the socket into ``request.body``.
-
-        Returns True once the body has ended, False if the response ended first and
-        more than ``max_drain_size`` bytes remained.
-        """
-        http, limits, body = self.http, self.limits, exchange.request_body
-        if exchange.expects_continue:
-            # 100 Continue only once the handler asks for the body, as RFC 9110 intends.
-            await body.wait_reader()
-            if http.h11.they_are_waiting_for_100_continue and not body.read_closed:
-                await http.send(h11.InformationalResponse(status_code=100, headers=[]))
-        received = 0
-        drained = 0
-        chunks = _ChunkedFraming(limits.max_header_size) if body.length is None else None
-        while True:
-            if chunks is not None:
-                chunks.check(http.buffered())
-            event = http.next_event()
-            if (
-                chunks is not None
-                and chunks.size is not None
-                and limits.max_body_size is not None
-                and received + chunks.size > limits.max_body_size
-            ):
-                # A chunk announced past the limit is refused now, not once it arrived.
-                raise ProtocolError("request body too large", 413)
-            if chunks is not None:
-                chunks.advance(event)
-            if event is h11.NEED_DATA:
-                await http.receive_data(limits.read_timeout, "read")
-                continue
-            if isinstance(event, h11.Data):
-                received += len(event.data)
-                if limits.max_body_size is not None and received > limits.max_body_size:
-                    raise ProtocolError("request body too large", 413)
-                if not body.read_closed:
-                    try:
-                        await body.write(event.data)
-                        continue
-                    except trio.BrokenResourceError:
-                        pass
-                drained += len(event.data)
-                if drained > limits.max_drain_size:
-                    return False
-            elif isinstance(event, h11.EndOfMessage):
-                _check_field_values(event.headers, "trailer")
-                body.close_write_nowait()
-                return True
-            else:
-                raise trio.BrokenResourceError("the peer closed the connection mid-body")
 
     async def _respond(self, exchange: _Exchange) -> None:
         request = exchange.request
@@ -941,7 +932,7 @@ class _ServerConnection:
             except Exception as error:
                 if exchange.failed:
                     # The handler saw the exchange break under it (a request body cut or
-                    # timed out): the peer's doing, answered by the connection task.
+                    # timed out): the peer's doing, answered by the connection.
                     log.debug("handler for %s stopped: %r", request.target, error)
                     return
                 log.exception("handler failed for %s %s", request.method, request.target)
@@ -950,7 +941,7 @@ class _ServerConnection:
             await self._send_response(exchange, response)
         except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
             if isinstance(error.__cause__, h11.LocalProtocolError):
-                # h11 refused a message of ours (a body longer than its Content-Length,
+                # A response HTTP cannot carry (a body longer than its Content-Length,
                 # say): the handler's bug, not the peer leaving.
                 log.exception("response to %s %s failed", request.method, request.target)
                 exchange.fail(error)
@@ -963,19 +954,35 @@ class _ServerConnection:
         finally:
             exchange.response_done = True
             exchange.stop_watching()
-            exchange.request_body.close_read_nowait(ResponseEnded("the response has ended"))
+            exchange.close_request_body(ResponseEnded("the response has ended"))
             if exchange.request_complete and not exchange.detached:
                 exchange.end_tasks()
+
+    def _head(
+        self, exchange: _Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """The response head; the exchange learns whether the connection closes after."""
+        keep_alive = exchange.keep_alive and not (self.closing or self.server.shutting_down)
+        head, closes = self.wire.response_head(
+            status,
+            reason,
+            headers,
+            head=exchange.request.method == "HEAD",
+            http_10=exchange.http_10,
+            keep_alive=keep_alive,
+        )
+        if closes:
+            exchange.keep_alive = False
+        exchange.head_started = True
+        return head
 
     async def _send_response(self, exchange: _Exchange, response: Response) -> None:
         if isinstance(response.body, Takeover):
             await self._run_takeover(exchange, response.body)
             return
-        http = self.http
+        wire = self.wire
         request = exchange.request
         headers = list(response.headers.raw)
-        if self.closing or self.server.shutting_down or not exchange.keep_alive:
-            headers.append((b"connection", b"close"))
         body = response.body
         status = response.status
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
@@ -986,39 +993,31 @@ class _ServerConnection:
             if isinstance(body, Readable):
                 length = body.length
             if length is not None:
-                headers.append((b"content-length", str(length).encode()))
-        # Response() validated every header and the reason already: h11 need not again.
-        head = h11.Response(
-            status_code=status,
-            headers=headers,
-            reason=response.reason or _REASONS.get(status, b""),
-            _parsed=True,
-        )
+                headers.append((b"content-length", b"%d" % length))
         # An exchange that failed meanwhile is cancelled here, before any byte goes out,
-        # so that the connection task may still answer it with its own status.
+        # so that the connection may still answer it with its own status.
         await trio.lowlevel.checkpoint_if_cancelled()
-        exchange.head_started = True
+        head = self._head(exchange, status, response.reason or _REASONS.get(status, b""), headers)
         if isinstance(body, bytes):
-            events: list[Any] = [head]
+            pieces = [head]
             if body and not no_body:
-                events.append(h11.Data(data=body))
-            events.append(h11.EndOfMessage())
-            await http.send(*events)
+                pieces += wire.frame(body)
+            pieces += wire.end()
+            await wire.send_pieces(pieces)
             return
         if isinstance(body, Readable):
             exchange.response_body = body
-            await http.send(head)
+            await wire.send_raw(head)
             if no_body:
                 await body.aclose()
             else:
                 await self._send_readable(body)
         elif isinstance(body, Streamable):
-            await http.send(head)
+            await wire.send_raw(head)
             if not no_body:
-                # The stream writes straight to the connection from this task: an echo
-                # is the connection's task and this one, with no queue between them
-                # and the socket.
-                output = _DirectOutput(http)
+                # The stream writes straight to the connection from this task, and
+                # reads the request body straight from it: an echo is one task.
+                output = _DirectOutput(wire)
                 exchange.response_body = output
                 await _run_streamable(body, Stream(request.body, output))
                 if output.error is not None:
@@ -1026,11 +1025,11 @@ class _ServerConnection:
                         output.error
                     )
         else:
-            await http.send(head)
+            await wire.send_raw(head)
             if not no_body:
                 await self._send_iterable(body)
-        trailers = response.trailers.raw if response.trailers is not None else []
-        await http.send(h11.EndOfMessage(headers=trailers))
+        trailers = response.trailers.raw if response.trailers is not None else None
+        await wire.send_pieces(wire.end(trailers))
 
     async def _run_takeover(self, exchange: _Exchange, takeover: Takeover) -> None:
         control = _Control(self, exchange)
@@ -1046,19 +1045,19 @@ class _ServerConnection:
             raise trio.BrokenResourceError("the response was left unfinished")
 
     async def _send_readable(self, body: Readable) -> None:
-        send = self.http.send
+        wire = self.wire
         try:
             while chunk := await body.read():
-                await send(h11.Data(data=chunk))
+                await wire.send_pieces(wire.frame(chunk))
         finally:
             with trio.CancelScope(shield=True):
                 await body.aclose()
 
     async def _send_iterable(self, body: AsyncIterable[bytes]) -> None:
-        send = self.http.send
+        wire = self.wire
         async for chunk in body:
             if chunk:
-                await send(h11.Data(data=chunk))
+                await wire.send_pieces(wire.frame(chunk))
 
 
 class _Control:
@@ -1088,30 +1087,32 @@ class _Control:
         if self._exchange.head_started or self.detached:
             raise RuntimeError("the response has already started")
         response = Response(status, headers)
-        raw = list(response.headers.raw)
-        connection = self._connection
-        if connection.closing or connection.server.shutting_down:
-            raw.append((b"connection", b"close"))
-        reason = _REASONS.get(status, b"")
-        self._exchange.head_started = True
-        await connection.http.send(h11.Response(status_code=status, headers=raw, reason=reason))
+        head = self._connection._head(
+            self._exchange, status, _REASONS.get(status, b""), list(response.headers.raw)
+        )
+        await self._connection.wire.send_raw(head)
 
     async def write(self, data: bytes) -> None:
         if data and self._exchange.request.method != "HEAD":
-            await self._connection.http.send(h11.Data(data=data))
+            wire = self._connection.wire
+            await wire.send_pieces(wire.frame(data))
 
     async def end(self) -> None:
         if not self.ended:
             self.ended = True
-            await self._connection.http.send(h11.EndOfMessage())
+            wire = self._connection.wire
+            await wire.send_pieces(wire.end())
 
     def write_nowait(self, data: bytes) -> bool | None:
         if self._exchange.request.method == "HEAD" or not data:
             return True
-        return self._connection.http.write_nowait(data)
+        wire = self._connection.wire
+        if not wire.can_write_nowait:
+            return None
+        return wire.write_nowait(wire.frame(data))
 
     async def flush(self) -> None:
-        await self._connection.http.flush()
+        await self._connection.wire.flush()
 
     @property
     def write_timeout(self) -> float | None:
@@ -1121,7 +1122,7 @@ class _Control:
     def can_watch(self) -> bool:
         exchange = self._exchange
         return (
-            self._connection.http.direct
+            self._connection.wire.direct
             and exchange.request_complete
             and not exchange.detached
             and not exchange.failed
@@ -1133,8 +1134,9 @@ class _Control:
         exchange = self._exchange
         exchange.self_watching = True
         exchange.stop_watching()  # a watcher task may be peeking already
+        exchange.watch_wanted = False
         try:
-            await self._connection.http.wait_peer_gone()
+            await self._connection.wire.wait_peer_gone()
         finally:
             # Busy again (writing, say): a watcher task looks after it meanwhile.
             exchange.self_watching = False
@@ -1156,19 +1158,19 @@ class _Control:
         # stop before the new protocol reads from it.
         exchange.stop_watching()
         await trio.lowlevel.checkpoint()
-        http = self._connection.http
-        return http.stream, http.h11.trailing_data[0]
+        wire = self._connection.wire
+        return wire.stream, wire.leftover()
 
 
 class _DirectOutput(Writable):
     """The output of a ``Streamable``'s stream: each write goes to the connection at
-    once, as an h11 ``Data`` event, in the writer's own task; it returns once the socket
-    took the bytes. The queue of ``Writable`` stays empty; its closing rules hold.
+    once, framed as the response body, in the writer's own task; it returns once the
+    socket took the bytes. The queue of ``Writable`` stays empty; its closing rules hold.
     """
 
-    def __init__(self, http: HTTPConnection) -> None:
+    def __init__(self, wire: ServerWire) -> None:
         super().__init__(0)
-        self._http = http
+        self._wire = wire
 
     @property
     def error(self) -> BaseException | None:
@@ -1187,7 +1189,8 @@ class _DirectOutput(Writable):
             await trio.lowlevel.checkpoint()
             return
         chunk = data if type(data) is bytes else bytes(data)
-        await self._http.send(h11.Data(data=chunk))
+        wire = self._wire
+        await wire.send_pieces(wire.frame(chunk))
 
     send_all = write
 

@@ -1,0 +1,488 @@
+"""The server's side of one HTTP/1.1 connection: what goes over the wire, and how.
+
+h11 parses every request head (a fresh ``h11.Connection`` per request, fed exactly the
+head). Bodies are framed here, both ways: h11 copies each body byte two or three times
+on the way in and re-validates every response header on the way out, which made it the
+larger part of what a request cost. Framing a body is a small, strict state machine;
+duplex refuses what h11 would repair, and rejects rather than guesses (see
+docs/reliability.md).
+
+Input is kept as one ``bytes`` and a position in it, so that a socket read whose bytes
+are all body data is handed to the reader as it is, without a copy.
+"""
+
+from __future__ import annotations
+
+import re
+from math import inf
+from typing import Any
+
+import h11
+import trio
+
+from .._errors import ProtocolError
+from ._connection import Transport
+
+__all__ = ["CONTINUE", "HEAD_END", "ServerWire", "check_line_ends", "frame_chunk"]
+
+# The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
+HEAD_END = re.compile(rb"\n\r?\n")
+# h11 merges repeated identical Content-Length fields (and "1, 1" lists) into one; the
+# raw head is checked for them so that duplex rejects what it cannot read one way only.
+_CONTENT_LENGTH_FIELD = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
+# A chunk-size line without its CRLF: as h11's grammar (at most 20 hex digits, optional
+# whitespace), with extensions that hold no CR or NUL (h11 lets those through).
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\x00]*)?[ \t]*")
+# A trailer field line without its CRLF: a token, a colon, a value without controls but
+# HTAB (h11 accepts more controls, and the trailers are not handed to anyone).
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+#: The interim response that asks a client waiting for it to send the body.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Body framing, in and out.
+NONE, LENGTH, CHUNKED, CLOSE = range(4)
+# Where a chunked request body is: before a size line, in data, before the CRLF that
+# ends the data, in the trailers, done.
+_SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
+
+_last_chunk: tuple[bytes, bytes] = (b"", b"")
+
+
+def frame_chunk(data: bytes) -> bytes:
+    """``data`` framed as one chunk of a chunked body; the last one is remembered, since
+    a broadcast frames the same bytes for every member."""
+    global _last_chunk
+    if data is _last_chunk[0]:
+        return _last_chunk[1]
+    framed = b"%x\r\n%b\r\n" % (len(data), data)
+    _last_chunk = (data, framed)
+    return framed
+
+
+def _comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [
+        token.strip().lower()
+        for field, value in headers
+        if field == name
+        for token in value.split(b",")
+        if token.strip()
+    ]
+
+
+def _local_error(message: str) -> ProtocolError:
+    """A response the handler built that HTTP cannot carry: its bug, answered with 500
+    (or a cut connection) and logged, never blamed on the peer."""
+    error = ProtocolError(f"cannot send this message: {message}", 500)
+    error.__cause__ = h11.LocalProtocolError(message)
+    return error
+
+
+class ServerWire(Transport):
+    """One server connection's bytes: request heads in, request bodies in, responses
+    out. One request at a time; ``next_request()`` starts the next one.
+
+    Body input is taken with ``take_body`` (what is buffered) and ``fill`` (read the
+    socket); the response with ``response_head``, ``frame`` and ``end``.
+    """
+
+    __slots__ = (
+        "_chunk_left",
+        "_chunk_state",
+        "_data",
+        "_in_mode",
+        "_out_left",
+        "_out_mode",
+        "_pos",
+        "body_received",
+        "eof",
+        "max_body_size",
+        "max_header_size",
+        "max_request_line",
+        "response_ended",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_header_size: int,
+        max_request_line: int,
+        max_body_size: int | None,
+        read_size: int,
+        write_timeout: float | None,
+    ) -> None:
+        super().__init__(stream, read_size=read_size, write_timeout=write_timeout)
+        self.max_header_size = max_header_size
+        self.max_request_line = max_request_line
+        self.max_body_size = inf if max_body_size is None else max_body_size
+        # Received and not yet consumed: self._data[self._pos:].
+        self._data = b""
+        self._pos = 0
+        #: True once the peer has closed its side (EOF read).
+        self.eof = False
+        self._in_mode = NONE
+        self._chunk_state = _SIZE
+        self._chunk_left = 0  # body bytes to come: of the chunk, or of Content-Length
+        #: Request body bytes received so far.
+        self.body_received = 0
+        self._out_mode = NONE
+        self._out_left = 0  # of the response's Content-Length
+        #: True once the response has ended (``end`` was called).
+        self.response_ended = False
+
+    # -- input ------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed."""
+        return len(self._data) - self._pos
+
+    def leftover(self) -> bytes:
+        """Take what was received and not consumed (for a protocol taking over)."""
+        data = self._data[self._pos :]
+        self._data, self._pos = b"", 0
+        return data
+
+    def _append(self, data: bytes) -> None:
+        if self._pos == len(self._data):
+            self._data = data
+        else:
+            self._data = self._data[self._pos :] + data
+        self._pos = 0
+
+    async def fill(
+        self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
+    ) -> bool:
+        """Read once more from the socket into the buffer; False at EOF.
+
+        The bytes are in the buffer before this yields, so that a cancelled fill loses
+        nothing. Raises as ``read_some``.
+        """
+        max_bytes = None
+        if self._in_mode == CHUNKED and self._chunk_state == _DATA and self._pos == len(self._data):
+            # Only this chunk's data: it reaches the reader as the very bytes read.
+            max_bytes = min(self.read_size, self._chunk_left)
+        elif self._in_mode == LENGTH and self._pos == len(self._data):
+            max_bytes = min(self.read_size, self._chunk_left)
+        data = await self.read_some(timeout, phase, deadline=deadline, max_bytes=max_bytes)
+        if not data:
+            self.eof = True
+            return False
+        self._append(data)
+        return True
+
+    # -- request heads ----------------------------------------------------------------
+
+    def head_started(self) -> bool:
+        """True when part of a next request head is buffered."""
+        return self._pos < len(self._data)
+
+    def parse_head(self) -> h11.Request | None:
+        """The request whose head is buffered whole, or None until it is.
+
+        Refuses, from the raw bytes, heads that h11 would accept or repair: the size
+        limits count the whole head however it arrives, and obs-fold, bare CR and bare
+        LF line ends are refused rather than repaired (each is a smuggling vector when
+        a proxy in front reads the head differently). Raises ``ProtocolError`` with the
+        status to answer (400, 414, 431, 501).
+        """
+        data, pos = self._data, self._pos
+        max_line = self.max_request_line
+        line_end = data.find(b"\n", pos, pos + max_line + 2)
+        if line_end < 0:
+            if len(data) - pos > max_line + 1:
+                raise ProtocolError("request line too long", 414)
+            return None
+        if line_end - pos - (data[line_end - 1 : line_end] == b"\r") > max_line:
+            raise ProtocolError("request line too long", 414)
+        match = HEAD_END.search(data, line_end - 1 if line_end > pos else pos)
+        if match is None:
+            if len(data) - pos > self.max_header_size:
+                raise ProtocolError("request head too large", 431)
+            return None
+        end = match.end()
+        if end - pos > self.max_header_size:
+            raise ProtocolError("request head too large", 431)
+        lengths = _CONTENT_LENGTH_FIELD.findall(data, pos, end)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            raise ProtocolError("repeated Content-Length")
+        check_line_ends(data, pos, end, "request head")
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
+        try:
+            parser.receive_data(data[pos:end])
+            event = parser.next_event()
+        except h11.RemoteProtocolError as error:
+            raise ProtocolError(str(error), error.error_status_hint) from error
+        if type(event) is not h11.Request:
+            raise ProtocolError(f"unexpected {type(event).__name__} before a request")
+        self._pos = end
+        return event
+
+    def next_request(self) -> None:
+        """Forget the last exchange's framing: the buffer now starts the next request."""
+        self._in_mode = NONE
+        self._out_mode = NONE
+        self.response_ended = False
+        self.body_received = 0
+
+    # -- request bodies ---------------------------------------------------------------
+
+    def begin_body(self, length: int | None) -> None:
+        """Frame the request body: ``length`` bytes, or chunked when None."""
+        self.body_received = 0
+        if length is None:
+            self._in_mode = CHUNKED
+            self._chunk_state = _SIZE
+        elif length:
+            self._in_mode = LENGTH
+            self._chunk_left = length
+        else:
+            self._in_mode = NONE
+
+    @property
+    def body_complete(self) -> bool:
+        """True once the whole request body has been taken."""
+        return self._in_mode == NONE or (self._in_mode == CHUNKED and self._chunk_state == _DONE)
+
+    def take_body(self, max_bytes: int | None = None) -> bytes | None:
+        """The next piece of the request body from the buffer: ``b""`` at its end, None
+        when more must be read first (``fill``).
+
+        Raises ``ProtocolError`` for a malformed chunked body (400), trailers over
+        ``max_header_size`` (431), a body over ``max_body_size`` (413), and a peer that
+        closed mid-body (400).
+        """
+        mode = self._in_mode
+        if mode == NONE:
+            return b""
+        if mode == LENGTH:
+            data = self._take_data(max_bytes)
+            if data is not None:
+                self.body_received += len(data)
+                if not self._chunk_left:
+                    self._in_mode = NONE
+            return data
+        while True:
+            state = self._chunk_state
+            if state == _DATA:
+                data = self._take_data(max_bytes)
+                if data is not None and not self._chunk_left:
+                    self._chunk_state = _DATA_END
+                return data
+            if state == _DONE:
+                return b""
+            progressed = (
+                self._chunk_size_line()
+                if state == _SIZE
+                else self._chunk_data_end()
+                if state == _DATA_END
+                else self._trailers()
+            )
+            if not progressed:
+                if self.eof:
+                    raise ProtocolError("the peer closed the connection mid-body")
+                return None
+
+    def _take_data(self, max_bytes: int | None) -> bytes | None:
+        data, pos = self._data, self._pos
+        available = len(data) - pos
+        if not available:
+            if self.eof:
+                raise ProtocolError("the peer closed the connection mid-body")
+            return None
+        size = min(available, self._chunk_left)
+        if max_bytes is not None and max_bytes < size:
+            size = max_bytes
+        if pos == 0 and size == len(data):
+            piece = data
+            self._data, self._pos = b"", 0
+        else:
+            piece = data[pos : pos + size]
+            self._pos = pos + size
+        self._chunk_left -= size
+        return piece
+
+    def _chunk_size_line(self) -> bool:
+        data, pos = self._data, self._pos
+        limit = self.max_header_size
+        end = data.find(b"\n", pos, pos + limit + 1)
+        if end < 0:
+            if len(data) - pos > limit:
+                raise ProtocolError("chunk size line too long", 431)
+            return False
+        if end == pos or data[end - 1] != 0x0D:
+            raise ProtocolError("bare LF line ending in a chunk size line")
+        line = data[pos : end - 1]
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            if b"\r" in line or b"\x00" in line:
+                raise ProtocolError("CR or NUL in a chunk extension")
+            raise ProtocolError(f"illegal chunk size line: {line[:40]!r}")
+        size = int(match[1], 16)
+        if self.body_received + size > self.max_body_size:
+            # A chunk announced past the limit is refused now, not once it arrived.
+            raise ProtocolError("request body too large", 413)
+        self.body_received += size
+        self._pos = end + 1
+        if size:
+            self._chunk_state = _DATA
+            self._chunk_left = size
+        else:
+            self._chunk_state = _TRAILERS
+        return True
+
+    def _chunk_data_end(self) -> bool:
+        data, pos = self._data, self._pos
+        got = data[pos : pos + 2]
+        if got != b"\r\n"[: len(got)]:
+            raise ProtocolError("chunk data not followed by CRLF")
+        if len(got) < 2:
+            return False
+        self._pos = pos + 2
+        self._chunk_state = _SIZE
+        return True
+
+    def _trailers(self) -> bool:
+        data, pos = self._data, self._pos
+        if data[pos : pos + 1] == b"\n":
+            raise ProtocolError("bare LF line ending in the trailers")
+        if len(data) - pos < 2:
+            return False
+        if data[pos : pos + 2] == b"\r\n":
+            end = pos + 2  # no trailers
+        else:
+            # Held to max_header_size however the bytes arrive, whole or in pieces.
+            match = HEAD_END.search(data, pos)
+            end = len(data) if match is None else match.end()
+            if end - pos > self.max_header_size:
+                raise ProtocolError("trailers too large", 431)
+            if match is None:
+                return False
+            check_line_ends(data, pos, end, "trailers")
+            for line in data[pos : end - 4].split(b"\r\n"):
+                if _TRAILER_LINE.fullmatch(line) is None:
+                    raise ProtocolError("malformed trailer field")
+        self._pos = end
+        self._chunk_state = _DONE
+        return True
+
+    # -- responses --------------------------------------------------------------------
+
+    def response_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        head: bool,
+        http_10: bool,
+        keep_alive: bool,
+    ) -> tuple[bytes, bool]:
+        """The response head for ``headers`` (valid already), with the framing headers
+        HTTP/1.1 needs, as h11 would set them; and whether the connection must close
+        after it.
+
+        Content-Length when the headers name one; otherwise chunked for an HTTP/1.1
+        peer, and a body delimited by closing the connection for an HTTP/1.0 one. HEAD
+        responses, 204 and 304 carry no body. Raises ``ProtocolError`` (500) for what
+        cannot be sent: a status under 200, a transfer coding other than chunked, a
+        malformed Content-Length.
+        """
+        if not 200 <= status <= 999:
+            raise _local_error(f"a response cannot have status {status}")
+        framing = LENGTH
+        length = 0
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        for name, value in headers:
+            if name == b"content-length":
+                lengths += [part.strip() for part in value.split(b",")]
+            elif name == b"transfer-encoding":
+                codings += [part.strip().lower() for part in value.split(b",")]
+        if status not in (204, 304):
+            if codings:
+                if codings != [b"chunked"]:
+                    raise _local_error("only Transfer-Encoding: chunked is supported")
+                framing = CHUNKED
+            elif lengths:
+                if not all(part.isdigit() for part in lengths) or len(set(lengths)) > 1:
+                    raise _local_error(f"malformed Content-Length: {lengths!r}")
+                length = int(lengths[0])
+            else:
+                framing = CHUNKED
+            if framing == CHUNKED:
+                headers = [item for item in headers if item[0] != b"content-length"]
+                if http_10:
+                    # HTTP/1.0 knows no chunks: the end of the body is the connection's.
+                    headers = [item for item in headers if item[0] != b"transfer-encoding"]
+                    framing = CLOSE
+                elif not codings:
+                    headers.append((b"transfer-encoding", b"chunked"))
+        tokens = set(_comma_tokens(headers, b"connection"))
+        if http_10 or b"close" in tokens:
+            keep_alive = False  # as h11: no keep-alive for HTTP/1.0
+        if not keep_alive:
+            tokens.discard(b"keep-alive")
+            tokens.add(b"close")
+            headers = [item for item in headers if item[0] != b"connection"]
+            headers.append((b"connection", b", ".join(sorted(tokens))))
+        if head or status in (204, 304):
+            framing, length = LENGTH, 0
+        self._out_mode = framing
+        self._out_left = length
+        self.response_ended = False
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines += [b"%s: %s\r\n" % item for item in headers]
+        lines.append(b"\r\n")
+        return b"".join(lines), not keep_alive
+
+    @property
+    def can_write_nowait(self) -> bool:
+        """True when ``write_nowait`` may send at once (it returns None otherwise)."""
+        return self._socket is not None and not self._sending and not self._pending
+
+    def frame(self, data: bytes) -> list[Any]:
+        """``data`` as the response body's next bytes on the wire.
+
+        Raises ``ProtocolError`` (500) past the response's Content-Length.
+        """
+        mode = self._out_mode
+        if mode == CHUNKED:
+            if len(data) < 4096:
+                return [frame_chunk(data)]
+            return [b"%x\r\n" % len(data), data, b"\r\n"]
+        if mode == LENGTH:
+            if len(data) > self._out_left:
+                raise _local_error("too much data for declared Content-Length")
+            self._out_left -= len(data)
+        return [data]
+
+    def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> list[Any]:
+        """What ends the response body on the wire.
+
+        Raises ``ProtocolError`` (500) if a Content-Length is not reached, or for
+        trailers where the framing has no room for them.
+        """
+        mode = self._out_mode
+        self.response_ended = True
+        if mode == CHUNKED:
+            if not trailers:
+                return [b"0\r\n\r\n"]
+            lines = [b"0\r\n"] + [b"%s: %s\r\n" % item for item in trailers] + [b"\r\n"]
+            return [b"".join(lines)]
+        if trailers:
+            raise _local_error("trailers need a chunked response")
+        if mode == LENGTH and self._out_left:
+            raise _local_error("too little data for declared Content-Length")
+        return []
+
+
+def check_line_ends(data: bytes, start: int, end: int, what: str) -> None:
+    """Refuse bare LF, bare CR and obs-fold in ``data[start:end]``, which h11 repairs."""
+    crlf = data.count(b"\r\n", start, end)
+    if data.count(b"\n", start, end) != crlf:
+        raise ProtocolError(f"bare LF line ending in the {what}")
+    if data.count(b"\r", start, end) != crlf:
+        raise ProtocolError(f"bare CR in the {what}")
+    if data.find(b"\n ", start, end) >= 0 or data.find(b"\n\t", start, end) >= 0:
+        raise ProtocolError(f"obsolete line folding in the {what}")
