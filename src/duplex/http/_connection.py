@@ -94,6 +94,29 @@ class Transport:
 
     # -- receiving --------------------------------------------------------------------
 
+    def read_nowait(self, max_bytes: int | None = None) -> bytes | None:
+        """Read once from the socket if that needs no wait: the bytes (at most
+        ``max_bytes``, else ``read_size``; ``b""`` at EOF), or None if it would block or
+        the transport is not a plain socket.
+
+        Raises ``trio.BrokenResourceError`` if the connection broke, and
+        ``trio.ClosedResourceError`` if it was closed here.
+        """
+        sock = self._socket
+        if sock is None:
+            return None
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the connection is closed")
+        try:
+            data = os.read(fd, self.read_size if max_bytes is None else max_bytes)
+        except BlockingIOError:
+            return None  # an idle connection keeps no exception alive
+        except OSError as error:
+            raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+        self.bytes_received += len(data)
+        return data
+
     async def read_some(
         self,
         timeout: float | None = None,
@@ -109,11 +132,11 @@ class Transport:
         ``deadline`` passes), ``trio.BrokenResourceError`` if the connection broke, and
         ``trio.ClosedResourceError`` if it was closed here.
         """
-        size = self.read_size if max_bytes is None else max_bytes
         sock = self._socket
         if sock is None:
             if timeout is not None:
                 deadline = min(deadline, trio.current_time() + timeout)
+            size = self.read_size if max_bytes is None else max_bytes
             if deadline == inf:
                 data = await self.stream.receive_some(size)
             else:
@@ -121,23 +144,13 @@ class Transport:
                     data = await self.stream.receive_some(size)
                 if scope.cancelled_caught:
                     raise Timeout(phase, 0.0 if timeout is None else timeout)
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                fd = sock.fileno()
-                if fd < 0:
-                    raise trio.ClosedResourceError("the connection is closed")
-                try:
-                    data = os.read(fd, size)
-                    break
-                except BlockingIOError:
-                    pass  # waited for below: an idle connection keeps no exception alive
-                except OSError as error:
-                    raise trio.BrokenResourceError(f"the connection broke: {error}") from error
-                await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
-            await self._spend()
-        self.bytes_received += len(data)
-        return data if type(data) is bytes else bytes(data)
+            self.bytes_received += len(data)
+            return data if type(data) is bytes else bytes(data)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while (got := self.read_nowait(max_bytes)) is None:
+            await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
+        await self.spend()
+        return got
 
     async def _wait(
         self,
@@ -159,7 +172,7 @@ class Transport:
         if scope.cancelled_caught:
             raise Timeout(phase, 0.0 if timeout is None else timeout)
 
-    async def _spend(self) -> None:
+    async def spend(self) -> None:
         """Count an operation that did not wait; yield once the budget is spent."""
         self._budget -= 1
         if self._budget <= 0:
@@ -307,7 +320,7 @@ class Transport:
             if sent:
                 pieces[0] = memoryview(pieces[0])[sent:]
         if not waited:
-            await self._spend()
+            await self.spend()
 
     async def aclose(self) -> None:
         """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""

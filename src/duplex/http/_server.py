@@ -603,6 +603,15 @@ class _RequestBody(Readable):
                 except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
                     exchange.fail(PeerGone("the peer went away"))
                     return
+        try:
+            if wire.fill_nowait() is not None:
+                await wire.spend()
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("peer %s went away mid-body: %r", connection.client, error)
+            exchange.fail(PeerGone("the peer closed the connection mid-body"))
+            return
+        # Nothing to read yet: wait for it, in a scope that closing the body cancels.
         exchange.stop_watching()  # a watcher must not wait on the socket with us
         exchange.body_waiting = True
         self._wait = trio.CancelScope()

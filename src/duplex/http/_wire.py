@@ -150,26 +150,52 @@ class ServerWire(Transport):
             self._data = self._data[self._pos :] + data
         self._pos = 0
 
+    def _fill_size(self) -> int | None:
+        if self._pos == len(self._data) and (
+            self._in_mode == LENGTH or (self._in_mode == CHUNKED and self._chunk_state == _DATA)
+        ):
+            # Only body data: it reaches the reader as the very bytes read, uncopied.
+            return min(self.read_size, self._chunk_left)
+        return None
+
+    def fill_nowait(self) -> bool | None:
+        """Read once more from the socket into the buffer if that needs no wait: True,
+        False at EOF, None if it would block (or the transport is not a plain socket).
+
+        Raises as ``read_nowait``.
+        """
+        data = self.read_nowait(self._fill_size())
+        if data is None:
+            return None
+        if not data:
+            self.eof = True
+            return False
+        self._append(data)
+        return True
+
     async def fill(
         self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
     ) -> bool:
         """Read once more from the socket into the buffer; False at EOF.
 
         The bytes are in the buffer before this yields, so that a cancelled fill loses
-        nothing. Raises as ``read_some``.
+        nothing and no other reader can come between. Raises as ``read_some``.
         """
-        max_bytes = None
-        if self._in_mode == CHUNKED and self._chunk_state == _DATA and self._pos == len(self._data):
-            # Only this chunk's data: it reaches the reader as the very bytes read.
-            max_bytes = min(self.read_size, self._chunk_left)
-        elif self._in_mode == LENGTH and self._pos == len(self._data):
-            max_bytes = min(self.read_size, self._chunk_left)
-        data = await self.read_some(timeout, phase, deadline=deadline, max_bytes=max_bytes)
-        if not data:
-            self.eof = True
-            return False
-        self._append(data)
-        return True
+        sock = self._socket
+        if sock is None:
+            data = await self.read_some(
+                timeout, phase, deadline=deadline, max_bytes=self._fill_size()
+            )
+            if not data:
+                self.eof = True
+                return False
+            self._append(data)
+            return True
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while (got := self.fill_nowait()) is None:
+            await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
+        await self.spend()
+        return got
 
     # -- request heads ----------------------------------------------------------------
 
