@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from math import inf
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import trio
@@ -44,6 +45,14 @@ _HANDSHAKE_SECONDS = 10.0
 
 #: How long ``on_close`` and ``after_close`` may run once the exchange is cancelled.
 _CLEANUP_SECONDS = 5.0
+
+#: The hooks of a channel that has none (shared, never changed).
+_NO_HOOKS: dict[str, tuple[Callback, ...]] = {
+    "after_open": (),
+    "before_chunk": (),
+    "before_close": (),
+    "after_close": (),
+}
 
 #: The queue of a channel that has queued nothing yet (never appended to).
 _NO_MESSAGES: deque[tuple[Message, bool]] = deque(maxlen=0)
@@ -145,6 +154,7 @@ class Channel:
         "_close_status",
         "_closed_event",
         "_control",
+        "_deadline",
         "_groups",
         "_head_sent",
         "_headers",
@@ -154,7 +164,9 @@ class Channel:
         "_in_before_close",
         "_needs_flush",
         "_on_close_called",
+        "_parked",
         "_queue",
+        "_solo",
         "_space",
         "_state",
         "_status",
@@ -201,12 +213,17 @@ class Channel:
         self.on_open = on_open
         self.on_receive = on_receive
         self.on_close = on_close
-        self._hooks: dict[str, tuple[Callback, ...]] = {
-            "after_open": _hook_list(after_open),
-            "before_chunk": _hook_list(before_chunk),
-            "before_close": _hook_list(before_close),
-            "after_close": _hook_list(after_close),
-        }
+        hooks = (after_open, before_chunk, before_close, after_close)
+        self._hooks: dict[str, tuple[Callback, ...]] = (
+            _NO_HOOKS
+            if hooks == (None, None, None, None)
+            else {
+                "after_open": _hook_list(after_open),
+                "before_chunk": _hook_list(before_chunk),
+                "before_close": _hook_list(before_close),
+                "after_close": _hook_list(after_close),
+            }
+        )
         self._state: State = "new"
         self._status = status
         self._headers = _ChannelHeaders(self, headers)
@@ -232,15 +249,19 @@ class Channel:
         self._idle = False
         self._needs_flush = False
         self._close_status: CloseStatus | None = None
-        self._closed_event = trio.Event()
+        self._closed_event: trio.Event | None = None  # made when someone waits
         self._in_after_close = False
         self._in_before_close = False
         self._on_close_called = False
         self._groups: set[ChannelGroup] = set()
         self._websocket: WebSocket | None = None
         #: Wraps the writing, so that a client that takes nothing more can be cut off
-        #: even while a write to it is blocked.
-        self._write_scope = trio.CancelScope()
+        #: even while a write to it is blocked (made by each task that writes).
+        self._write_scope: trio.CancelScope | None = None
+        # Parked (the server holds the channel with no task), and until when.
+        self._parked = False
+        self._solo = False
+        self._deadline = inf
         self._trio_token = trio.lowlevel.current_trio_token()
 
     def __repr__(self) -> str:
@@ -292,7 +313,12 @@ class Channel:
 
     async def wait_closed(self) -> CloseStatus:
         """Wait until the channel has closed; return why."""
-        await self._closed_event.wait()
+        if not self._on_close_called:
+            if self._closed_event is None:
+                self._closed_event = trio.Event()
+            await self._closed_event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
         assert self._close_status is not None
         return self._close_status
 
@@ -395,6 +421,10 @@ class Channel:
         if scope is not None and not self._woken:
             self._woken = True
             scope.cancel()
+        elif self._parked and not self._woken:
+            self._woken = True
+            assert self._control is not None
+            self._control.wake()
 
     def send_from_thread(self, data: Message, close: bool = False) -> bool:
         """``send`` from a thread that is not running trio (blocks that thread)."""
@@ -416,7 +446,7 @@ class Channel:
         if not self.is_open:
             return False
         self._close_status = status
-        if status.kind in ("gone", "too-slow"):
+        if status.kind in ("gone", "too-slow") and self._write_scope is not None:
             # Nothing more reaches this client: a write blocked on it would hold the
             # close (and on_close) until the write timeout.
             self._write_scope.cancel()
@@ -441,7 +471,15 @@ class Channel:
         return Response(self._status, body=Takeover(self._run))
 
     async def _run(self, control: ResponseControl) -> None:
+        await self._drive(control, resumed=False)
+
+    async def _resume(self, control: ResponseControl) -> None:
+        """Go on after the server held the channel parked (``_wait_for_work``)."""
+        await self._drive(control, resumed=True)
+
+    async def _drive(self, control: ResponseControl, *, resumed: bool) -> None:
         status: CloseStatus | None = None
+        self._parked = False
         try:
             if (
                 self.transport == "websocket"
@@ -449,34 +487,49 @@ class Channel:
                 or self.request.body.length != 0
             ):
                 async with trio.open_nursery() as nursery:
-                    status = await self._serve(control, nursery)
+                    status = await self._serve(control, nursery, resumed)
                     nursery.cancel_scope.cancel()
             else:
-                # Nothing to receive, no WebSocket: the channel is this task alone.
-                status = await self._serve(control, None)
+                # Nothing to receive, no WebSocket: the channel is this task alone, and
+                # while it waits for news, not even that (it parks).
+                status = await self._serve(control, None, resumed)
         finally:
-            if status is None:  # cancelled: the client went away, or the server stopped
-                status = (
-                    CloseStatus("gone", 1006, "the client went away")
-                    if control.gone
-                    else CloseStatus("shutdown", 1001, "the server stopped")
-                )
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
-                await self._finish(status)
+            # Parked, the server holds the channel, and _resume goes on with it.
+            if not self._parked:
+                if status is None:  # cancelled: the client went away, or the server stopped
+                    status = (
+                        CloseStatus("gone", 1006, "the client went away")
+                        if control.gone
+                        else CloseStatus("shutdown", 1001, "the server stopped")
+                    )
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
+                    await self._finish(status)
 
-    async def _serve(self, control: ResponseControl, nursery: trio.Nursery | None) -> CloseStatus:
-        """Open the channel and run it until it closes; return why it closed."""
+    async def _serve(
+        self, control: ResponseControl, nursery: trio.Nursery | None, resumed: bool = False
+    ) -> CloseStatus | None:
+        """Open the channel (unless ``resumed``) and run it until it closes or parks;
+        return why it closed (None when it parked)."""
         try:
             self._control = control
-            await self._open(control, nursery)
-            control.on_server_closing(self._server_closing)
-            if nursery is not None:
-                nursery.start_soon(self._receive)
-            await _call(self.on_open, self)
-            for hook in self._hooks["after_open"]:
-                await _call(hook, self)
+            self._solo = nursery is None  # a task receiving too would stop it parking
+            if resumed:
+                await self._after_wait(control, heartbeat_due=self._heartbeat_due())
+            else:
+                await self._open(control, nursery)
+                control.on_server_closing(self._server_closing)
+                if nursery is not None:
+                    nursery.start_soon(self._receive)
+                await _call(self.on_open, self)
+                for hook in self._hooks["after_open"]:
+                    await _call(hook, self)
+                self._head_sent = self.transport != "http"
+            self._write_scope = trio.CancelScope()
             with self._write_scope:
                 await self._write_loop(control)
+            self._write_scope = None
+            if self._parked:
+                return None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("%r: the transport broke: %r", self, error)
             return self._close_status or CloseStatus("gone", 1006, str(error))
@@ -579,7 +632,6 @@ class Channel:
         return CloseStatus(kind, closed.code, closed.reason)
 
     async def _write_loop(self, control: ResponseControl) -> None:
-        self._head_sent = self.transport != "http"
         before_close_done = False
         while True:
             status = self._close_status
@@ -600,7 +652,8 @@ class Channel:
                 self._head_sent = flushed
                 continue
             if status is None:
-                await self._wait_for_work(control)
+                if await self._wait_for_work(control):
+                    return  # parked
                 continue
             if before_close_done:
                 break
@@ -645,15 +698,27 @@ class Channel:
             await self._deliver(control, chunk)
         return True
 
-    async def _wait_for_work(self, control: ResponseControl) -> None:
+    async def _wait_for_work(self, control: ResponseControl) -> bool:
         """Wait until there is something to do (``_wake``), the heartbeat is due, or the
-        client leaves.
+        client leaves; True if the channel parked instead (the caller returns, and the
+        server resumes it in a new task for any of these).
 
-        Where the server lets it, this task watches for the client leaving itself (no
-        second task per channel), and messages go out from the sender's task meanwhile.
+        Messages go out from the sender's task meanwhile. Where the server can, it holds
+        the channel with no task at all while it waits (``ResponseControl.park``);
+        otherwise this task watches for the client leaving itself.
         """
         websocket = self._websocket is not None
         self._woken = False
+        idle = not websocket and self._head_sent and not self._hooks["before_chunk"]
+        if idle and self._solo:
+            deadline = inf
+            if self.transport == "sse" and self.heartbeat is not None:
+                deadline = trio.current_time() + self.heartbeat
+            if control.park(self._resume, deadline):
+                self._parked = True
+                self._idle = True
+                self._deadline = deadline
+                return True
         with trio.CancelScope() as scope:
             if self.transport == "sse" and self.heartbeat is not None:
                 scope.deadline = trio.current_time() + self.heartbeat
@@ -670,10 +735,20 @@ class Channel:
             finally:
                 self._idle = False
                 self._wait_scope = None
+        await self._after_wait(control, heartbeat_due=scope.cancelled_caught)
+        return False
+
+    def _heartbeat_due(self) -> bool:
+        return trio.current_time() >= self._deadline
+
+    async def _after_wait(self, control: ResponseControl, *, heartbeat_due: bool) -> None:
+        """What follows a wait for news: the rest of a message the socket took only in
+        part, and the heartbeat if that is what ended the wait."""
+        self._idle = False
         if self._needs_flush:
             self._needs_flush = False
             await control.flush()
-        if scope.cancelled_caught and not self._woken:
+        if heartbeat_due and not self._woken:
             await control.write(comment())  # the heartbeat is due
 
     def _encode(self, data: Message) -> bytes:
@@ -743,7 +818,8 @@ class Channel:
                 await _call(self.on_close, self, self._close_status)
             except Exception:
                 log.exception("%r: on_close failed", self)
-        self._closed_event.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
 
 
 def _hook_list(hooks: Callback | Iterable[Callback] | None) -> tuple[Callback, ...]:

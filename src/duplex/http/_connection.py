@@ -19,7 +19,7 @@ import trio
 
 from .._errors import ProtocolError, Timeout
 
-__all__ = ["HTTPConnection", "Transport", "raw_socket"]
+__all__ = ["HTTPConnection", "Transport", "peek_gone", "raw_socket"]
 
 
 def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -31,6 +31,29 @@ def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
             stream = stream.transport_stream
             continue
         return None
+
+
+def peek_gone(sock: trio.socket.SocketType | None) -> bool | None:
+    """Whether the peer of ``sock`` has closed or reset the connection, by a peek that
+    reads nothing: True if it has (or the socket is closed), False if data waits unread
+    (then it cannot be told), None if there is nothing to see yet."""
+    if sock is None:
+        return None
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    # A stdlib socket object over the same descriptor, for the one non-blocking peek
+    # that trio's socket does not offer; detached so that it closes nothing.
+    peek = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+    try:
+        data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None  # outside the handler: nothing of the exception stays alive
+    except OSError:
+        return True
+    finally:
+        peek.detach()
+    return not data
 
 
 #: Socket operations that may complete without waiting before the task yields to the
@@ -179,6 +202,15 @@ class Transport:
             self._budget = _BUDGET
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def socket(self) -> trio.socket.SocketType | None:
+        """The socket under the stream (through TLS), or None for other transports."""
+        return raw_socket(self.stream)
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 when there is none, or it is closed)."""
+        sock = raw_socket(self.stream)
+        return -1 if sock is None else sock.fileno()
+
     async def wait_peer_gone(self) -> None:
         """Return once the peer has closed or reset the connection.
 
@@ -193,27 +225,13 @@ class Transport:
             return
         while True:
             await trio.lowlevel.checkpoint_if_cancelled()
-            fd = sock.fileno()
-            if fd < 0:
-                return
-            # A stdlib socket object over the same descriptor, for the one non-blocking
-            # peek that trio's socket does not offer; detached so that it closes nothing.
-            peek = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
-            data: bytes | None = None
-            try:
-                data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass  # waited for below, outside the handler: nothing of it stays alive
-            except OSError:
-                return
-            finally:
-                peek.detach()
-            if data is None:
+            gone = peek_gone(sock)
+            if gone is None:
                 await trio.lowlevel.wait_readable(sock)
-                continue
-            if not data:
+            elif gone:
                 return
-            await trio.sleep_forever()
+            else:
+                await trio.sleep_forever()
 
     # -- sending ----------------------------------------------------------------------
 

@@ -8,9 +8,13 @@ watcher task notices the peer leaving an exchange that lasts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import heapq
 import logging
+import math
 import re
+import select
 import socket
 import ssl
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
@@ -24,9 +28,10 @@ import trio
 from .._body import BytesLike, Readable, Writable, _Empty
 from .._errors import ProtocolError, Timeout
 from .._stream import Stream
+from ._connection import peek_gone
 from ._limits import Limits
 from ._models import ExchangeNursery, Headers, HeadersLike, Request, Response, Streamable
-from ._takeover import Takeover
+from ._takeover import ResponseControl, Takeover
 from ._wire import CONTINUE, ServerWire
 
 __all__ = ["Handler", "Server", "serve"]
@@ -41,6 +46,8 @@ WATCH_DELAY = 0.1
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+#: Parked exchanges' deadlines are kept in buckets of 1/_TICKS s (fired at or after).
+_TICKS = 4
 #: Connections accepted at most per wake-up of the accept loop.
 _ACCEPT_BURST = 64
 # As trio's SocketListener: out of descriptors or memory (wait, then try again), and a
@@ -104,6 +111,13 @@ class Server:
         self._watching: set[_ServerConnection] = set()
         self._watch_wakeup = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery  # the connections' (set by serve)
+        # Parked exchanges (see ResponseControl.park): their connections by descriptor,
+        # watched through one epoll set by one task; and their deadlines, in buckets.
+        self._park_epoll: Any = None
+        self._parked: dict[int, _ServerConnection] = {}
+        self._timers: dict[int, set[_ServerConnection]] = {}
+        self._timer_keys: list[int] = []
+        self._park_scope: trio.CancelScope | None = None
 
     @property
     def port(self) -> int:
@@ -142,12 +156,20 @@ class Server:
         """
         self.listeners = [await self._listen()]
         log.info("listening on %s:%d", self.host, self.port)
-        with self._serve_scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._accept, nursery)
-                nursery.start_soon(self._schedule_watchers)
-                task_status.started(self)
+        if hasattr(select, "epoll"):
+            self._park_epoll = select.epoll()
+        try:
+            with self._serve_scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._accept, nursery)
+                    nursery.start_soon(self._schedule_watchers)
+                    if self._park_epoll is not None:
+                        nursery.start_soon(self._watch_parked)
+                    task_status.started(self)
+        finally:
+            if self._park_epoll is not None:
+                self._park_epoll.close()
         self._stopped.set()
 
     def _watch_later(self, connection: _ServerConnection) -> None:
@@ -177,6 +199,110 @@ class Server:
                 elif exchange.started <= due:
                     watching.discard(connection)
                     connection._start_watching(exchange)
+
+    # -- parked exchanges ---------------------------------------------------------------
+
+    def _park(self, connection: _ServerConnection) -> None:
+        """Keep ``connection`` open with no task: its socket is watched here, and its
+        exchange resumed (in a new task) when woken, when the peer leaves, at its
+        deadline, or when the server stops."""
+        exchange = connection.parked
+        assert exchange is not None
+        if exchange.wake_pending or exchange.failed or self._park_epoll is None:
+            self._resume(connection)
+            return
+        fd = connection.wire.fileno()
+        self._park_epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        self._parked[fd] = connection
+        connection.park_fd = fd
+        if exchange.park_deadline < inf:
+            key = math.ceil(exchange.park_deadline * _TICKS)
+            bucket = self._timers.get(key)
+            if bucket is None:
+                bucket = self._timers[key] = set()
+                heapq.heappush(self._timer_keys, key)
+                scope = self._park_scope
+                if scope is not None and key / _TICKS < scope.deadline:
+                    scope.deadline = key / _TICKS
+            bucket.add(connection)
+            connection.timer_key = key
+
+    def _resume(self, connection: _ServerConnection) -> None:
+        """Go on with ``connection``'s parked exchange in a new task (once)."""
+        exchange = connection.parked
+        if exchange is None:
+            return
+        connection.parked = None
+        fd = connection.park_fd
+        if fd is not None:
+            connection.park_fd = None
+            if self._parked.pop(fd, None) is not None:
+                # (Not watched any more if data arrived, or the set is closed.)
+                with contextlib.suppress(OSError, ValueError):
+                    self._park_epoll.unregister(fd)
+        key = connection.timer_key
+        if key is not None:
+            connection.timer_key = None
+            bucket = self._timers.get(key)
+            if bucket is not None:
+                bucket.discard(connection)
+                if not bucket:
+                    del self._timers[key]
+        self._nursery.start_soon(connection.run, exchange)
+
+    def _wake(self, connection: _ServerConnection, exchange: _Exchange) -> None:
+        if connection.parked is not exchange:
+            return
+        if connection.park_fd is None and connection.timer_key is None:
+            exchange.wake_pending = True  # still on its way out of its task
+        else:
+            self._resume(connection)
+
+    async def _watch_parked(self) -> None:
+        """The one task behind every parked exchange: it waits for their sockets (one
+        epoll set, itself watched by trio) and their deadlines."""
+        epoll = self._park_epoll
+        try:
+            while True:
+                keys = self._timer_keys
+                while keys and keys[0] not in self._timers:
+                    heapq.heappop(keys)
+                with trio.CancelScope(deadline=keys[0] / _TICKS if keys else inf) as scope:
+                    self._park_scope = scope
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                self._park_scope = None
+                now = trio.current_time()
+                while keys and keys[0] / _TICKS <= now:
+                    for connection in list(self._timers.pop(heapq.heappop(keys), ())):
+                        self._resume(connection)
+                for fd, _ in epoll.poll(0):
+                    parked = self._parked.get(fd)
+                    if parked is None:
+                        continue
+                    connection = parked
+                    gone = peek_gone(connection.wire.socket())
+                    if gone is None:
+                        continue  # nothing after all
+                    if not gone:
+                        # Data waits unread (a pipelined request): whether the peer is
+                        # still there cannot be told any more; stop looking.
+                        epoll.unregister(fd)
+                        self._parked.pop(fd, None)
+                        continue
+                    exchange = connection.parked
+                    if exchange is not None:
+                        log.debug("peer %s left a parked exchange", connection.client)
+                        exchange.fail(PeerGone("the peer closed the connection"))
+                    self._resume(connection)
+        finally:
+            # Stopping (or cancelled): every parked exchange ends in its own task, which
+            # starts cancelled, so that its cleanup (a channel's on_close) still runs.
+            self._park_scope = None
+            for connection in list(self._parked.values()):
+                self._resume(connection)
+            for bucket in list(self._timers.values()):
+                for connection in list(bucket):
+                    self._resume(connection)
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         with self._accept_scope:
@@ -222,12 +348,6 @@ class Server:
             listening.detach()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            await self._serve_connection(stream)
-        finally:
-            await trio.aclose_forcefully(stream)  # closes even when cancelled
-
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         transport: trio.abc.Stream = stream
         if self.ssl_context is not None:
             transport = trio.SSLStream(
@@ -243,11 +363,11 @@ class Server:
             client = None
         connection = _ServerConnection(self, transport, client)
         self._connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
-            self._connections_changed.unpark_all()
+        await connection.run()
+
+    def _connection_closed(self, connection: _ServerConnection) -> None:
+        self._connections.discard(connection)
+        self._connections_changed.unpark_all()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let exchanges in flight finish within ``grace`` seconds
@@ -349,17 +469,20 @@ class _Exchange:
         "keep_alive",
         "on_server_closing",
         "over",
+        "park_deadline",
         "request",
         "request_body",
         "request_complete",
         "response_body",
         "response_done",
+        "resume",
         "scope",
         "self_watching",
         "started",
         "task_scopes",
         "tasks",
         "tasks_done",
+        "wake_pending",
         "watch_scope",
         "watch_wanted",
     )
@@ -395,6 +518,11 @@ class _Exchange:
         self.watch_wanted = False
         #: Called when the server starts shutting down while this exchange runs.
         self.on_server_closing: Callable[[], object] | None = None
+        # Parking (ResponseControl.park): what to run when resumed, when at the latest,
+        # and whether a wake came while the exchange was still leaving its task.
+        self.resume: Callable[[ResponseControl], Awaitable[object]] | None = None
+        self.park_deadline = inf
+        self.wake_pending = False
         # Tasks in request.nursery (see _InlineNursery): started, and their scopes.
         self.tasks = 0
         # (Made with the first task: most exchanges have none.)
@@ -641,8 +769,12 @@ class _ServerConnection:
         "idle",
         "in_flight",
         "limits",
+        "park_fd",
+        "parked",
         "scheme",
+        "served",
         "server",
+        "timer_key",
         "wire",
     )
 
@@ -669,6 +801,14 @@ class _ServerConnection:
         #: The exchange whose request turned out bad, answered (if it can still be)
         #: once the connection's task has stopped.
         self.failed_exchange: _Exchange | None = None
+        #: Requests read so far.
+        self.served = 0
+        #: The exchange parked (ResponseControl.park): the connection then has no task.
+        self.parked: _Exchange | None = None
+        # Where the server watches a parked exchange: its descriptor, its deadline's
+        # bucket.
+        self.park_fd: int | None = None
+        self.timer_key: int | None = None
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -685,14 +825,29 @@ class _ServerConnection:
         if exchange is not None and exchange.on_server_closing is not None:
             exchange.on_server_closing()
 
-    async def run(self) -> None:
-        with self.cancel_scope:
-            await self._run()
-        exchange = self.failed_exchange
-        if exchange is not None and exchange.error_status and not exchange.head_started:
-            status = exchange.error_status
-            await _answer_and_close(self.wire.stream, status, HTTPStatus(status).phrase)
-        await self.wire.aclose()
+    async def run(self, resumed: _Exchange | None = None) -> None:
+        """Serve the connection until it ends or parks; with ``resumed``, go on with
+        that parked exchange first (in a new task)."""
+        if resumed is not None:
+            # A scope is good for one task: the exchange gets the new task's.
+            self.cancel_scope = resumed.scope = trio.CancelScope()
+            resumed.wake_pending = False
+            if resumed.failed or self.server._serve_scope.cancel_called:
+                self.cancel_scope.cancel()
+        try:
+            with self.cancel_scope:
+                await self._run(resumed)
+            if self.parked is not None:
+                self.server._park(self)
+                return
+            exchange = self.failed_exchange
+            if exchange is not None and exchange.error_status and not exchange.head_started:
+                status = exchange.error_status
+                await _answer_and_close(self.wire.stream, status, HTTPStatus(status).phrase)
+        finally:
+            if self.parked is None:
+                await self.wire.aclose()
+                self.server._connection_closed(self)
 
     def _watch_later(self, exchange: _Exchange) -> None:
         """Have the server look at ``exchange`` once it has lasted ``WATCH_DELAY``."""
@@ -735,10 +890,10 @@ class _ServerConnection:
             log.debug("peer %s went away mid-exchange", self.client)
             exchange.fail(PeerGone("the peer closed the connection"))
 
-    async def _run(self) -> None:
+    async def _run(self, resumed: _Exchange | None) -> None:
         try:
             try:
-                await self._serve()
+                await self._serve(resumed)
             except ProtocolError as error:
                 log.debug("bad request from %s: %s", self.client, error)
                 await _answer_and_close(self.wire.stream, error.status, str(error))
@@ -747,23 +902,27 @@ class _ServerConnection:
         except Exception:
             log.exception("unexpected error serving %s", self.client)
 
-    async def _serve(self) -> None:
+    async def _serve(self, resumed: _Exchange | None) -> None:
         limits = self.limits
-        served = 0
+        if resumed is not None:
+            assert resumed.resume is not None
+            if not await self._run_exchange(resumed, resumed.resume) or self.parked:
+                return
+            self.wire.next_request()
         started = trio.current_time()
         while not self.closing:
             self.idle = True
-            event = await self._read_head(started, first=served == 0)
+            event = await self._read_head(started, first=self.served == 0)
             if event is None:
                 return
             self.idle = False
-            served += 1
+            self.served += 1
             self._check_request(event)
             last = (
                 limits.max_requests_per_connection is not None
-                and served >= limits.max_requests_per_connection
+                and self.served >= limits.max_requests_per_connection
             )
-            if not await self._exchange(event, last):
+            if not await self._exchange(event, last) or self.parked:
                 return
             started = trio.current_time()
             self.wire.next_request()
@@ -860,20 +1019,34 @@ class _ServerConnection:
                 raw_headers, b"expect"
             )
         request._nursery = _InlineNursery(self, exchange)
-        self.in_flight = exchange
         self._watch_later(exchange)
+        return await self._run_exchange(exchange)
+
+    async def _run_exchange(
+        self,
+        exchange: _Exchange,
+        resume: Callable[[ResponseControl], Awaitable[object]] | None = None,
+    ) -> bool:
+        """Answer ``exchange`` (or, with ``resume``, go on with it once parked); True if
+        the connection may serve another request. Returns False, leaving everything
+        as it is, when the exchange parks."""
+        wire = self.wire
+        self.in_flight = exchange
         try:
-            await self._respond(exchange)
+            await self._respond(exchange, resume)
+            if self.parked is not None:
+                return False
             if not (exchange.request_complete or exchange.failed or exchange.detached):
                 await self._drain(exchange)
         finally:
-            self.in_flight = None
-            exchange.end_tasks()
-            if exchange.tasks:
-                with trio.CancelScope(shield=True):
-                    exchange.tasks_done = trio.lowlevel.ParkingLot()
-                    while exchange.tasks:
-                        await exchange.tasks_done.park()
+            if self.parked is None:
+                self.in_flight = None
+                exchange.end_tasks()
+                if exchange.tasks:
+                    with trio.CancelScope(shield=True):
+                        exchange.tasks_done = trio.lowlevel.ParkingLot()
+                        while exchange.tasks:
+                            await exchange.tasks_done.park()
         return (
             exchange.keep_alive
             and exchange.request_complete
@@ -931,9 +1104,18 @@ class _ServerConnection:
             exchange.failed = True
             exchange.keep_alive = False
 
-    async def _respond(self, exchange: _Exchange) -> None:
+    async def _respond(
+        self,
+        exchange: _Exchange,
+        resume: Callable[[ResponseControl], Awaitable[object]] | None = None,
+    ) -> None:
         request = exchange.request
         try:
+            if resume is not None:
+                # A parked exchange goes on where it left off.
+                exchange.self_watching = False
+                await self._run_takeover(exchange, resume)
+                return
             try:
                 response = await self.server.handler(request)
                 if not isinstance(response, Response):
@@ -961,11 +1143,12 @@ class _ServerConnection:
             log.exception("response to %s %s failed", request.method, request.target)
             exchange.fail(error)
         finally:
-            exchange.response_done = True
-            exchange.stop_watching()
-            exchange.close_request_body(ResponseEnded("the response has ended"))
-            if exchange.request_complete and not exchange.detached:
-                exchange.end_tasks()
+            if self.parked is None:
+                exchange.response_done = True
+                exchange.stop_watching()
+                exchange.close_request_body(ResponseEnded("the response has ended"))
+                if exchange.request_complete and not exchange.detached:
+                    exchange.end_tasks()
 
     def _head(
         self, exchange: _Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
@@ -987,7 +1170,7 @@ class _ServerConnection:
 
     async def _send_response(self, exchange: _Exchange, response: Response) -> None:
         if isinstance(response.body, Takeover):
-            await self._run_takeover(exchange, response.body)
+            await self._run_takeover(exchange, response.body.fn)
             return
         wire = self.wire
         request = exchange.request
@@ -1040,9 +1223,14 @@ class _ServerConnection:
         trailers = response.trailers.raw if response.trailers is not None else None
         await wire.send_pieces(wire.end(trailers))
 
-    async def _run_takeover(self, exchange: _Exchange, takeover: Takeover) -> None:
+    async def _run_takeover(
+        self, exchange: _Exchange, fn: Callable[[ResponseControl], Awaitable[object]]
+    ) -> None:
         control = _Control(self, exchange)
-        await takeover.fn(control)
+        await fn(control)
+        if control.parking:
+            self.parked = exchange  # the stack unwinds; run() hands it to the server
+            return
         if control.detached:
             return
         if not exchange.head_started:
@@ -1072,13 +1260,14 @@ class _ServerConnection:
 class _Control:
     """The server's side of a ``Takeover``: the exchange, handed to its function."""
 
-    __slots__ = ("_connection", "_exchange", "detached", "ended")
+    __slots__ = ("_connection", "_exchange", "detached", "ended", "parking")
 
     def __init__(self, connection: _ServerConnection, exchange: _Exchange) -> None:
         self._connection = connection
         self._exchange = exchange
         self.detached = False
         self.ended = False
+        self.parking = False
 
     @property
     def request(self) -> Request:
@@ -1150,6 +1339,29 @@ class _Control:
             # Busy again (writing, say): a watcher task looks after it meanwhile.
             exchange.self_watching = False
             self._connection._watch_later(exchange)
+
+    @property
+    def can_park(self) -> bool:
+        return self.can_watch and self._connection.server._park_epoll is not None
+
+    def park(
+        self, resume: Callable[[ResponseControl], Awaitable[object]], deadline: float = inf
+    ) -> bool:
+        if not self.can_park or self.parking:
+            return False
+        exchange = self._exchange
+        exchange.resume = resume
+        exchange.park_deadline = deadline
+        exchange.wake_pending = False
+        # The server watches a parked exchange itself: no watcher task for it.
+        exchange.self_watching = True
+        exchange.stop_watching()
+        exchange.watch_wanted = False
+        self.parking = True
+        return True
+
+    def wake(self) -> None:
+        self._connection.server._wake(self._connection, self._exchange)
 
     def on_server_closing(self, callback: Callable[[], object]) -> None:
         if self._connection.closing or self._connection.server.shutting_down:

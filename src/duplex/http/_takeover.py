@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from math import inf
 from typing import Protocol
 
 import trio
@@ -72,6 +73,29 @@ class ResponseControl(Protocol):
         """Return once the peer closes or resets the connection (waits forever where
         ``can_watch`` is False, or once the peer sent more). Reads nothing: the
         exchange's task watches the peer itself, and the server starts no watcher."""
+        ...
+
+    @property
+    def can_park(self) -> bool:
+        """True when ``park`` can hold the exchange without a task (``can_watch``, and
+        a system whose server watches many sockets at once: Linux's epoll)."""
+        ...
+
+    def park(
+        self, resume: Callable[[ResponseControl], Awaitable[object]], deadline: float = inf
+    ) -> bool:
+        """Ask the server to hold the exchange with no task while it waits: once the
+        takeover function returns, the exchange stays open and costs only its objects.
+        The server runs ``resume(control)`` (a new control) in a new task as the
+        takeover function's sequel when ``wake()`` is called, when the peer leaves
+        (``gone`` is then True and the task starts cancelled), once ``deadline`` (trio
+        time) passes, and when the server stops (cancelled then too). Returns False,
+        having done nothing, when the exchange cannot park (``can_park`` is False); the
+        function must then wait in its own task."""
+        ...
+
+    def wake(self) -> None:
+        """Resume a parked exchange soon (from any task; nothing if it is not parked)."""
         ...
 
     def on_server_closing(self, callback: Callable[[], object]) -> None:
