@@ -118,6 +118,8 @@ class Server:
         self._timers: dict[int, set[_ServerConnection]] = {}
         self._timer_keys: list[int] = []
         self._park_scope: trio.CancelScope | None = None
+        # Set once the server stops holding parked exchanges (it is stopping).
+        self._parking_over = False
 
     @property
     def port(self) -> int:
@@ -208,7 +210,7 @@ class Server:
         deadline, or when the server stops."""
         exchange = connection.parked
         assert exchange is not None
-        if exchange.wake_pending or exchange.failed or self._park_epoll is None:
+        if exchange.wake_pending or exchange.failed or self._parking_over:
             self._resume(connection)
             return
         fd = connection.wire.fileno()
@@ -297,6 +299,7 @@ class Server:
         finally:
             # Stopping (or cancelled): every parked exchange ends in its own task, which
             # starts cancelled, so that its cleanup (a channel's on_close) still runs.
+            self._parking_over = True
             self._park_scope = None
             for connection in list(self._parked.values()):
                 self._resume(connection)
@@ -832,7 +835,7 @@ class _ServerConnection:
             # A scope is good for one task: the exchange gets the new task's.
             self.cancel_scope = resumed.scope = trio.CancelScope()
             resumed.wake_pending = False
-            if resumed.failed or self.server._serve_scope.cancel_called:
+            if resumed.failed or self.server._parking_over:
                 self.cancel_scope.cancel()
         try:
             with self.cancel_scope:
@@ -1342,7 +1345,8 @@ class _Control:
 
     @property
     def can_park(self) -> bool:
-        return self.can_watch and self._connection.server._park_epoll is not None
+        server = self._connection.server
+        return self.can_watch and server._park_epoll is not None and not server._parking_over
 
     def park(
         self, resume: Callable[[ResponseControl], Awaitable[object]], deadline: float = inf
