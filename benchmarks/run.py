@@ -1081,7 +1081,11 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         "- Listen backlog 1024 everywhere (duplex's fixed value); access logs off.",
         "",
     ]
-    return "\n".join(_rewrap(out))
+    report = "\n".join(_rewrap(out))
+    notes = HERE / "NOTES.md"  # the analysis, kept by hand
+    if notes.exists():
+        report += "\n" + notes.read_text()
+    return report
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ class Limits:
     shutdown_grace: float = 10.0
     #: Request body left unread when the response ends: drained up to this, else close.
     max_drain_size: int = 65536
-    #: Bytes of request body queued for a handler that has not read them yet.
+    #: Unused: a request body is read from the socket as the handler reads it, with no
+    #: queue in between (kept so that code which sets it keeps working).
     body_buffer_size: int = 65536
     #: Bytes asked of the socket in one read.
     read_size: int = 65536
