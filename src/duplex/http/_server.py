@@ -32,7 +32,7 @@ from ._connection import peek_gone
 from ._limits import Limits
 from ._models import ExchangeNursery, Headers, HeadersLike, Request, Response, Streamable
 from ._takeover import ResponseControl, Takeover
-from ._wire import CONTINUE, ServerWire
+from ._wire import CONTINUE, ServerWire, comma_tokens
 
 __all__ = ["Handler", "Server", "serve"]
 
@@ -447,16 +447,6 @@ def _check_field_values(fields: Iterable[tuple[bytes, bytes]], what: str) -> Non
             raise ProtocolError(f"control character in the {name.decode()} {what}")
 
 
-def _tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    """The comma-separated tokens of every ``name`` field, lower-cased."""
-    return [
-        token.strip().lower()
-        for field, value in headers
-        if field == name
-        for token in value.split(b",")
-    ]
-
-
 class _Exchange:
     """One request and its response, with what each side knows of the other."""
 
@@ -490,9 +480,11 @@ class _Exchange:
         "watch_wanted",
     )
 
-    def __init__(self, request: Request, scope: trio.CancelScope) -> None:
+    def __init__(
+        self, request: Request, body: _RequestBody | _Empty, scope: trio.CancelScope
+    ) -> None:
         self.request = request
-        self.request_body: Readable = request.body
+        self.request_body = body
         self.started = trio.current_time()
         #: Cancels the handler and everything else of the exchange.
         self.scope = scope
@@ -553,19 +545,14 @@ class _Exchange:
     def close_request_body(self, error: BaseException) -> None:
         """The response has ended: the request body's reader stops, without data lost
         for the connection (which drains what is left)."""
-        body = self.request_body
-        if isinstance(body, _RequestBody | Writable | _Empty):
-            body.close_read_nowait(error)
+        self.request_body.close_read_nowait(error)
 
     def fail(self, error: BaseException) -> None:
         """The exchange cannot go on: wake both bodies with ``error`` and cancel."""
         self.failed = True
         self.keep_alive = False
-        body = self.request_body
-        if isinstance(body, _RequestBody):
-            body.fail(error)
-        elif isinstance(body, Writable):
-            body.close_write_nowait(error)
+        if isinstance(self.request_body, _RequestBody):
+            self.request_body.fail(error)
         response_body = self.response_body
         if isinstance(response_body, Writable):
             response_body.close_read_nowait(error)
@@ -992,7 +979,7 @@ class _ServerConnection:
         max_body = self.limits.max_body_size
         if length and max_body is not None and length > max_body:
             raise ProtocolError("request body too large", 413)
-        body: Readable
+        body: _RequestBody | _Empty
         if length == 0:
             body = _Empty()
         else:
@@ -1008,17 +995,17 @@ class _ServerConnection:
             scheme=self.scheme,
         )
         # A failed exchange ends its connection: the connection's scope is its scope.
-        exchange = _Exchange(request, self.cancel_scope)
+        exchange = _Exchange(request, body, self.cancel_scope)
         http_10 = event.http_version == b"1.0"
         exchange.http_10 = http_10
-        closes = b"close" in _tokens(raw_headers, b"connection")
+        closes = b"close" in comma_tokens(raw_headers, b"connection")
         exchange.keep_alive = not (last or http_10 or closes)
         if length == 0:
             exchange.request_complete = True
         else:
             assert isinstance(body, _RequestBody)
             body._exchange = exchange
-            exchange.expects_continue = not http_10 and b"100-continue" in _tokens(
+            exchange.expects_continue = not http_10 and b"100-continue" in comma_tokens(
                 raw_headers, b"expect"
             )
         request._nursery = _InlineNursery(self, exchange)

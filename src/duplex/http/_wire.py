@@ -23,7 +23,7 @@ import trio
 from .._errors import ProtocolError
 from ._connection import Transport
 
-__all__ = ["CONTINUE", "HEAD_END", "ServerWire", "check_line_ends", "frame_chunk"]
+__all__ = ["CONTINUE", "ServerWire", "comma_tokens"]
 
 # The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
 HEAD_END = re.compile(rb"\n\r?\n")
@@ -59,7 +59,9 @@ def frame_chunk(data: bytes) -> bytes:
     return framed
 
 
-def _comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+def comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """The comma-separated tokens of every ``name`` field, lower-cased, empty ones
+    left out."""
     return [
         token.strip().lower()
         for field, value in headers
@@ -198,10 +200,6 @@ class ServerWire(Transport):
         return got
 
     # -- request heads ----------------------------------------------------------------
-
-    def head_started(self) -> bool:
-        """True when part of a next request head is buffered."""
-        return self._pos < len(self._data)
 
     def parse_head(self) -> h11.Request | None:
         """The request whose head is buffered whole, or None until it is.
@@ -444,7 +442,7 @@ class ServerWire(Transport):
                     framing = CLOSE
                 elif not codings:
                     headers.append((b"transfer-encoding", b"chunked"))
-        tokens = set(_comma_tokens(headers, b"connection"))
+        tokens = set(comma_tokens(headers, b"connection"))
         if http_10 or b"close" in tokens:
             keep_alive = False  # as h11: no keep-alive for HTTP/1.0
         if not keep_alive:
