@@ -446,3 +446,22 @@ async def test_leaving_the_client_closes_connections_still_in_use(nursery: trio.
             assert await response.body.read() == b"half"
         await closed.wait()
         assert client.pool.open_connections() == 0
+
+
+async def test_a_request_cancelled_before_it_starts_leaves_its_idle_connection_pooled(
+    nursery: trio.Nursery,
+) -> None:
+    peers = Peers()
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, peers.handler)
+        async with duplex.Client() as client:
+            assert await (await client.get(url(server))).read() == b"ok"
+            for _ in range(3):
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await client.get(url(server))
+                assert scope.cancelled_caught
+                # Nothing busy: the connection is idle again or closed, never lost.
+                assert client.pool.open_connections() == client.pool.idle_connections()
+            assert await (await client.get(url(server))).read() == b"ok"
+            assert client.pool.open_connections() == client.pool.idle_connections() == 1

@@ -139,14 +139,16 @@ class _Pool:
         deadline = trio.current_time() + (
             inf if limits.pool_timeout is None else limits.pool_timeout
         )
-        waited = False
+        # Checkpoint first, so that an idle connection is checked for staleness and
+        # handed over with no yield between: a connection taken then cancelled at a
+        # checkpoint would be in no list, never closed; and the later the check, the
+        # narrower the window in which the server may close it unseen.
+        await trio.lowlevel.checkpoint()
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("the client is closed")
             connection = self._take_idle(origin)
             if connection is not None:
-                if not waited:
-                    await trio.lowlevel.checkpoint()
                 self._busy.add(connection)
                 return connection
             if self._open.get(origin, 0) < limits.max_connections_per_origin:
@@ -158,7 +160,6 @@ class _Pool:
                     raise
                 self._busy.add(connection)
                 return connection
-            waited = True
             with trio.move_on_at(deadline) as scope:
                 await self._waiters.setdefault(origin, ParkingLot()).park()
             if scope.cancelled_caught:
