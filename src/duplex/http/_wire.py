@@ -44,6 +44,9 @@ NONE, LENGTH, CHUNKED, CLOSE = range(4)
 # Where a chunked request body is: before a size line, in data, before the CRLF that
 # ends the data, in the trailers, done.
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
+# The bytes of framing around a chunk's data: its CRLF, a size line of up to 16 hex
+# digits and its CRLF, with room to spare.
+_FRAMING_SLACK = 32
 
 _last_chunk: tuple[bytes, bytes] = (b"", b"")
 
@@ -158,6 +161,11 @@ class ServerWire(Transport):
         ):
             # Only body data: it reaches the reader as the very bytes read, uncopied.
             return min(self.read_size, self._chunk_left)
+        if self._in_mode == CHUNKED:
+            # A little over read_size, so that a peer sending chunks of read_size has
+            # each one's framing and all its data arrive in one read, not the data's
+            # last few bytes in a read (and an echoed chunk) of their own.
+            return self.read_size + _FRAMING_SLACK
         return None
 
     def fill_nowait(self) -> bool | None:
