@@ -907,12 +907,12 @@ class _ServerConnection:
                 return
             self.idle = False
             self.served += 1
-            self._check_request(event)
+            fields = self._check_request(event)
             last = (
                 limits.max_requests_per_connection is not None
                 and self.served >= limits.max_requests_per_connection
             )
-            if not await self._exchange(event, last) or self.parked:
+            if not await self._exchange(event, fields, last) or self.parked:
                 return
             started = trio.current_time()
             self.wire.next_request()
@@ -947,29 +947,34 @@ class _ServerConnection:
                     raise ProtocolError("the request head did not arrive in time", 408) from None
                 return None
 
-    def _check_request(self, event: h11.Request) -> None:
+    def _check_request(self, event: h11.Request) -> list[tuple[bytes, bytes]]:
+        """The request's header fields, once checked beyond what h11 checks."""
         if event.http_version not in (b"1.1", b"1.0"):
             raise ProtocolError(f"HTTP/{event.http_version.decode()} is not supported", 505)
         if event.method == b"CONNECT":
             # A 2xx would turn the connection into a tunnel: duplex is not a proxy.
             raise ProtocolError("CONNECT is not supported", 501)
-        _check_field_values(event.headers, "header")
-        if _CONTROL.search(event.target):
-            raise ProtocolError("control character in the request target")
-        names = [name for name, _ in event.headers]
+        fields = list(event.headers)
+        if self.wire.head_has_controls:
+            _check_field_values(fields, "header")
+            if _CONTROL.search(event.target):
+                raise ProtocolError("control character in the request target")
+        names = [name for name, _ in fields]
         if b"transfer-encoding" in names and b"content-length" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
+        return fields
 
     # -- one exchange -----------------------------------------------------------------
 
-    async def _exchange(self, event: h11.Request, last: bool) -> bool:
+    async def _exchange(
+        self, event: h11.Request, raw_headers: list[tuple[bytes, bytes]], last: bool
+    ) -> bool:
         """Serve one request in this task; True if the connection may serve another.
 
         The handler runs here; whoever reads the request body reads it from the socket.
         What the response leaves unread is drained here afterwards.
         """
         wire = self.wire
-        raw_headers = list(event.headers)
         length: int | None = 0  # no framing header: no body
         for name, value in raw_headers:
             if name == b"content-length":

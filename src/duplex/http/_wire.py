@@ -30,6 +30,9 @@ HEAD_END = re.compile(rb"\n\r?\n")
 # h11 merges repeated identical Content-Length fields (and "1, 1" lists) into one; the
 # raw head is checked for them so that duplex rejects what it cannot read one way only.
 _CONTENT_LENGTH_FIELD = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
+# Control characters that may not appear anywhere in a request head (CR and LF are
+# checked as line ends, HTAB is allowed in values).
+_HEAD_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A chunk-size line without its CRLF: as h11's grammar (at most 20 hex digits, optional
 # whitespace), with extensions that hold no CR or NUL (h11 lets those through).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\x00]*)?[ \t]*")
@@ -100,6 +103,7 @@ class ServerWire(Transport):
         "_pos",
         "body_received",
         "eof",
+        "head_has_controls",
         "max_body_size",
         "max_header_size",
         "max_request_line",
@@ -125,6 +129,9 @@ class ServerWire(Transport):
         self._pos = 0
         #: True once the peer has closed its side (EOF read).
         self.eof = False
+        #: Whether the last head parsed held a control character other than CR, LF and
+        #: HTAB anywhere: only then need its fields be looked at one by one.
+        self.head_has_controls = False
         self._in_mode = NONE
         self._chunk_state = _SIZE
         self._chunk_left = 0  # body bytes to come: of the chunk, or of Content-Length
@@ -239,6 +246,7 @@ class ServerWire(Transport):
         if len(lengths) > 1 or (lengths and b"," in lengths[0]):
             raise ProtocolError("repeated Content-Length")
         check_line_ends(data, pos, end, "request head")
+        self.head_has_controls = _HEAD_CONTROL.search(data, pos, end) is not None
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
         try:
             parser.receive_data(data[pos:end])
