@@ -39,7 +39,8 @@ class Limits:
     #: Unused: a request body is read from the socket as the handler reads it, with no
     #: queue in between (kept so that code which sets it keeps working).
     body_buffer_size: int = 65536
-    #: Bytes asked of the socket in one read.
+    #: Bytes asked of the socket in one read (between the chunks of a chunked request
+    #: body, 32 more: the framing of a chunk of ``read_size`` bytes, so it arrives whole).
     read_size: int = 65536
 
 
