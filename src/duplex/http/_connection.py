@@ -208,7 +208,7 @@ class Transport:
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 when there is none, or it is closed)."""
-        sock = raw_socket(self.stream)
+        sock = self.socket()
         return -1 if sock is None else sock.fileno()
 
     async def wait_peer_gone(self) -> None:
