@@ -26,9 +26,10 @@ from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_
 from .._body import Buffered, BytesLike, Readable
 from .._errors import ProtocolError, Timeout
 from .._version import __version__
-from ._connection import HTTPConnection, raw_socket
 from ._limits import ClientLimits
 from ._models import Headers, HeadersLike
+from ._transport import raw_socket
+from .h1._client import HTTPConnection
 
 __all__ = ["Client", "ClientResponse", "RequestBody", "TooManyRedirects"]
 

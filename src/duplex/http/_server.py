@@ -28,11 +28,11 @@ import trio
 from .._body import BytesLike, Readable, Writable, _Empty
 from .._errors import ProtocolError, Timeout
 from .._stream import Stream
-from ._connection import peek_gone
 from ._limits import Limits
 from ._models import ExchangeNursery, Headers, HeadersLike, Request, Response, Streamable
 from ._takeover import ResponseControl, Takeover
-from ._wire import CONTINUE, ServerWire, comma_tokens
+from ._transport import peek_gone
+from .h1._wire import CONTINUE, ServerWire, comma_tokens
 
 __all__ = ["Handler", "Server", "serve"]
 

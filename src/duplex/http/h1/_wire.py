@@ -20,8 +20,8 @@ from typing import Any
 import h11
 import trio
 
-from .._errors import ProtocolError
-from ._connection import Transport
+from ..._errors import ProtocolError
+from .._transport import Transport
 
 __all__ = ["CONTINUE", "ServerWire", "comma_tokens"]
 
