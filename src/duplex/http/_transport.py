@@ -8,6 +8,7 @@ trio's resource errors).
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from math import inf
@@ -91,11 +92,13 @@ class Transport:
         *,
         read_size: int = 65536,
         write_timeout: float | None = None,
+        direct_io: bool = True,
     ) -> None:
         self.stream = stream
         self.read_size = read_size
         self.write_timeout = write_timeout
-        self._socket = stream.socket if type(stream) is trio.SocketStream else None
+        # The fast path (see _platform): the socket itself, read and written directly.
+        self._socket = stream.socket if direct_io and type(stream) is trio.SocketStream else None
         self._budget = _BUDGET
         # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
         # would cost a trip through the scheduler on every send.
@@ -213,13 +216,18 @@ class Transport:
         """Return once the peer has closed or reset the connection.
 
         Reads nothing into memory: it peeks at the socket. Once unread data is waiting
-        (a pipelined request), it can no longer tell, and waits forever. Cancellation is
-        checked before every look, so that a watcher cancelled while it was being woken
-        never waits on a socket that another task reads by then.
+        (a pipelined request, or stray bytes), the peer closing its side is still seen on
+        the fast path (Linux's ``EPOLLRDHUP``); on the portable path it can no longer be
+        told, and this waits forever. Cancellation is checked before every look, so that
+        a watcher cancelled while it was being woken never waits on a socket that another
+        task reads by then.
         """
         sock = raw_socket(self.stream)
         if sock is None:
             await trio.sleep_forever()
+            return
+        if self._socket is None:
+            await _wait_gone_portably(sock)
             return
         while True:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -229,7 +237,8 @@ class Transport:
             elif gone:
                 return
             else:
-                await trio.sleep_forever()
+                await _wait_hangup(sock)
+                return
 
     # -- sending ----------------------------------------------------------------------
 
@@ -341,3 +350,27 @@ class Transport:
     async def aclose(self) -> None:
         """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""
         await trio.aclose_forcefully(self.stream)
+
+
+async def _wait_hangup(sock: trio.socket.SocketType) -> None:
+    """Wait for the peer of ``sock`` to close or reset while unread data waits: an epoll
+    set of its own that reports only hang-ups (EPOLLRDHUP), where the platform has one;
+    elsewhere forever."""
+    if not hasattr(select, "epoll"):
+        await trio.sleep_forever()
+    with select.epoll() as epoll:
+        epoll.register(sock.fileno(), select.EPOLLRDHUP)
+        await trio.lowlevel.wait_readable(epoll.fileno())
+
+
+async def _wait_gone_portably(sock: trio.socket.SocketType) -> None:
+    """``wait_peer_gone`` with trio's socket alone: a peek once the socket is readable
+    (trio's sockets never block); forever once data waits unread."""
+    while True:
+        try:
+            data = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if not data:
+            return
+        await trio.sleep_forever()
