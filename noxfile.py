@@ -30,7 +30,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """duplex against its peers: ``nox -s bench -- [--quick] [--only small,echo,...]``.
+    """duplex against its peers: ``nox -s bench -- [--quick] [--only small,echo,...]``;
+    ``-- --baseline REV`` adds duplex at the git revision REV as a row of its own.
 
     Needs ``wrk`` and ``taskset`` on the PATH and two CPUs; writes docs/benchmarks.md.
     The peers are listed here rather than as an extra of the package.

@@ -1,6 +1,7 @@
 """Run duplex's benchmarks against its peers, on this machine, in one go.
 
     python benchmarks/run.py [--quick] [--only small,echo,idle,broadcast,client]
+                             [--baseline REV]
                              [--output docs/benchmarks.md] [--json results.json]
 
 Every server runs as its own process pinned to CPU 0 (``taskset -c 0``), every load
@@ -8,6 +9,11 @@ generator pinned to CPU 1, all traffic on 127.0.0.1. Servers are started fresh f
 benchmark and stopped by PID afterwards. Each load is bounded in count and in time.
 The results are written as markdown tables (with the targets of issue 6 as ratios to
 the peers measured in the same run) to ``--output``.
+
+``--baseline REV`` also runs duplex as it was at the git revision REV (extracted with
+``git archive`` into a temporary directory, imported with ``PYTHONPATH=<tree>/src``, removed
+at the end) as one more row, ``duplex@<short rev>``, next to ``duplex`` in every table,
+and adds a section of ``duplex / duplex@REV`` ratios to the report.
 
 Nothing here passes or fails: a missing tool or a peer that breaks shows up as a note
 in the tables, and the run goes on.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import json
 import math
 import os
@@ -32,6 +39,8 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -176,6 +185,124 @@ HTTP_SERVERS = [
 ]
 
 
+# -- the baseline: duplex at another git revision -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """duplex at the git revision ``rev``, extracted (``git archive``) into ``tree``.
+
+    Its processes get ``PYTHONPATH=<tree>/src``, so ``import duplex`` finds that tree's
+    package before the one installed in the environment. Its duplex-specific scripts
+    (benchmarks/servers/duplex_app.py, benchmarks/clients/http_clients.py) come from the
+    tree when it has them, so the baseline runs as it was benchmarked at that revision;
+    the generic load generators (wrk, echo_client.py, many_client.py) are this
+    checkout's, the same for every row.
+    """
+
+    rev: str
+    commit: str
+    short: str
+    subject: str
+    tree: Path
+
+    @property
+    def name(self) -> str:
+        return f"duplex@{self.short}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        paths = [str(self.tree / "src")]
+        if os.environ.get("PYTHONPATH"):
+            paths.append(os.environ["PYTHONPATH"])
+        return {"PYTHONPATH": os.pathsep.join(paths)}
+
+    def script(self, relative: str) -> Path:
+        own = self.tree / "benchmarks" / relative
+        return own if own.exists() else HERE / relative
+
+    def server(self) -> Server:
+        script = self.script("servers/duplex_app.py")
+        where = "the baseline's own" if script.is_relative_to(self.tree) else "this checkout's"
+        return Server(
+            self.name,
+            f"`duplex.serve` at {self.short} ({self.subject}): {where} "
+            f"benchmarks/servers/duplex_app.py with `PYTHONPATH=<git archive of {self.rev}>/src`",
+            lambda port: [PY, str(script), "--port", str(port)],
+            self.env,
+        )
+
+    def info(self) -> dict[str, str]:
+        return {
+            "rev": self.rev,
+            "commit": self.commit,
+            "short": self.short,
+            "name": self.name,
+            "subject": self.subject,
+        }
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str) -> Iterator[Baseline]:
+    """Extract ``rev`` into a temporary directory (outside the repository, leaving no
+    worktree behind), check that its ``duplex`` is the one imported, and remove it on
+    the way out."""
+    try:
+        commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except RuntimeError:
+        raise RuntimeError(f"{rev!r} is not a commit of {REPO}") from None
+    short = _git("rev-parse", "--short", commit)
+    subject = _git("log", "-1", "--format=%s", commit)
+    tree = Path(tempfile.mkdtemp(prefix=f"duplex-baseline-{short}-"))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            raise RuntimeError(f"git archive {commit}: {archive.stderr.decode().strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            # Our own repository's archive; the "data" filter where Python has it (3.11.4+).
+            tar.extraction_filter = getattr(tarfile, "data_filter", None)
+            tar.extractall(tree)
+        baseline = Baseline(rev, commit, short, subject[:80], tree)
+        found = subprocess.run(
+            [PY, "-c", "import duplex; print(duplex.__file__)"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **baseline.env},
+            cwd=REPO,
+            check=False,
+        )
+        imported = Path(found.stdout.strip() or "?").resolve()
+        if found.returncode != 0 or not imported.is_relative_to(tree.resolve()):
+            raise RuntimeError(
+                f"the baseline tree's duplex is not the one imported ({imported}): "
+                f"{found.stderr.strip()[-300:]}"
+            )
+        yield baseline
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def lineup(names: list[str], baseline: str | None) -> list[str]:
+    """``names`` with the baseline's row right after ``duplex``."""
+    if baseline is None or "duplex" not in names:
+        return list(names)
+    at = names.index("duplex") + 1
+    return [*names[:at], baseline, *names[at:]]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -262,8 +389,9 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running(name: str, logdir: Path) -> Iterator[RunningServer]:
-    server = RunningServer(SERVER_SPECS[name], logdir)
+def running(name: str, logdir: Path, baseline: Baseline | None = None) -> Iterator[RunningServer]:
+    spec = baseline.server() if baseline and name == baseline.name else SERVER_SPECS[name]
+    server = RunningServer(spec, logdir)
     try:
         server.start()
         time.sleep(0.3)
@@ -279,10 +407,17 @@ def pinned(argv: list[str]) -> list[str]:
     return ["taskset", "-c", LOAD_CPU, *argv]
 
 
-def run_json(argv: list[str], timeout: float) -> dict[str, Any]:
-    """Run a load generator (pinned to LOAD_CPU) that prints a JSON line; parse it."""
+def run_json(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a load generator (pinned to LOAD_CPU) that prints a JSON line; parse it.
+    ``env`` is added to this process's environment."""
     done = subprocess.run(
-        pinned(argv), capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+        pinned(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -353,15 +488,19 @@ def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any
     return chosen
 
 
-def bench_small(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+Log = Callable[[str], None]
+
+
+def bench_small(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"_skipped": "wrk is not installed (apt-get install -y wrk)"}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in HTTP_SERVERS}
+    servers = lineup(HTTP_SERVERS, baseline.name if baseline else None)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     # Repeats go round all the servers, so that a noisy minute hits each of them alike.
     for repeat in range(sizes.repeats):
-        for name in HTTP_SERVERS:
+        for name in servers:
             try:
-                with running(name, logdir) as server:
+                with running(name, logdir, baseline) as server:
                     wrk(server.url + "/", sizes.wrk_warmup)
                     cpu0 = server.cpu_seconds()
                     result = wrk(server.url + "/", sizes.wrk_seconds)
@@ -383,15 +522,16 @@ def bench_small(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[
 ECHO_SERVERS = [*HTTP_SERVERS, "trio-raw-echo"]
 
 
-def bench_echo(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ECHO_SERVERS}
+def bench_echo(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
+    servers = lineup(ECHO_SERVERS, baseline.name if baseline else None)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     client = str(CLIENTS / "echo_client.py")
     for repeat in range(sizes.repeats):
-        for name in ECHO_SERVERS:
+        for name in servers:
             mode = "raw" if name == "trio-raw-echo" else "http"
             base = [PY, client, "--mode", mode, "--timeout", "120", "--stall", "10"]
             try:
-                with running(name, logdir) as server:
+                with running(name, logdir, baseline) as server:
                     port = ["--port", str(server.port)]
                     run_json([*base, *port, "--total", str(4 * MIB)], timeout=60)  # warm-up
                     cpu0 = server.cpu_seconds()
@@ -423,13 +563,13 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
-def bench_idle(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_idle(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     count = sizes.idle_connections
     client = [PY, str(CLIENTS / "many_client.py"), "idle", "--path", "/idle"]
-    for name in HTTP_SERVERS:
+    for name in lineup(HTTP_SERVERS, baseline.name if baseline else None):
         try:
-            with running(name, logdir) as server:
+            with running(name, logdir, baseline) as server:
                 port = ["--port", str(server.port)]
                 # Warm-up: the streaming code paths run (and import) once before "before".
                 run_json([*client, *port, "--count", "50", "--hold", "0"], timeout=60)
@@ -481,10 +621,12 @@ def bench_idle(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[s
     return results
 
 
-def bench_broadcast(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def _broadcast(
+    name: str, sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
+) -> dict[str, Any]:
     counts = ",".join(str(n) for n in sizes.broadcast_counts)
     try:
-        with running("duplex", logdir) as server:
+        with running(name, logdir, baseline) as server:
             argv = [
                 PY, str(CLIENTS / "many_client.py"), "broadcast", "--port", str(server.port),
                 "--path", "/sse", "--counts", counts, "--rounds", str(sizes.broadcast_rounds),
@@ -493,13 +635,24 @@ def bench_broadcast(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> d
             result = run_json(argv, timeout=600)
             result["rss_kib"] = server.rss_kib()
     except Exception as error:
-        log(f"broadcast: ERROR {error}")
+        log(f"broadcast {name}: ERROR {error}")
         return {"error": str(error)}
     for row in result["results"]:
         log(
-            f"broadcast to {row['subscribers']}: median {row['median_last_ms']:.1f} ms "
+            f"broadcast {name} to {row['subscribers']}: median {row['median_last_ms']:.1f} ms "
             f"(best {row['best_last_ms']:.1f}, worst {row['worst_last_ms']:.1f})"
         )
+    return result
+
+
+def bench_broadcast(
+    sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
+) -> dict[str, Any]:
+    """duplex's result; with a baseline, the baseline's result under ``"baseline"``."""
+    result = _broadcast("duplex", sizes, logdir, log, baseline)
+    if baseline is not None:
+        time.sleep(SETTLE_SECONDS)
+        result["baseline"] = _broadcast(baseline.name, sizes, logdir, log, baseline)
     return result
 
 
@@ -507,24 +660,36 @@ CLIENT_LIBS = ("duplex", "httpx", "aiohttp")
 GET_SERVER = "uvicorn-httptools"
 
 
-def bench_client(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
+    """The baseline's client (the library at that revision, run by that revision's
+    clients/http_clients.py) talks to the same servers as the others: uvicorn-httptools
+    for GET, this checkout's duplex server for streaming."""
     results: dict[str, Any] = {"get": {}, "stream": {}, "get_server": GET_SERVER}
-    script = str(CLIENTS / "http_clients.py")
+    libs = lineup(list(CLIENT_LIBS), baseline.name if baseline else None)
+
+    def client(lib: str) -> tuple[list[str], dict[str, str] | None]:
+        """The command's start for ``lib`` and the environment it adds."""
+        if baseline is not None and lib == baseline.name:
+            script = str(baseline.script("clients/http_clients.py"))
+            return [PY, script], baseline.env
+        return [PY, str(CLIENTS / "http_clients.py")], None
+
     runs: dict[str, list[dict[str, Any]]] = {}
     try:
         with running(GET_SERVER, logdir) as server:
             for repeat in range(sizes.repeats):
                 for concurrency in (1, 10):
-                    for lib in CLIENT_LIBS:
+                    for lib in libs:
                         key = f"{lib}/c{concurrency}"
+                        start, env = client(lib)
                         argv = [
-                            PY, script, "get", "--lib", lib, "--url", server.url + "/",
+                            *start, "get", "--lib", lib.split("@")[0], "--url", server.url + "/",
                             "--concurrency", str(concurrency),
                             "--duration", str(sizes.client_seconds),
                             "--max-requests", "2000000",
                         ]  # fmt: skip
                         try:
-                            result = run_json(argv, timeout=sizes.client_seconds + 60)
+                            result = run_json(argv, timeout=sizes.client_seconds + 60, env=env)
                             result["rps"] = result["requests"] / result["seconds"]
                             result["req_per_cpu_s"] = result["requests"] / result["cpu_seconds"]
                             runs.setdefault(key, []).append(result)
@@ -542,15 +707,16 @@ def bench_client(sizes: Sizes, logdir: Path, log: Callable[[str], None]) -> dict
     try:
         with running("duplex", logdir) as server:
             for route in ("echo", "updown"):
-                for lib in CLIENT_LIBS:
+                for lib in libs:
                     key = f"{lib}/{route}"
+                    start, env = client(lib)
                     argv = [
-                        PY, script, "stream", "--lib", lib, "--url", server.url,
+                        *start, "stream", "--lib", lib.split("@")[0], "--url", server.url,
                         "--route", route, "--total", str(sizes.stream_bytes),
                         "--timeout", "120", "--stall", "5",
                     ]  # fmt: skip
                     try:
-                        result = run_json(argv, timeout=180)
+                        result = run_json(argv, timeout=180, env=env)
                         results["stream"][key] = result
                         log(
                             f"client stream {key}: {result['outcome']}, "
@@ -752,8 +918,13 @@ def _spread(result: dict[str, Any], digits: int) -> str:
 
 def _cell_error(result: dict[str, Any]) -> list[str] | None:
     if "error" in result:
-        return [f"error: {result['error'][:120]}"]
+        return [_error_text(result["error"])]
     return None
+
+
+def _error_text(error: str) -> str:
+    """An error for a table cell: on one line, without the table's separator."""
+    return "error: " + " ".join(error.split())[:120].replace("|", "/")
 
 
 def _rewrap(lines: list[str], width: int = 88) -> list[str]:
@@ -789,7 +960,122 @@ def _rewrap(lines: list[str], width: int = 88) -> list[str]:
     return out
 
 
+def against_baseline(results: dict[str, Any], name: str) -> list[list[str]]:
+    """Rows of (figure, better when, duplex, baseline, duplex / baseline, spread) for
+    every figure either row has. A worse figure is "within run spread" when the ranges
+    of the two rows' repeated runs overlap."""
+    rows: list[list[str]] = []
+
+    def row(
+        what: str,
+        higher: bool,
+        d: Any,
+        b: Any,
+        digits: int = 1,
+        runs: tuple[Any, Any] | None = None,
+    ) -> None:
+        if d is None and b is None:
+            return
+        ratio = _ratio(d, b)
+        if math.isnan(ratio):
+            verdict = "—"
+        elif (ratio >= 1.0) if higher else (ratio <= 1.0):
+            verdict = "better or equal"
+        else:
+            d_runs, b_runs = (runs[0] or [], runs[1] or []) if runs else ([], [])
+            if len(d_runs) < 2 or len(b_runs) < 2:
+                verdict = "worse (no spread to compare)"
+            elif (max(d_runs) >= min(b_runs)) if higher else (min(d_runs) <= max(b_runs)):
+                verdict = "within run spread"
+            else:
+                verdict = "**worse, outside run spread**"
+        rows.append(
+            [
+                what,
+                "higher" if higher else "lower",
+                _fmt(d, digits),
+                _fmt(b, digits),
+                _fmt(ratio, 3),
+                verdict,
+            ]
+        )
+
+    def runs(section: dict[str, Any], server: str) -> Any:
+        return _get(section, server, "runs")
+
+    small = results.get("small")
+    if small and "_skipped" not in small:
+        for key, label, higher, digits in (
+            ("req_per_cpu_s", "small: req per server CPU-s", True, 0),
+            ("rps", "small: req/s", True, 0),
+            ("p99_ms", "small: p99 ms", False, 2),
+        ):
+            spread = (runs(small, "duplex"), runs(small, name)) if key == "req_per_cpu_s" else None
+            row(label, higher, _get(small, "duplex", key), _get(small, name, key), digits, spread)
+    echo = results.get("echo")
+    if echo:
+        row(
+            "echo: MiB/s",
+            True,
+            _get(echo, "duplex", "mib_per_s"),
+            _get(echo, name, "mib_per_s"),
+            1,
+            (runs(echo, "duplex"), runs(echo, name)),
+        )
+        d, b = _get(echo, "duplex", "cpu_s_per_gib"), _get(echo, name, "cpu_s_per_gib")
+        row("echo: server CPU-s per GiB", False, d, b, 2)
+    idle = results.get("idle")
+    if idle:
+        d, b = _get(idle, "duplex", "kib_per_connection"), _get(idle, name, "kib_per_connection")
+        row("idle: KiB per connection", False, d, b)
+        d, b = _get(idle, "duplex", "cpu_s_to_open"), _get(idle, name, "cpu_s_to_open")
+        row("idle: server CPU-s to open all", False, d, b, 2)
+    broadcast = results.get("broadcast")
+    if broadcast:
+        ours = {r["subscribers"]: r for r in broadcast.get("results", [])}
+        theirs = {r["subscribers"]: r for r in _get(broadcast, "baseline", "results") or []}
+        for subscribers in sorted(set(ours) | set(theirs)):
+            d, b = ours.get(subscribers, {}), theirs.get(subscribers, {})
+            for key, label in (
+                ("median_last_ms", "last has it, ms (median)"),
+                ("mean_server_cpu_ms", "server CPU ms per broadcast"),
+            ):
+                what = f"broadcast to {subscribers:,}: {label}"
+                row(what, False, d.get(key), b.get(key))
+    client = results.get("client")
+    if client:
+        for concurrency in (1, 10):
+            for key, label in (("rps", "req/s"), ("req_per_cpu_s", "req per client CPU-s")):
+                d = _get(client, "get", f"duplex/c{concurrency}", key)
+                b = _get(client, "get", f"{name}/c{concurrency}", key)
+                row(f"client: GET {label}, {concurrency} task(s)", True, d, b, 0)
+        for route in ("echo", "updown"):
+            d = _get(client, "stream", f"duplex/{route}", "mib_per_s")
+            b = _get(client, "stream", f"{name}/{route}", "mib_per_s")
+            row(f"client: streaming /{route} MiB/s", True, d, b)
+    return rows
+
+
+def _broadcast_rows(result: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            _fmt(row["subscribers"]),
+            _fmt(row["median_last_ms"], 1),
+            _fmt(row["best_last_ms"], 1),
+            _fmt(row["worst_last_ms"], 1),
+            _fmt(row["median_first_ms"], 1),
+            _fmt(row["mean_server_cpu_ms"], 1),
+            _fmt(row["mean_server_cpu_ms"] * 1000 / row["subscribers"], 1),
+            _fmt(row["missed"]),
+            _fmt(row["open_seconds"], 2),
+        ]
+        for row in result["results"]
+    ]
+
+
 def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bool) -> str:
+    baseline: dict[str, str] | None = env.get("baseline")
+    bname = baseline["name"] if baseline else None
     out: list[str] = ["# Benchmarks", ""]
     out += [
         "duplex measured against its peers in one run on one machine (issue 6). These are",
@@ -805,6 +1091,15 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         f"- Machine: `nproc` = {env['nproc']}, CPU: {env['cpu_model']}, Linux {env['kernel']}",
         f"- Python: {env['python']}; {versions}; {env['wrk']}",
         f"- Command: `{env['command']}`, at commit {env['commit']}",
+        *(
+            [
+                f"- Baseline: **{bname}** = duplex at `{baseline['rev']}` ({baseline['commit']}, "
+                f'"{baseline["subject"]}"), run from a `git archive` of that revision with '
+                "`PYTHONPATH=<tree>/src`"
+            ]
+            if baseline
+            else []
+        ),
         f"- Load average (1/5/15 min) at start: {' / '.join(env['loadavg_start'])}, at end: "
         f"{' / '.join(env['loadavg_end'])} — the host is shared: wall-clock figures are noisy,",
         "  CPU-second figures (server CPU time from /proc/PID/stat) much less so.",
@@ -818,6 +1113,23 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
     ]
     out += _table(["target", "goal", "measured", "met?"], targets(results))
     out.append("")
+    if baseline and bname:
+        out += [
+            "## Against the baseline",
+            "",
+            f"duplex at this checkout against **{bname}**, the same benchmarks in this same",
+            "run; its rows are in every table below (the targets above are this checkout's",
+            f"alone). Ratio = duplex / {bname}: above 1 is better where higher is better, below",
+            "1 where lower is. A worse figure is *within run spread* when the repeated runs of",
+            "the two rows overlap (only the first figure of small and of echo keeps its runs;",
+            "a quick run has one run each, so no spread).",
+            "",
+        ]
+        out += _table(
+            ["figure", "better", "duplex", bname, f"duplex / {bname}", "against the spread"],
+            against_baseline(results, bname),
+        )
+        out.append("")
 
     if "small" in results:
         small = results["small"]
@@ -835,7 +1147,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         else:
             rows = []
             floor = _get(small, "trio-h11-floor", "req_per_cpu_s")
-            for name in HTTP_SERVERS:
+            for name in lineup(HTTP_SERVERS, bname):
                 r = small.get(name, {})
                 error = _cell_error(r)
                 if error:
@@ -882,7 +1194,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             "",
         ]
         rows = []
-        for name in ECHO_SERVERS:
+        for name in lineup(ECHO_SERVERS, bname):
             r = echo.get(name, {})
             error = _cell_error(r)
             if error:
@@ -929,7 +1241,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             "",
         ]
         rows = []
-        for name in HTTP_SERVERS:
+        for name in lineup(HTTP_SERVERS, bname):
             r = idle.get(name, {})
             error = _cell_error(r)
             if error:
@@ -969,37 +1281,31 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             f"(one warm-up round, then {sizes.broadcast_rounds} rounds).",
             "",
         ]
-        if "error" in b:
+        header = [
+            "subscribers",
+            "last has it, ms (median)",
+            "best",
+            "worst",
+            "first has it, ms (median)",
+            "server CPU ms per broadcast (mean)",
+            "server CPU µs per subscriber",
+            "missed",
+            "time to subscribe, s",
+        ]
+        if bname:
+            # One table with a server column: duplex's rows, then the baseline's.
+            rows = []
+            for name, found in (("duplex", b), (bname, b.get("baseline", {"error": "not run"}))):
+                if "error" in found:
+                    rows.append([name, _error_text(found["error"])])
+                    continue
+                rows += [[name, *cells] for cells in _broadcast_rows(found)]
+            out += _table(["server", *header], rows)
+            out.append("")
+        elif "error" in b:
             out += [f"error: {b['error']}", ""]
         else:
-            rows = [
-                [
-                    _fmt(row["subscribers"]),
-                    _fmt(row["median_last_ms"], 1),
-                    _fmt(row["best_last_ms"], 1),
-                    _fmt(row["worst_last_ms"], 1),
-                    _fmt(row["median_first_ms"], 1),
-                    _fmt(row["mean_server_cpu_ms"], 1),
-                    _fmt(row["mean_server_cpu_ms"] * 1000 / row["subscribers"], 1),
-                    _fmt(row["missed"]),
-                    _fmt(row["open_seconds"], 2),
-                ]
-                for row in b["results"]
-            ]
-            out += _table(
-                [
-                    "subscribers",
-                    "last has it, ms (median)",
-                    "best",
-                    "worst",
-                    "first has it, ms (median)",
-                    "server CPU ms per broadcast (mean)",
-                    "server CPU µs per subscriber",
-                    "missed",
-                    "time to subscribe, s",
-                ],
-                rows,
-            )
+            out += _table(header, _broadcast_rows(b))
             out.append("")
 
     if "client" in results:
@@ -1016,8 +1322,10 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         ]
         rows = []
         for concurrency in (1, 10):
-            for lib in CLIENT_LIBS:
-                r = _get(c, "get", f"{lib}/c{concurrency}") or {"error": "not run"}
+            for lib in lineup(list(CLIENT_LIBS), bname):
+                r = _get(c, "get", f"{lib}/c{concurrency}") or {
+                    "error": _get(c, "get", "_error") or "not run"
+                }
                 error = _cell_error(r)
                 if error:
                     rows.append([lib, str(concurrency), *error, "", ""])
@@ -1043,8 +1351,10 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         ]
         rows = []
         for route in ("echo", "updown"):
-            for lib in CLIENT_LIBS:
-                r = _get(c, "stream", f"{lib}/{route}") or {"error": "not run"}
+            for lib in lineup(list(CLIENT_LIBS), bname):
+                r = _get(c, "stream", f"{lib}/{route}") or {
+                    "error": _get(c, "stream", "_error") or "not run"
+                }
                 error = _cell_error(r)
                 if error:
                     rows.append([lib, route, *error, "", "", ""])
@@ -1078,6 +1388,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         "## Servers",
         "",
         *[f"- **{spec.name}**: {spec.description}" for spec in SERVER_SPECS.values()],
+        *([f"- **{bname}**: {baseline['description']}"] if baseline else []),
         "- Listen backlog 1024 everywhere (duplex's fixed value); access logs off.",
         "",
     ]
@@ -1092,6 +1403,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="development sizes")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run duplex at the git revision REV, as a row duplex@<short rev> in every "
+        "table, with the ratios duplex / duplex@REV in a section of its own",
+    )
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument(
@@ -1131,13 +1448,25 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     log(f"server logs in {logdir}")
+    # SIGTERM unwinds like Ctrl-C: the servers are stopped and the baseline tree removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results: dict[str, Any] = {}
-    for name in BENCHMARKS:
-        if name in only:
-            log(f"== {name}")
-            results[name] = RUNNERS[name](sizes, logdir, log)
-            # Let the kernel tear down the last benchmark's connections before the next.
-            time.sleep(SETTLE_SECONDS)
+    with contextlib.ExitStack() as stack:
+        baseline = None
+        if args.baseline:
+            try:
+                baseline = stack.enter_context(baseline_tree(args.baseline))
+            except RuntimeError as error:
+                parser.error(f"--baseline {args.baseline}: {error}")
+            spec = baseline.server()
+            env["baseline"] = {**baseline.info(), "description": spec.description}
+            log(f"baseline {baseline.name} ({baseline.commit}) extracted to {baseline.tree}")
+        for name in BENCHMARKS:
+            if name in only:
+                log(f"== {name}")
+                results[name] = RUNNERS[name](sizes, logdir, log, baseline)
+                # Let the kernel tear down the last benchmark's connections before the next.
+                time.sleep(SETTLE_SECONDS)
     env["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     report = render(env, results, sizes, args.quick)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
