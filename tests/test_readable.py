@@ -113,15 +113,23 @@ BODIES: list[BodyFactory] = [writable, unbuffered_writable, buffered]
 SOURCES: list[Factory] = [*BODIES, stream_input]
 
 
-def named(factories: list[Factory] | list[BodyFactory]) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("make", factories, ids=[f.__name__ for f in factories])
+# The suite's tests take their factory from the ``make`` fixture (every ``Source``) or the
+# ``make_body`` fixture (every ``Readable`` with a known length), so that another module
+# can import them and run them on other bodies by defining these fixtures itself.
 
 
-every_source = named(SOURCES)
-every_body = named(BODIES)
+@pytest.fixture(params=SOURCES, ids=lambda factory: factory.__name__)
+def make(request: pytest.FixtureRequest) -> Factory:
+    factory: Factory = request.param
+    return factory
 
 
-@every_source
+@pytest.fixture(params=BODIES, ids=lambda factory: factory.__name__)
+def make_body(request: pytest.FixtureRequest) -> BodyFactory:
+    factory: BodyFactory = request.param
+    return factory
+
+
 async def test_read_returns_each_chunk_then_empty_bytes_forever(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -129,7 +137,6 @@ async def test_read_returns_each_chunk_then_empty_bytes_forever(make: Factory) -
             assert [await body.read() for _ in range(3)] == [b"", b"", b""]
 
 
-@every_source
 async def test_an_empty_body_reads_empty_bytes_at_once(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make([]) as body:
@@ -137,14 +144,12 @@ async def test_an_empty_body_reads_empty_bytes_at_once(make: Factory) -> None:
             assert await body.read() == b""
 
 
-@every_source
 async def test_async_for_yields_each_chunk(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
             assert [chunk async for chunk in body] == CHUNKS
 
 
-@every_source
 async def test_join_returns_everything_as_one_bytes(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -152,7 +157,6 @@ async def test_join_returns_everything_as_one_bytes(make: Factory) -> None:
             assert await body.read() == b""
 
 
-@every_source
 async def test_discard_reads_to_the_end(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -161,14 +165,12 @@ async def test_discard_reads_to_the_end(make: Factory) -> None:
             assert await body.read() == b""
 
 
-@every_source
 async def test_receive_some_without_max_bytes_returns_whole_chunks(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
             assert [await body.receive_some() for _ in range(4)] == [*CHUNKS, b""]
 
 
-@every_source
 async def test_receive_some_splits_chunks_at_max_bytes_and_never_merges_them(
     make: Factory,
 ) -> None:
@@ -178,7 +180,6 @@ async def test_receive_some_splits_chunks_at_max_bytes_and_never_merges_them(
             assert pieces == [b"he", b"ll", b"o", b", ", b"wo", b"rl", b"d!", b""]
 
 
-@every_source
 async def test_receive_some_keeps_the_rest_of_a_chunk_for_read(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -187,7 +188,6 @@ async def test_receive_some_keeps_the_rest_of_a_chunk_for_read(make: Factory) ->
             assert await body.read() == b", "
 
 
-@every_source
 @pytest.mark.parametrize("max_bytes", [0, -1])
 async def test_receive_some_rejects_max_bytes_below_one(make: Factory, max_bytes: int) -> None:
     with trio.fail_after(TIMEOUT):
@@ -197,7 +197,6 @@ async def test_receive_some_rejects_max_bytes_below_one(make: Factory, max_bytes
             assert await body.read() == b"hello"
 
 
-@every_source
 async def test_receive_some_rejects_a_max_bytes_that_is_not_an_integer(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -206,7 +205,6 @@ async def test_receive_some_rejects_a_max_bytes_that_is_not_an_integer(make: Fac
             assert await body.read() == b"hello"
 
 
-@every_source
 async def test_read_after_aclose_raises_closed_resource_error(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -217,7 +215,6 @@ async def test_read_after_aclose_raises_closed_resource_error(make: Factory) -> 
                 await body.receive_some(1)
 
 
-@every_source
 async def test_aclose_is_idempotent(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -227,7 +224,6 @@ async def test_aclose_is_idempotent(make: Factory) -> None:
                 await body.read()
 
 
-@every_source
 async def test_async_with_closes_the_body_on_exit(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -237,7 +233,6 @@ async def test_async_with_closes_the_body_on_exit(make: Factory) -> None:
                 await body.read()
 
 
-@every_source
 async def test_two_concurrent_reads_raise_busy_resource_error(make: Factory) -> None:
     outcomes: list[bytes | str] = []
 
@@ -269,7 +264,6 @@ METHODS: list[Method[Source]] = [
 ]
 
 
-@every_source
 @each_method(METHODS)
 async def test_every_async_method_is_a_checkpoint_even_when_it_does_not_block(
     make: Factory, method: Method[Source]
@@ -281,7 +275,6 @@ async def test_every_async_method_is_a_checkpoint_even_when_it_does_not_block(
                 await method.call(body)
 
 
-@every_source
 @each_method(METHODS)
 async def test_every_async_method_raises_cancelled_when_called_cancelled(
     make: Factory, method: Method[Source]
@@ -295,7 +288,6 @@ async def test_every_async_method_raises_cancelled_when_called_cancelled(
             assert scope.cancelled_caught
 
 
-@every_source
 async def test_a_read_called_cancelled_takes_nothing(make: Factory) -> None:
     with trio.fail_after(TIMEOUT):
         async with make(CHUNKS) as body:
@@ -306,17 +298,15 @@ async def test_a_read_called_cancelled_takes_nothing(make: Factory) -> None:
             assert await body.read() == b"hello"
 
 
-@every_body
-async def test_length_is_the_known_total(make: BodyFactory) -> None:
+async def test_length_is_the_known_total(make_body: BodyFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        async with make(CHUNKS) as body:
+        async with make_body(CHUNKS) as body:
             assert body.length == len(b"hello, world!")
 
 
-@every_body
-async def test_is_empty_only_once_the_end_is_reached(make: BodyFactory) -> None:
+async def test_is_empty_only_once_the_end_is_reached(make_body: BodyFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        async with make(CHUNKS) as body:
+        async with make_body(CHUNKS) as body:
             for chunk in CHUNKS:
                 assert not body.is_empty
                 assert await body.read() == chunk
@@ -324,9 +314,8 @@ async def test_is_empty_only_once_the_end_is_reached(make: BodyFactory) -> None:
             assert body.is_empty
 
 
-@every_body
-async def test_is_empty_once_the_reader_has_closed(make: BodyFactory) -> None:
+async def test_is_empty_once_the_reader_has_closed(make_body: BodyFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        async with make(CHUNKS) as body:
+        async with make_body(CHUNKS) as body:
             await body.aclose()
             assert body.is_empty

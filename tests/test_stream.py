@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import trio
@@ -31,15 +32,46 @@ def pair() -> tuple[Stream, Stream]:
     return Stream(a, b), Stream(b, a)
 
 
+PairFactory = Callable[[], AbstractAsyncContextManager[tuple[Stream, Stream]]]
+"""Opens two connected streams: ``(stream, peer)``, what one writes the other reads."""
+
+
+@asynccontextmanager
+async def in_memory_pair() -> AsyncIterator[tuple[Stream, Stream]]:
+    yield pair()
+
+
+# The tests that hold for any two connected streams take them from the ``make_pair``
+# fixture, so that another module can import them and run them on other streams (over
+# real sockets, say) by defining the fixture itself.
+PAIRS: list[PairFactory] = [in_memory_pair]
+
+
+@pytest.fixture(params=PAIRS, ids=lambda factory: factory.__name__)
+def make_pair(request: pytest.FixtureRequest) -> PairFactory:
+    factory: PairFactory = request.param
+    return factory
+
+
+async def send(peer: Stream, *chunks: bytes) -> None:
+    """Write each chunk from ``peer``, then close its writing side."""
+    for chunk in chunks:
+        await peer.write(chunk)
+    await peer.close_write()
+
+
 # -- readpartial -----------------------------------------------------------------------
 
 
-async def test_readpartial_returns_at_most_max_bytes_and_keeps_the_rest() -> None:
+async def test_readpartial_returns_at_most_max_bytes_and_keeps_the_rest(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"hello world", b"!")
-        assert await stream.readpartial(5) == b"hello"
-        assert await stream.readpartial(100) == b" world"
-        assert await stream.readpartial(100) == b"!"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"hello world", b"!")
+            assert await stream.readpartial(5) == b"hello"
+            assert await stream.readpartial(100) == b" world"
+            assert await stream.readpartial(100) == b"!"
 
 
 async def test_readpartial_returns_at_most_64_kib_by_default() -> None:
@@ -51,96 +83,107 @@ async def test_readpartial_returns_at_most_64_kib_by_default() -> None:
         assert len(await stream.readpartial()) == 70_000 - 65536
 
 
-async def test_readpartial_waits_for_at_least_one_byte() -> None:
+async def test_readpartial_waits_for_at_least_one_byte(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        stream = Stream(body, None)
-        async with trio.open_nursery() as nursery:
+        async with make_pair() as (stream, peer), trio.open_nursery() as nursery:
             read = await background(nursery, stream.readpartial, 10)
             assert read.blocked
-            await body.write(b"x")
+            await peer.write(b"x")
             await trio.testing.wait_all_tasks_blocked()
             assert read.value == b"x"
 
 
-async def test_readpartial_returns_empty_bytes_at_eof_and_forever() -> None:
+async def test_readpartial_returns_empty_bytes_at_eof_and_forever(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"x")
-        assert [await stream.readpartial() for _ in range(3)] == [b"x", b"", b""]
+        async with make_pair() as (stream, peer):
+            await send(peer, b"x")
+            assert [await stream.readpartial() for _ in range(3)] == [b"x", b"", b""]
 
 
 @pytest.mark.parametrize("max_bytes", [0, -1])
-async def test_readpartial_rejects_max_bytes_below_one(max_bytes: int) -> None:
+async def test_readpartial_rejects_max_bytes_below_one(
+    make_pair: PairFactory, max_bytes: int
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"x")
-        with pytest.raises(ValueError):
-            await stream.readpartial(max_bytes)
-        assert await stream.readpartial() == b"x"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"x")
+            with pytest.raises(ValueError):
+                await stream.readpartial(max_bytes)
+            assert await stream.readpartial() == b"x"
 
 
 # -- read ------------------------------------------------------------------------------
 
 
-async def test_read_n_collects_n_bytes_across_chunk_boundaries() -> None:
+async def test_read_n_collects_n_bytes_across_chunk_boundaries(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"cd", b"ef")
-        assert await stream.read(3) == b"abc"
-        assert await stream.read(2) == b"de"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"cd", b"ef")
+            assert await stream.read(3) == b"abc"
+            assert await stream.read(2) == b"de"
 
 
-async def test_read_n_returns_fewer_bytes_only_at_eof() -> None:
+async def test_read_n_returns_fewer_bytes_only_at_eof(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"c")
-        assert await stream.read(5) == b"abc"
-        assert await stream.read(5) == b""
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"c")
+            assert await stream.read(5) == b"abc"
+            assert await stream.read(5) == b""
 
 
-async def test_read_n_waits_until_n_bytes_have_arrived() -> None:
+async def test_read_n_waits_until_n_bytes_have_arrived(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        stream = Stream(body, None)
-        await body.write(b"ab")
-        async with trio.open_nursery() as nursery:
-            read = await background(nursery, stream.read, 4)
-            assert read.blocked
-            await body.write(b"cdef")
-            await trio.testing.wait_all_tasks_blocked()
-            assert read.value == b"abcd"
-        assert await stream.readpartial() == b"ef"
+        async with make_pair() as (stream, peer):
+            await peer.write(b"ab")
+            async with trio.open_nursery() as nursery:
+                read = await background(nursery, stream.read, 4)
+                assert read.blocked
+                await peer.write(b"cdef")
+                await trio.testing.wait_all_tasks_blocked()
+                assert read.value == b"abcd"
+            assert await stream.readpartial() == b"ef"
 
 
-async def test_read_without_n_reads_to_eof() -> None:
+async def test_read_without_n_reads_to_eof(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"cd")
-        assert await stream.readpartial(1) == b"a"
-        assert await stream.read() == b"bcd"
-        assert await stream.read(-1) == b""
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"cd")
+            assert await stream.readpartial(1) == b"a"
+            assert await stream.read() == b"bcd"
+            assert await stream.read(-1) == b""
 
 
-async def test_read_zero_bytes_returns_empty_bytes() -> None:
+async def test_read_zero_bytes_returns_empty_bytes(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab")
-        assert await stream.read(0) == b""
-        assert await stream.read() == b"ab"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab")
+            assert await stream.read(0) == b""
+            assert await stream.read() == b"ab"
 
 
 # -- read_exactly ----------------------------------------------------------------------
 
 
-async def test_read_exactly_collects_n_bytes_across_chunk_boundaries() -> None:
+async def test_read_exactly_collects_n_bytes_across_chunk_boundaries(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"cd", b"ef")
-        assert await stream.read_exactly(5) == b"abcde"
-        assert await stream.read_exactly(1) == b"f"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"cd", b"ef")
+            assert await stream.read_exactly(5) == b"abcde"
+            assert await stream.read_exactly(1) == b"f"
 
 
-async def test_read_exactly_raises_incomplete_read_holding_what_arrived() -> None:
+async def test_read_exactly_raises_incomplete_read_holding_what_arrived(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"c")
-        with pytest.raises(IncompleteRead) as raised:
-            await stream.read_exactly(5)
-        assert raised.value.partial == b"abc"
-        assert raised.value.expected == 5
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"c")
+            with pytest.raises(IncompleteRead) as raised:
+                await stream.read_exactly(5)
+            assert raised.value.partial == b"abc"
+            assert raised.value.expected == 5
 
 
 def test_incomplete_read_is_an_eof_error() -> None:
@@ -150,68 +193,77 @@ def test_incomplete_read_is_an_eof_error() -> None:
 # -- readline --------------------------------------------------------------------------
 
 
-async def test_readline_joins_chunks_up_to_and_including_the_newline() -> None:
+async def test_readline_joins_chunks_up_to_and_including_the_newline(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"fir", b"st\nsec", b"ond\n")
-        assert await stream.readline() == b"first\n"
-        assert await stream.readline() == b"second\n"
-        assert await stream.readline() == b""
+        async with make_pair() as (stream, peer):
+            await send(peer, b"fir", b"st\nsec", b"ond\n")
+            assert await stream.readline() == b"first\n"
+            assert await stream.readline() == b"second\n"
+            assert await stream.readline() == b""
 
 
-async def test_readline_returns_what_is_left_at_eof() -> None:
+async def test_readline_returns_what_is_left_at_eof(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"line\nta", b"il")
-        assert await stream.readline() == b"line\n"
-        assert await stream.readline() == b"tail"
-        assert await stream.readline() == b""
+        async with make_pair() as (stream, peer):
+            await send(peer, b"line\nta", b"il")
+            assert await stream.readline() == b"line\n"
+            assert await stream.readline() == b"tail"
+            assert await stream.readline() == b""
 
 
-async def test_readline_accepts_a_line_of_exactly_limit_bytes() -> None:
+async def test_readline_accepts_a_line_of_exactly_limit_bytes(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"c\n")
-        assert await stream.readline(limit=4) == b"abc\n"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"c\n")
+            assert await stream.readline(limit=4) == b"abc\n"
 
 
-async def test_readline_raises_value_error_past_limit_and_keeps_the_bytes() -> None:
+async def test_readline_raises_value_error_past_limit_and_keeps_the_bytes(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"cd", b"e\n")
-        with pytest.raises(ValueError):
-            await stream.readline(limit=4)
-        assert await stream.read() == b"abcde\n"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"cd", b"e\n")
+            with pytest.raises(ValueError):
+                await stream.readline(limit=4)
+            assert await stream.read() == b"abcde\n"
 
 
 # -- reads in general ------------------------------------------------------------------
 
 
-async def test_async_for_yields_every_byte_until_eof() -> None:
+async def test_async_for_yields_every_byte_until_eof(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"ab", b"cd")
-        assert b"".join([chunk async for chunk in stream]) == b"abcd"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"ab", b"cd")
+            assert b"".join([chunk async for chunk in stream]) == b"abcd"
 
 
-async def test_every_kind_of_read_shares_the_leftover_bytes() -> None:
+async def test_every_kind_of_read_shares_the_leftover_bytes(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"one\ntwo", b"\nthree four")
-        assert await stream.read(2) == b"on"
-        assert await stream.readline() == b"e\n"
-        assert await stream.readpartial(2) == b"tw"
-        assert await stream.read_exactly(7) == b"o\nthree"
-        assert await stream.receive_some() == b" four"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"one\ntwo", b"\nthree four")
+            assert await stream.read(2) == b"on"
+            assert await stream.readline() == b"e\n"
+            assert await stream.readpartial(2) == b"tw"
+            assert await stream.read_exactly(7) == b"o\nthree"
+            assert await stream.receive_some() == b" four"
 
 
-async def test_two_concurrent_reads_raise_busy_resource_error() -> None:
+async def test_two_concurrent_reads_raise_busy_resource_error(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        stream = Stream(body, None)
-        await body.write(b"line\nleftover")
-        assert await stream.readline() == b"line\n"
-        async with trio.open_nursery() as nursery:
-            waiting = await background(nursery, stream.read, 100)
-            assert waiting.blocked
-            with pytest.raises(trio.BusyResourceError):
-                await stream.readpartial()
-            await body.close_write()
-        assert waiting.value == b"leftover"
+        async with make_pair() as (stream, peer):
+            await peer.write(b"line\nleftover")
+            assert await stream.readline() == b"line\n"
+            async with trio.open_nursery() as nursery:
+                waiting = await background(nursery, stream.read, 100)
+                assert waiting.blocked
+                with pytest.raises(trio.BusyResourceError):
+                    await stream.readpartial()
+                await peer.close_write()
+            assert waiting.value == b"leftover"
 
 
 async def test_an_input_closed_with_an_error_breaks_reads_with_that_cause() -> None:
@@ -253,48 +305,46 @@ EVERY_READ = [*WAITING_READS, readpartial]
 
 @pytest.mark.parametrize("read", WAITING_READS, ids=lambda read: read.__name__)
 async def test_leftover_bytes_survive_a_read_cancelled_while_waiting(
-    read: Callable[[Stream], Awaitable[bytes]],
+    make_pair: PairFactory, read: Callable[[Stream], Awaitable[bytes]]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        stream = Stream(body, None)
-        await body.write(b"first\nsecond")
-        assert await stream.readline() == b"first\n"
-        async with trio.open_nursery() as nursery:
-            call = await background(nursery, read, stream)
-            await body.write(b"ab")
-            await trio.testing.wait_all_tasks_blocked()
-            assert call.blocked
-            nursery.cancel_scope.cancel()
-        await body.write(b"!\n")
-        await body.close_write()
-        assert await stream.read() == b"secondab!\n"
+        async with make_pair() as (stream, peer):
+            await peer.write(b"first\nsecond")
+            assert await stream.readline() == b"first\n"
+            async with trio.open_nursery() as nursery:
+                call = await background(nursery, read, stream)
+                await peer.write(b"ab")
+                await trio.testing.wait_all_tasks_blocked()
+                assert call.blocked
+                nursery.cancel_scope.cancel()
+            await send(peer, b"!\n")
+            assert await stream.read() == b"secondab!\n"
 
 
 @pytest.mark.parametrize("read", EVERY_READ, ids=lambda read: read.__name__)
 async def test_a_read_cancelled_before_it_starts_loses_nothing(
-    read: Callable[[Stream], Awaitable[bytes]],
+    make_pair: PairFactory, read: Callable[[Stream], Awaitable[bytes]]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await reading(b"first\nsec", b"ond\n")
-        assert await stream.readline() == b"first\n"
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await read(stream)
-        assert scope.cancelled_caught
-        assert await stream.read() == b"second\n"
+        async with make_pair() as (stream, peer):
+            await send(peer, b"first\nsec", b"ond\n")
+            assert await stream.readline() == b"first\n"
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await read(stream)
+            assert scope.cancelled_caught
+            assert await stream.read() == b"second\n"
 
 
 # -- writing ---------------------------------------------------------------------------
 
 
-async def test_write_sends_each_write_to_the_output_as_one_chunk() -> None:
+async def test_write_sends_each_write_to_the_output_as_one_chunk(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        output = Writable()
-        stream = Stream(None, output)
-        await stream.write(b"one")
-        await stream.write(bytearray(b"two"))
-        assert [await output.read() for _ in range(2)] == [b"one", b"two"]
+        async with make_pair() as (stream, peer):
+            await stream.write(b"one")
+            await stream.write(bytearray(b"two"))
+            assert [await peer.receive_some() for _ in range(2)] == [b"one", b"two"]
 
 
 async def test_flush_is_a_checkpoint_that_does_not_wait_for_the_reader() -> None:
@@ -307,12 +357,14 @@ async def test_flush_is_a_checkpoint_that_does_not_wait_for_the_reader() -> None
         assert output.queued == len(b"unread")
 
 
-async def test_flush_raises_closed_resource_error_after_close_write() -> None:
+async def test_flush_raises_closed_resource_error_after_close_write(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = Stream(None, Writable())
-        await stream.close_write()
-        with pytest.raises(trio.ClosedResourceError):
-            await stream.flush()
+        async with make_pair() as (stream, _):
+            await stream.close_write()
+            with pytest.raises(trio.ClosedResourceError):
+                await stream.flush()
 
 
 async def test_flush_raises_broken_resource_error_once_the_reader_closed() -> None:
@@ -324,37 +376,41 @@ async def test_flush_raises_broken_resource_error_once_the_reader_closed() -> No
             await stream.flush()
 
 
-async def test_close_write_lets_the_peer_read_what_is_queued_then_empty_bytes() -> None:
+async def test_close_write_lets_the_peer_read_what_is_queued_then_empty_bytes(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        a, b = pair()
-        await a.write(b"queued")
-        await a.close_write()
-        assert await b.readpartial() == b"queued"
-        assert await b.readpartial() == b""
+        async with make_pair() as (a, b):
+            await a.write(b"queued")
+            await a.close_write()
+            assert await b.readpartial() == b"queued"
+            assert await b.readpartial() == b""
 
 
-async def test_close_write_is_idempotent() -> None:
+async def test_close_write_is_idempotent(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        a, b = pair()
-        await a.close_write()
-        await a.close_write()
-        assert await b.read() == b""
+        async with make_pair() as (a, b):
+            await a.close_write()
+            await a.close_write()
+            assert await b.read() == b""
 
 
-async def test_write_after_close_write_raises_closed_resource_error() -> None:
+async def test_write_after_close_write_raises_closed_resource_error(
+    make_pair: PairFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        a, _ = pair()
-        await a.close_write()
-        with pytest.raises(trio.ClosedResourceError):
-            await a.write(b"x")
+        async with make_pair() as (a, _):
+            await a.close_write()
+            with pytest.raises(trio.ClosedResourceError):
+                await a.write(b"x")
 
 
-async def test_close_write_keeps_the_reading_side_open() -> None:
+async def test_close_write_keeps_the_reading_side_open(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        a, b = pair()
-        await a.close_write()
-        await b.write(b"reply")
-        assert await a.readpartial() == b"reply"
+        async with make_pair() as (a, b):
+            await a.close_write()
+            await b.write(b"reply")
+            assert await a.readpartial() == b"reply"
 
 
 # -- closing ---------------------------------------------------------------------------
@@ -371,12 +427,12 @@ async def test_close_read_makes_reads_raise_closed_and_the_peers_writes_break() 
             await b.write(b"x")
 
 
-async def test_close_read_keeps_the_writing_side_open() -> None:
+async def test_close_read_keeps_the_writing_side_open(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        a, b = pair()
-        await a.close_read()
-        await a.write(b"still")
-        assert await b.readpartial() == b"still"
+        async with make_pair() as (a, b):
+            await a.close_read()
+            await a.write(b"still")
+            assert await b.readpartial() == b"still"
 
 
 async def test_aclose_closes_the_input_and_ends_the_output_cleanly() -> None:
@@ -392,12 +448,12 @@ async def test_aclose_closes_the_input_and_ends_the_output_cleanly() -> None:
             await b.write(b"x")
 
 
-async def test_aclose_is_idempotent() -> None:
+async def test_aclose_is_idempotent(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        a, b = pair()
-        await a.aclose()
-        await a.aclose()
-        assert await b.readpartial() == b""
+        async with make_pair() as (a, b):
+            await a.aclose()
+            await a.aclose()
+            assert await b.readpartial() == b""
 
 
 async def test_aclose_still_closes_both_sides_when_cancelled() -> None:
@@ -473,14 +529,14 @@ async def test_a_stream_without_either_side_closes_quietly() -> None:
 # -- trio's names ----------------------------------------------------------------------
 
 
-async def test_trio_names_work_too() -> None:
+async def test_trio_names_work_too(make_pair: PairFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        a, b = pair()
-        await a.wait_send_all_might_not_block()
-        await a.send_all(b"hi")
-        await a.send_eof()
-        assert await b.receive_some() == b"hi"
-        assert await b.receive_some() == b""
+        async with make_pair() as (a, b):
+            await a.wait_send_all_might_not_block()
+            await a.send_all(b"hi")
+            await a.send_eof()
+            assert await b.receive_some() == b"hi"
+            assert await b.receive_some() == b""
 
 
 # -- checkpoints -----------------------------------------------------------------------
@@ -510,30 +566,28 @@ STREAM_METHODS: list[Method[Stream]] = [
 ]
 
 
-async def open_stream() -> Stream:
-    """A stream with a line and more waiting on its input, and room on its output."""
-    return await reading(b"line\nmore", output=Writable())
-
-
 @each_method(STREAM_METHODS)
 async def test_every_async_method_is_a_checkpoint_even_when_it_does_not_block(
-    method: Method[Stream],
+    make_pair: PairFactory, method: Method[Stream]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await open_stream()
-        await method.ready(stream)
-        with trio.testing.assert_checkpoints():
-            await method.call(stream)
+        async with make_pair() as (stream, peer):
+            # A line and more waiting on its input, and room on its output.
+            await send(peer, b"line\nmore")
+            await method.ready(stream)
+            with trio.testing.assert_checkpoints():
+                await method.call(stream)
 
 
 @each_method(STREAM_METHODS)
 async def test_every_async_method_raises_cancelled_when_called_cancelled(
-    method: Method[Stream],
+    make_pair: PairFactory, method: Method[Stream]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await open_stream()
-        await method.ready(stream)
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await method.call(stream)
-        assert scope.cancelled_caught
+        async with make_pair() as (stream, peer):
+            await send(peer, b"line\nmore")
+            await method.ready(stream)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await method.call(stream)
+            assert scope.cancelled_caught

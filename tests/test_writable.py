@@ -6,13 +6,15 @@ chunking, back-pressure, closing from either side, and errors crossing between t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
 import trio
 import trio.testing
 
-from duplex import Writable
+from duplex import Readable, Writable
 from helpers import TIMEOUT, Method, background, each_method
 
 
@@ -20,52 +22,86 @@ class Oops(Exception):
     pass
 
 
-async def test_each_write_is_read_as_one_chunk_never_merged() -> None:
+@dataclass(frozen=True)
+class Pipe:
+    """A producer's ``Writable`` and the body its writes come out of, for one reader."""
+
+    writer: Writable
+    reader: Readable
+
+
+PipeFactory = Callable[[], AbstractAsyncContextManager[Pipe]]
+
+
+@asynccontextmanager
+async def in_memory_pipe() -> AsyncIterator[Pipe]:
+    body = Writable()
+    yield Pipe(body, body)
+
+
+# The producer's tests that hold for whatever carries the writes to the reader take the
+# pipe from the ``make_pipe`` fixture, so that another module can import them and run
+# them on other pipes (a request or response body over a real socket, say) by defining
+# the fixture itself. The rest of this module is about the in-memory Writable alone.
+PIPES: list[PipeFactory] = [in_memory_pipe]
+
+
+@pytest.fixture(params=PIPES, ids=lambda factory: factory.__name__)
+def make_pipe(request: pytest.FixtureRequest) -> PipeFactory:
+    factory: PipeFactory = request.param
+    return factory
+
+
+async def test_each_write_is_read_as_one_chunk_never_merged(make_pipe: PipeFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        for chunk in [b"a", b"bc", b"def"]:
-            await body.write(chunk)
-        await body.close_write()
-        assert [await body.read() for _ in range(4)] == [b"a", b"bc", b"def", b""]
+        async with make_pipe() as pipe:
+            for chunk in [b"a", b"bc", b"def"]:
+                await pipe.writer.write(chunk)
+            await pipe.writer.close_write()
+            assert [await pipe.reader.read() for _ in range(4)] == [b"a", b"bc", b"def", b""]
 
 
-async def test_writing_empty_bytes_queues_nothing() -> None:
+async def test_writing_empty_bytes_queues_nothing(make_pipe: PipeFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await body.write(b"")
-        assert body.queued == 0
-        await body.write(b"x")
-        await body.write(b"")
-        await body.close_write()
-        assert [await body.read() for _ in range(2)] == [b"x", b""]
+        async with make_pipe() as pipe:
+            await pipe.writer.write(b"")
+            assert pipe.writer.queued == 0
+            await pipe.writer.write(b"x")
+            await pipe.writer.write(b"")
+            await pipe.writer.close_write()
+            assert [await pipe.reader.read() for _ in range(2)] == [b"x", b""]
 
 
-async def test_send_all_and_send_eof_are_write_and_close_write() -> None:
+async def test_send_all_and_send_eof_are_write_and_close_write(make_pipe: PipeFactory) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await body.send_all(b"data")
-        await body.send_eof()
-        assert body.write_closed
-        assert [await body.read() for _ in range(2)] == [b"data", b""]
+        async with make_pipe() as pipe:
+            await pipe.writer.send_all(b"data")
+            await pipe.writer.send_eof()
+            assert pipe.writer.write_closed
+            assert [await pipe.reader.read() for _ in range(2)] == [b"data", b""]
 
 
-async def test_close_write_lets_the_reader_drain_the_queue_then_read_empty_bytes() -> None:
+async def test_close_write_lets_the_reader_drain_the_queue_then_read_empty_bytes(
+    make_pipe: PipeFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await body.write(b"queued")
-        await body.close_write()
-        assert await body.read() == b"queued"
-        assert await body.read() == b""
+        async with make_pipe() as pipe:
+            await pipe.writer.write(b"queued")
+            await pipe.writer.close_write()
+            assert await pipe.reader.read() == b"queued"
+            assert await pipe.reader.read() == b""
 
 
-async def test_close_write_is_idempotent_and_only_the_first_call_counts() -> None:
+async def test_close_write_is_idempotent_and_only_the_first_call_counts(
+    make_pipe: PipeFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await body.write(b"kept")
-        await body.close_write()
-        await body.close_write()
-        await body.close_write(Oops())
-        assert [await body.read() for _ in range(2)] == [b"kept", b""]
+        async with make_pipe() as pipe:
+            await pipe.writer.write(b"kept")
+            await pipe.writer.close_write()
+            await pipe.writer.close_write()
+            await pipe.writer.close_write(Oops())
+            assert [await pipe.reader.read() for _ in range(2)] == [b"kept", b""]
 
 
 async def test_queued_counts_the_bytes_not_yet_read() -> None:
@@ -204,14 +240,16 @@ async def test_the_reader_closing_wakes_a_blocked_read_with_closed_resource_erro
 # -- the producer finishes -----------------------------------------------------------
 
 
-async def test_write_after_close_write_raises_closed_resource_error() -> None:
+async def test_write_after_close_write_raises_closed_resource_error(
+    make_pipe: PipeFactory,
+) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await body.close_write()
-        with pytest.raises(trio.ClosedResourceError):
-            await body.write(b"x")
-        with pytest.raises(trio.ClosedResourceError):
-            await body.write(b"")
+        async with make_pipe() as pipe:
+            await pipe.writer.close_write()
+            with pytest.raises(trio.ClosedResourceError):
+                await pipe.writer.write(b"x")
+            with pytest.raises(trio.ClosedResourceError):
+                await pipe.writer.write(b"")
 
 
 async def test_write_after_close_write_raises_closed_even_if_the_reader_closed() -> None:
@@ -408,26 +446,26 @@ PRODUCER_METHODS: list[Method[Writable]] = [
 
 @each_method(PRODUCER_METHODS)
 async def test_every_producer_method_is_a_checkpoint_even_when_it_does_not_block(
-    method: Method[Writable],
+    make_pipe: PipeFactory, method: Method[Writable]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await method.ready(body)
-        with trio.testing.assert_checkpoints():
-            await method.call(body)
+        async with make_pipe() as pipe:
+            await method.ready(pipe.writer)
+            with trio.testing.assert_checkpoints():
+                await method.call(pipe.writer)
 
 
 @each_method(PRODUCER_METHODS)
 async def test_every_producer_method_raises_cancelled_when_called_cancelled(
-    method: Method[Writable],
+    make_pipe: PipeFactory, method: Method[Writable]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        await method.ready(body)
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await method.call(body)
-        assert scope.cancelled_caught
+        async with make_pipe() as pipe:
+            await method.ready(pipe.writer)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await method.call(pipe.writer)
+            assert scope.cancelled_caught
 
 
 # -- what is written is copied -------------------------------------------------------
@@ -435,16 +473,16 @@ async def test_every_producer_method_raises_cancelled_when_called_cancelled(
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview], ids=lambda kind: kind.__name__)
 async def test_a_written_buffer_is_copied(
-    kind: Callable[[bytearray], bytearray | memoryview],
+    make_pipe: PipeFactory, kind: Callable[[bytearray], bytearray | memoryview]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        body = Writable()
-        source = bytearray(b"before")
-        await body.write(kind(source))
-        source[:] = b"AFTER!"
-        chunk = await body.read()
-        assert type(chunk) is bytes
-        assert chunk == b"before"
+        async with make_pipe() as pipe:
+            source = bytearray(b"before")
+            await pipe.writer.write(kind(source))
+            source[:] = b"AFTER!"
+            chunk = await pipe.reader.read()
+            assert type(chunk) is bytes
+            assert chunk == b"before"
 
 
 async def test_a_cancelled_join_gives_back_what_it_had_read() -> None:
