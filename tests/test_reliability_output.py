@@ -126,7 +126,7 @@ async def test_a_header_value_goes_on_the_wire_as_exactly_that_one_field() -> No
         handler.make = lambda: duplex.Response(200, {"x-value": value}, body=b"ok")
         head = parse_response_head(trio.from_thread.run(fetch_raw, port))
         names = sorted(name for name, _ in head.headers)
-        assert names == [b"connection", b"content-length", b"x-value"]
+        assert names == [b"connection", b"content-length", b"date", b"x-value"]
         assert dict(head.headers)[b"x-value"] == value.encode("latin-1").strip(b" \t")
 
     await run_on_wire(example)
@@ -144,7 +144,11 @@ async def test_a_reason_phrase_goes_on_the_wire_as_exactly_the_status_line() -> 
         head = parse_response_head(trio.from_thread.run(fetch_raw, port))
         assert head.status_code == 200
         assert head.reason == (reason.encode("latin-1") or b"OK")
-        assert sorted(name for name, _ in head.headers) == [b"connection", b"content-length"]
+        assert sorted(name for name, _ in head.headers) == [
+            b"connection",
+            b"content-length",
+            b"date",
+        ]
 
     await run_on_wire(example)
 

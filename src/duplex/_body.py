@@ -25,14 +25,14 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-__all__ = ["Buffered", "BytesLike", "Readable", "Writable"]
+__all__ = ["Buffered", "BytesLike", "EmptyBody", "Readable", "Writable", "check_max_bytes"]
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 DEFAULT_MAX_BUFFER_SIZE = 65536
 
 
-def _check_max_bytes(max_bytes: int | None) -> int | None:
+def check_max_bytes(max_bytes: int | None) -> int | None:
     if max_bytes is None:
         return None
     max_bytes = operator.index(max_bytes)
@@ -83,7 +83,7 @@ class Readable(trio.abc.ReceiveStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Like ``read``, but returns at most ``max_bytes``; the rest of a chunk waits."""
-        return await self._guarded_receive(_check_max_bytes(max_bytes))
+        return await self._guarded_receive(check_max_bytes(max_bytes))
 
     async def _guarded_receive(self, max_bytes: int | None) -> bytes:
         if self._reading:
@@ -148,7 +148,7 @@ class Readable(trio.abc.ReceiveStream):
         await self.aclose()
 
 
-class _Empty(Readable):
+class EmptyBody(Readable):
     """A body of length 0, complete from the start (a request without a body): reads
     give ``b""`` until the reader closes it."""
 
@@ -175,6 +175,9 @@ class _Empty(Readable):
     def close_read_nowait(self, error: BaseException | None = None) -> None:
         """``aclose`` without the checkpoint, for synchronous teardown code."""
         self._closed = True
+
+    def fail(self, error: BaseException) -> None:
+        """Nothing: an empty body has nothing left to break."""
 
     async def aclose(self, error: BaseException | None = None) -> None:
         self._closed = True

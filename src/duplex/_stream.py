@@ -7,7 +7,7 @@ from types import TracebackType
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from ._body import BytesLike, Readable, Writable, _check_max_bytes
+from ._body import BytesLike, Readable, Writable, check_max_bytes
 from ._errors import IncompleteRead
 
 __all__ = ["Stream"]
@@ -67,7 +67,7 @@ class Stream(trio.abc.HalfCloseableStream):
         Raises ``ValueError`` if ``max_bytes`` < 1, ``trio.ClosedResourceError`` after
         ``close_read``/``aclose``, and whatever the input raises (see ``Readable.read``).
         """
-        checked = _check_max_bytes(max_bytes)
+        checked = check_max_bytes(max_bytes)
         self._enter_read()
         try:
             return await self._readpartial(checked)
@@ -84,7 +84,7 @@ class Stream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """trio's name for ``readpartial``; ``None`` returns a whole chunk, unsplit."""
-        checked = _check_max_bytes(max_bytes)
+        checked = check_max_bytes(max_bytes)
         self._enter_read()
         try:
             return await self._readpartial(checked)

@@ -36,6 +36,12 @@ class Limits:
     shutdown_grace: float = 10.0
     #: Request body left unread when the response ends: drained up to this, else close.
     max_drain_size: int = 65536
+    #: How long a connection that closes with a request body unread (an early answer,
+    #: a body over ``max_drain_size``) goes on reading and dropping it, so that a
+    #: client which writes its whole body before it reads still receives the response.
+    linger_timeout: float = 5.0
+    #: The most it reads and drops then.
+    max_linger_size: int = 1 << 26
     #: Unused: a request body is read from the socket as the handler reads it, with no
     #: queue in between (kept so that code which sets it keeps working).
     body_buffer_size: int = 65536

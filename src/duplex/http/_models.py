@@ -85,11 +85,13 @@ class Headers:
             self.add(name, value)
 
     @classmethod
-    def _from_h11(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
+    def from_fields(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
         """Wrap pairs h11 already validated and lower-cased (no copy, no checks)."""
         headers = cls.__new__(cls)
         headers._raw = raw
         return headers
+
+    _from_h11 = from_fields
 
     @property
     def raw(self) -> list[tuple[bytes, bytes]]:
@@ -331,6 +333,10 @@ class Request:
         self._nursery = nursery
         self.client = client
         self.scheme = scheme
+
+    def set_nursery(self, nursery: ExchangeNursery) -> None:
+        """Bind the request to its exchange's nursery (the server does, once)."""
+        self._nursery = nursery
 
     @property
     def nursery(self) -> ExchangeNursery:

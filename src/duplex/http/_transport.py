@@ -76,14 +76,17 @@ class Transport:
 
     __slots__ = (
         "_budget",
+        "_partial",
         "_pending",
         "_send_waiters",
         "_sending",
         "_socket",
+        "broken",
         "bytes_received",
         "read_size",
         "stream",
         "write_timeout",
+        "yields",
     )
 
     def __init__(
@@ -110,6 +113,13 @@ class Transport:
         self._pending: list[Any] = []
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
+        #: How often an operation yielded to trio's scheduler (so that a caller can
+        #: tell whether it still owes its own caller a checkpoint).
+        self.yields = 0
+        #: Set when a send stopped part-way (cancelled, timed out, failed): the peer
+        #: holds part of a message, so nothing more may be sent on this connection.
+        self.broken = False
+        self._partial = False
 
     @property
     def direct(self) -> bool:
@@ -161,6 +171,7 @@ class Transport:
             if timeout is not None:
                 deadline = min(deadline, trio.current_time() + timeout)
             size = self.read_size if max_bytes is None else max_bytes
+            self.yields += 1
             if deadline == inf:
                 data = await self.stream.receive_some(size)
             else:
@@ -186,6 +197,7 @@ class Transport:
     ) -> None:
         """Wait until ``sock`` is ready, within ``timeout`` seconds and ``deadline``."""
         self._budget = _BUDGET  # waiting yields to the others anyway
+        self.yields += 1
         if timeout is not None:
             deadline = min(deadline, trio.current_time() + timeout)
         if deadline == inf:
@@ -201,6 +213,7 @@ class Transport:
         self._budget -= 1
         if self._budget <= 0:
             self._budget = _BUDGET
+            self.yields += 1
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def socket(self) -> trio.socket.SocketType | None:
@@ -293,15 +306,20 @@ class Transport:
                 self._send_waiters = trio.lowlevel.ParkingLot()
             await self._send_waiters.park()
         self._sending = True
-        if self._pending:
+        committed = bool(self._pending)
+        if committed:
             pieces = self._pending + pieces
             self._pending = []
         try:
+            if self.broken:
+                raise trio.BrokenResourceError(
+                    "an earlier write stopped part-way: the connection is cut"
+                )
             sock = self._socket
             if sock is None:
                 await self._send_through_stream(pieces)
             else:
-                await self._send_to_socket(sock, pieces)
+                await self._send_to_socket(sock, pieces, committed)
         finally:
             self._sending = False
             if self._send_waiters is not None:
@@ -313,19 +331,38 @@ class Transport:
             await trio.lowlevel.checkpoint()
             return
         timeout = self.write_timeout
-        if timeout is None:
-            await self.stream.send_all(data)
-            return
-        with trio.move_on_after(timeout) as scope:
-            await self.stream.send_all(data)
+        try:
+            if timeout is None:
+                await self.stream.send_all(data)
+                return
+            with trio.move_on_after(timeout) as scope:
+                await self.stream.send_all(data)
+        except BaseException:
+            # How much of it went out cannot be told: nothing more may follow.
+            self.broken = True
+            raise
         if scope.cancelled_caught:
+            self.broken = True
             raise Timeout("write", timeout)
 
-    async def _send_to_socket(self, sock: trio.socket.SocketType, pieces: list[Any]) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    async def _send_to_socket(
+        self, sock: trio.socket.SocketType, pieces: list[Any], committed: bool
+    ) -> None:
         pieces = [piece for piece in pieces if piece]
-        if len(pieces) > _MAX_PIECES:
-            pieces = [b"".join(pieces)]
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if len(pieces) > _MAX_PIECES:
+                pieces = [b"".join(pieces)]
+            await self._write_all(sock, pieces)
+        except BaseException:
+            # Stopped part-way (cancelled, timed out, broken), or before bytes already
+            # promised to the peer went out: what it holds is not a whole message.
+            if pieces and (committed or self._partial):
+                self.broken = True
+            raise
+
+    async def _write_all(self, sock: trio.socket.SocketType, pieces: list[Any]) -> None:
+        self._partial = False
         waited = False
         while pieces:
             fd = sock.fileno()
@@ -340,6 +377,8 @@ class Transport:
             except OSError as error:
                 raise trio.BrokenResourceError(f"the connection broke: {error}") from error
             # Drop what the socket took; a partly written piece goes on as a view.
+            if sent:
+                self._partial = True
             while pieces and sent >= len(pieces[0]):
                 sent -= len(pieces.pop(0))
             if sent:

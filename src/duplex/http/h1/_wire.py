@@ -14,16 +14,25 @@ are all body data is handed to the reader as it is, without a copy.
 from __future__ import annotations
 
 import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
 from math import inf
 from typing import Any
 
 import h11
-import trio
 
 from ..._errors import ProtocolError
-from .._transport import Transport
 
-__all__ = ["CONTINUE", "ServerWire", "comma_tokens"]
+__all__ = [
+    "CONTINUE",
+    "ServerWire",
+    "check_request",
+    "comma_tokens",
+    "error_response",
+    "http_date",
+    "request_body_length",
+]
 
 # The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
 HEAD_END = re.compile(rb"\n\r?\n")
@@ -51,7 +60,70 @@ _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
 # digits and its CRLF, with room to spare.
 _FRAMING_SLACK = 32
 
+# Control characters other than HTAB: h11 lets all but NUL through in field values.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
 _last_chunk: tuple[bytes, bytes] = (b"", b"")
+_date: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """Now, as a ``Date`` header value (RFC 9110's IMF-fixdate); made once a second."""
+    global _date
+    now = int(time.time())
+    if now != _date[0]:
+        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date[1]
+
+
+def error_response(status: int, message: str) -> bytes:
+    """A whole response that answers a request the server refuses, and closes."""
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}: {message}\n".encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ndate: %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n"
+        % (status, phrase.encode(), http_date(), len(body))
+    ) + body
+
+
+def check_request(event: h11.Request, head_has_controls: bool) -> list[tuple[bytes, bytes]]:
+    """The request's header fields, once checked beyond what h11 checks.
+
+    Raises ``ProtocolError`` with the status to answer: 505 for an HTTP version other
+    than 1.0 and 1.1, 501 for CONNECT, 400 for control characters in a field value or
+    the target, and for both Content-Length and Transfer-Encoding.
+    """
+    if event.http_version not in (b"1.1", b"1.0"):
+        raise ProtocolError(f"HTTP/{event.http_version.decode()} is not supported", 505)
+    if event.method == b"CONNECT":
+        # A 2xx would turn the connection into a tunnel: duplex is not a proxy.
+        raise ProtocolError("CONNECT is not supported", 501)
+    fields = list(event.headers)
+    if head_has_controls:
+        for name, value in fields:
+            if _CONTROL.search(value):
+                raise ProtocolError(f"control character in the {name.decode()} header")
+        if _CONTROL.search(event.target):
+            raise ProtocolError("control character in the request target")
+    names = [name for name, _ in fields]
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise ProtocolError("both Content-Length and Transfer-Encoding")
+    return fields
+
+
+def request_body_length(fields: list[tuple[bytes, bytes]], max_body_size: int | None) -> int | None:
+    """The request body's length from its (checked) fields: 0 without one, None when
+    chunked. Raises ``ProtocolError`` (413) for a Content-Length over ``max_body_size``."""
+    length: int | None = 0
+    for name, value in fields:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            length = None  # chunked: h11 accepts no other coding
+    if length and max_body_size is not None and length > max_body_size:
+        raise ProtocolError("request body too large", 413)
+    return length
 
 
 def frame_chunk(data: bytes) -> bytes:
@@ -85,12 +157,13 @@ def _local_error(message: str) -> ProtocolError:
     return error
 
 
-class ServerWire(Transport):
-    """One server connection's bytes: request heads in, request bodies in, responses
-    out. One request at a time; ``next_request()`` starts the next one.
+class ServerWire:
+    """One server connection's HTTP/1.1 grammar, sans I/O: request heads in, request
+    bodies in, responses out. One request at a time; ``next_request()`` starts the next.
 
-    Body input is taken with ``take_body`` (what is buffered) and ``fill`` (read the
-    socket); the response with ``response_head``, ``frame`` and ``end``.
+    The driver feeds what it reads from the socket (``feed``, ``feed_eof``), asking
+    ``fill_size`` how much to read; body input comes out of ``take_body``, and the
+    response's bytes out of ``response_head``, ``frame`` and ``end``.
     """
 
     __slots__ = (
@@ -107,23 +180,22 @@ class ServerWire(Transport):
         "max_body_size",
         "max_header_size",
         "max_request_line",
+        "read_size",
         "response_ended",
     )
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
         *,
         max_header_size: int,
         max_request_line: int,
         max_body_size: int | None,
         read_size: int,
-        write_timeout: float | None,
     ) -> None:
-        super().__init__(stream, read_size=read_size, write_timeout=write_timeout)
         self.max_header_size = max_header_size
         self.max_request_line = max_request_line
         self.max_body_size = inf if max_body_size is None else max_body_size
+        self.read_size = read_size
         # Received and not yet consumed: self._data[self._pos:].
         self._data = b""
         self._pos = 0
@@ -155,14 +227,20 @@ class ServerWire(Transport):
         self._data, self._pos = b"", 0
         return data
 
-    def _append(self, data: bytes) -> None:
-        if self._pos == len(self._data):
+    def feed(self, data: bytes) -> None:
+        """Append bytes read from the socket (``b""``: the peer closed its side)."""
+        if not data:
+            self.eof = True
+        elif self._pos == len(self._data):
             self._data = data
+            self._pos = 0
         else:
             self._data = self._data[self._pos :] + data
-        self._pos = 0
+            self._pos = 0
 
-    def _fill_size(self) -> int | None:
+    @property
+    def fill_size(self) -> int | None:
+        """How much to read from the socket next (None: the transport's read size)."""
         if self._pos == len(self._data) and (
             self._in_mode == LENGTH or (self._in_mode == CHUNKED and self._chunk_state == _DATA)
         ):
@@ -174,45 +252,6 @@ class ServerWire(Transport):
             # last few bytes in a read (and an echoed chunk) of their own.
             return self.read_size + _FRAMING_SLACK
         return None
-
-    def fill_nowait(self) -> bool | None:
-        """Read once more from the socket into the buffer if that needs no wait: True,
-        False at EOF, None if it would block (or the transport is not a plain socket).
-
-        Raises as ``read_nowait``.
-        """
-        data = self.read_nowait(self._fill_size())
-        if data is None:
-            return None
-        if not data:
-            self.eof = True
-            return False
-        self._append(data)
-        return True
-
-    async def fill(
-        self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
-    ) -> bool:
-        """Read once more from the socket into the buffer; False at EOF.
-
-        The bytes are in the buffer before this yields, so that a cancelled fill loses
-        nothing and no other reader can come between. Raises as ``read_some``.
-        """
-        sock = self._socket
-        if sock is None:
-            data = await self.read_some(
-                timeout, phase, deadline=deadline, max_bytes=self._fill_size()
-            )
-            if not data:
-                self.eof = True
-                return False
-            self._append(data)
-            return True
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while (got := self.fill_nowait()) is None:
-            await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
-        await self.spend()
-        return got
 
     # -- request heads ----------------------------------------------------------------
 
@@ -472,14 +511,11 @@ class ServerWire(Transport):
         self._out_left = length
         self.response_ended = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        if not any(name == b"date" for name, _ in headers):
+            lines.append(b"date: %s\r\n" % http_date())
         lines += [b"%s: %s\r\n" % item for item in headers]
         lines.append(b"\r\n")
         return b"".join(lines), not keep_alive
-
-    @property
-    def can_write_nowait(self) -> bool:
-        """True when ``write_nowait`` may send at once (it returns None otherwise)."""
-        return self._socket is not None and not self._sending and not self._pending
 
     def frame(self, data: bytes) -> list[Any]:
         """``data`` as the response body's next bytes on the wire.
@@ -497,11 +533,17 @@ class ServerWire(Transport):
             self._out_left -= len(data)
         return [data]
 
-    def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> list[Any]:
-        """What ends the response body on the wire.
+    @property
+    def carries_trailers(self) -> bool:
+        """True when the response's framing has room for trailers (chunked)."""
+        return self._out_mode == CHUNKED
 
-        Raises ``ProtocolError`` (500) if a Content-Length is not reached, or for
-        trailers where the framing has no room for them.
+    def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> list[Any]:
+        """What ends the response body on the wire; ``trailers`` go out only where the
+        framing carries them (``carries_trailers``) and are dropped elsewhere (a HEAD
+        response, HTTP/1.0, 204, 304, a Content-Length body), as HTTP allows.
+
+        Raises ``ProtocolError`` (500) if a Content-Length is not reached.
         """
         mode = self._out_mode
         self.response_ended = True
@@ -510,8 +552,6 @@ class ServerWire(Transport):
                 return [b"0\r\n\r\n"]
             lines = [b"0\r\n"] + [b"%s: %s\r\n" % item for item in trailers] + [b"\r\n"]
             return [b"".join(lines)]
-        if trailers:
-            raise _local_error("trailers need a chunked response")
         if mode == LENGTH and self._out_left:
             raise _local_error("too little data for declared Content-Length")
         return []

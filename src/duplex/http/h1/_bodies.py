@@ -1,0 +1,239 @@
+"""The bodies of an HTTP/1.1 server exchange that touch the socket: the request body,
+read by whoever reads it, and a ``Streamable``'s output, written from the writer's task.
+
+Both keep DESIGN §1 like every other body: every async method is a checkpoint, two
+tasks on one side raise ``trio.BusyResourceError``, a cancelled read loses nothing, and a
+write cancelled part-way cuts the connection rather than leave half a chunk behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+
+from ..._body import BytesLike, Readable, Writable
+from ..._errors import ProtocolError, Timeout
+from .._exchange import Exchange, Watch
+
+if TYPE_CHECKING:
+    from ._connection import ServerConnection
+
+__all__ = ["PeerGone", "RequestBody", "ResponseOutput"]
+
+log = logging.getLogger("duplex.server")
+
+
+class PeerGone(trio.BrokenResourceError):
+    """The peer closed or reset the connection while the exchange was in flight."""
+
+
+class RequestBody(Readable):
+    """``request.body`` of a request with a body, read from the connection by whichever
+    task reads it: no task and no queue stand between the socket and the reader.
+
+    It reads only while someone reads it (so the peer is held back by TCP itself), sends
+    ``100 Continue`` when first read if the client waits for it, and fails the exchange
+    when the body turns out bad (the connection then answers 400, 408, 413 or 431 if the
+    response has not begun). Bytes read from the socket are in the connection's buffer
+    before any wait ends, so a cancelled read loses none of them.
+    """
+
+    __slots__ = ("_closed", "_connection", "_ended", "_error", "_length", "_wait", "exchange")
+
+    def __init__(self, connection: ServerConnection, length: int | None) -> None:
+        self._connection = connection
+        #: The exchange this body belongs to (set once it exists).
+        self.exchange: Exchange | None = None
+        self._length = length
+        self._ended = False
+        self._closed = False
+        self._error: BaseException | None = None
+        # Cancels the reader's wait for the socket (the body closed or failed meanwhile).
+        self._wait: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<request body length={self._length} ended={self._ended}>"
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    @property
+    def is_empty(self) -> bool:
+        return self._closed or self._ended or self._error is not None
+
+    def fail(self, error: BaseException) -> None:
+        """Later reads raise ``trio.BrokenResourceError`` from ``error``."""
+        if self._error is None and not self._ended:
+            self._error = error
+        self._wake()
+
+    def close_read_nowait(self, error: BaseException | None = None) -> None:
+        """The reader gives up (or the response ended): later reads raise
+        ``trio.ClosedResourceError``; the connection drains what is left."""
+        self._closed = True
+        self._pushback = b""
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wait is not None:
+            self._wait.cancel()
+
+    async def aclose(self, error: BaseException | None = None) -> None:
+        self.close_read_nowait(error)
+        await checkpoint()
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        await checkpoint_if_cancelled()
+        connection = self._connection
+        exchange = self.exchange
+        assert exchange is not None
+        yields = connection.transport.yields
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this body was closed by its reader")
+            if self._error is not None:
+                error = trio.BrokenResourceError("the request body broke")
+                error.__cause__ = self._error
+                raise error
+            if self._ended:
+                data = b""
+                break
+            try:
+                piece = connection.wire.take_body(max_bytes)
+            except ProtocolError as error:
+                connection.body_failed(exchange, error)
+                continue
+            if piece is not None:
+                data = piece
+                if not data:
+                    self._ended = True
+                    connection.request_complete(exchange)
+                break
+            await self._fill(exchange)
+        if connection.transport.yields == yields:
+            await cancel_shielded_checkpoint()  # every read is a checkpoint
+        return data
+
+    async def _fill(self, exchange: Exchange) -> None:
+        """Read more of the body from the socket (in the reader's own task)."""
+        connection = self._connection
+        if not await connection.send_continue(exchange):
+            return
+        try:
+            if connection.fill_nowait() is not None:
+                await connection.transport.spend()
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("the peer left mid-body: %r", error)
+            exchange.fail(PeerGone("the peer closed the connection mid-body"))
+            return
+        # Nothing to read yet: wait for it, in a scope that closing the body cancels.
+        exchange.stop_watching()  # a watcher must not wait on the socket with us
+        exchange.watch = Watch.READER
+        self._wait = trio.CancelScope()
+        try:
+            with self._wait:
+                await connection.fill(connection.limits.read_timeout, "read")
+        except Timeout as error:
+            log.debug("a request body timed out: %r", exchange)
+            connection.body_failed(exchange, error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("the peer left mid-body: %r", error)
+            exchange.fail(PeerGone("the peer closed the connection mid-body"))
+        finally:
+            self._wait = None
+            if exchange.watch is Watch.READER:
+                exchange.watch = Watch.NONE
+                connection.watch_later()
+
+
+class ResponseOutput(Writable):
+    """The output of a ``Streamable``'s stream: each write goes to the connection at
+    once, framed as the response body, in the writer's own task, and returns once the
+    socket took the bytes. The queue of ``Writable`` stays empty; its rules hold:
+
+    ``close_write()`` ends the response on the wire at once (the handler may still read
+    the request body); ``close_write(error)``, from any task, cuts the response and wakes
+    a blocked writer with ``trio.ClosedResourceError``. A write cancelled part-way (or
+    timed out) cuts the connection: the next write raises ``trio.BrokenResourceError``.
+    """
+
+    def __init__(self, connection: ServerConnection, exchange: Exchange) -> None:
+        super().__init__(0)
+        self._connection = connection
+        self._exchange = exchange
+        self._send_scope: trio.CancelScope | None = None
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the output was closed with, if any."""
+        return self._write_error
+
+    async def write(self, data: BytesLike) -> None:
+        """Send ``data`` as the next piece of the response body.
+
+        Raises ``trio.ClosedResourceError`` after ``close_write``,
+        ``trio.BrokenResourceError`` once the exchange failed or the peer left,
+        ``duplex.Timeout`` if the peer takes nothing within the write timeout, and
+        ``trio.BusyResourceError`` if another task is writing.
+        """
+        self._enter_write_side()
+        try:
+            self._check_writable()
+            if not data:
+                await checkpoint()
+                return
+            chunk = data if type(data) is bytes else bytes(data)
+            connection = self._connection
+            with trio.CancelScope() as self._send_scope:
+                await connection.send(connection.wire.frame(chunk))
+            if self._send_scope.cancelled_caught:
+                raise trio.ClosedResourceError("the response was closed while being written")
+        finally:
+            self._send_scope = None
+            self._writing = False
+
+    send_all = write
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Return at once (a write waits for the socket itself); a checkpoint.
+
+        Raises ``trio.ClosedResourceError`` after ``close_write`` and
+        ``trio.BusyResourceError`` while another task writes."""
+        self._enter_write_side()
+        try:
+            await checkpoint_if_cancelled()
+            if self._write_closed:
+                raise trio.ClosedResourceError("this body was closed for writing")
+            await cancel_shielded_checkpoint()
+        finally:
+            self._writing = False
+
+    async def close_write(self, error: BaseException | None = None) -> None:
+        """End the response: at once on the wire, or (with ``error``) by cutting it.
+
+        Idempotent; a checkpoint. Raises ``trio.BusyResourceError`` (without ``error``)
+        while another task writes."""
+        if error is not None or self._write_closed:
+            self.close_write_nowait(error)
+            await checkpoint()
+            return
+        if self._writing:
+            raise trio.BusyResourceError("another task is writing to this body")
+        self._writing = True
+        try:
+            self._write_closed = True
+            await self._connection.end_response(self._exchange)
+        finally:
+            self._writing = False
+
+    def close_write_nowait(self, error: BaseException | None = None) -> None:
+        """Close for writing from any task. With ``error`` the response is cut; without,
+        it is ended by the server once the ``Streamable`` returns."""
+        super().close_write_nowait(error)
+        if error is not None and self._send_scope is not None:
+            self._send_scope.cancel()

@@ -1,0 +1,423 @@
+"""How an HTTP/1.1 server connection answers one exchange: the handler's ``Response``
+(bytes, a ``Readable``, an async iterable, a ``Streamable``) or a ``Takeover`` that
+drives the exchange itself (``Control``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable
+from http import HTTPStatus
+from math import inf
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..._body import Readable
+from ..._errors import ProtocolError, Timeout
+from ..._stream import Stream
+from .._exchange import Exchange, State, Watch
+from .._models import HeadersLike, Request, Response, Streamable
+from .._takeover import ResponseControl, Takeover
+from ._bodies import PeerGone, ResponseOutput
+from ._wire import CONTINUE
+
+if TYPE_CHECKING:
+    from ._connection import H1Exchange, ServerConnection
+
+__all__ = ["Control", "Responder"]
+
+log = logging.getLogger("duplex.server")
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+#: What the peer's own leaving (or slowness) looks like from a send: logged at DEBUG.
+_PEER_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, Timeout)
+
+
+class ResponseBodyFailed(Exception):
+    """The response body's producer failed (not the peer): the response is cut."""
+
+
+class Responder:
+    """Sends the responses of one connection."""
+
+    __slots__ = ("_connection", "_trailers")
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+        # The trailers of the response being sent, for whoever ends it.
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+
+    async def respond(self, exchange: H1Exchange) -> None:
+        """Run the handler (or a parked exchange's sequel) and send its response."""
+        connection = self._connection
+        request = exchange.request
+        resume = exchange.resume
+        try:
+            if resume is not None:
+                # A parked exchange goes on where it left off.
+                exchange.resume = None
+                exchange.watch = Watch.NONE
+                await self._run_takeover(exchange, resume)
+                return
+            try:
+                response = await connection.server.handler(request)
+                if not isinstance(response, Response):
+                    raise TypeError(f"the handler returned {response!r}, not a duplex.Response")
+            except Exception as error:
+                if exchange.failed:
+                    # The handler saw the exchange break under it (a request body cut or
+                    # timed out): the peer's doing, answered by the connection.
+                    log.debug("handler for %s stopped: %r", request.target, error)
+                    return
+                log.exception("handler failed for %s %s", request.method, request.target)
+                exchange.keep_alive = False
+                response = Response(500, body="Internal Server Error")
+            await self._send_response(exchange, response)
+        except ResponseBodyFailed as error:
+            log.error(
+                "the response body of %s %s failed: %r",
+                request.method,
+                request.target,
+                error.__cause__,
+                exc_info=error.__cause__,
+            )
+            exchange.fail(error)
+        except ProtocolError as error:
+            if error.status != 500:
+                raise
+            # A response HTTP cannot carry (a body longer than its Content-Length, say):
+            # the handler's bug, not the peer leaving.
+            log.exception("response to %s %s failed", request.method, request.target)
+            exchange.fail(error)
+        except _PEER_ERRORS as error:
+            log.debug("could not finish the response to %s: %r", connection.client, error)
+            exchange.fail(PeerGone("the peer went away"))
+        except Exception as error:
+            log.exception("response to %s %s failed", request.method, request.target)
+            exchange.fail(error)
+        finally:
+            if connection.parked is None:
+                if exchange.state is State.RESPONDING and connection.wire.response_ended:
+                    exchange.to(State.RESPONDED)
+                exchange.stop_watching()
+                exchange.request_body.close_read_nowait()
+                if exchange.request_complete and exchange.state is State.RESPONDED:
+                    exchange.end()
+
+    def head(
+        self,
+        exchange: H1Exchange,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        may_read: bool,
+    ) -> bytes:
+        """The response head, with ``100 Continue`` before it when the client waits for
+        one and the response ``may_read`` the body as it streams; the exchange learns
+        whether the connection closes after it."""
+        connection = self._connection
+        wire = connection.wire
+        keep_alive = exchange.keep_alive and not (
+            connection.closing or connection.server.shutting_down
+        )
+        interim = b""
+        if (
+            exchange.expects_continue
+            and not exchange.continue_sent
+            and not exchange.request_complete
+        ):
+            if wire.body_received or wire.buffered:
+                exchange.continue_sent = True  # the client did not wait for it
+            elif may_read:
+                # A streaming response may read the body: let the client send it now
+                # rather than wait for its expect timeout.
+                exchange.continue_sent = True
+                interim = CONTINUE
+            else:
+                keep_alive = False  # the body will not be read: say that we close
+        length = exchange.request_body.length
+        if (
+            keep_alive
+            and not may_read
+            and not exchange.request_complete
+            and length is not None
+            and length - wire.body_received > connection.limits.max_drain_size
+        ):
+            keep_alive = False  # more left unread than the connection would drain
+        head, closes = wire.response_head(
+            status,
+            reason,
+            headers,
+            head=exchange.request.method == "HEAD",
+            http_10=exchange.http_10,
+            keep_alive=keep_alive,
+        )
+        if closes:
+            exchange.keep_alive = False
+        exchange.to(State.RESPONDING)
+        return interim + head if interim else head
+
+    async def _send_response(self, exchange: H1Exchange, response: Response) -> None:
+        if isinstance(response.body, Takeover):
+            await self._run_takeover(exchange, response.body.fn)
+            return
+        connection = self._connection
+        wire = connection.wire
+        request = exchange.request
+        headers = list(response.headers.raw)
+        body = response.body
+        status = response.status
+        no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
+        trailers = response.trailers.raw if response.trailers else None
+        if status not in _NO_BODY_STATUSES and not any(
+            name == b"content-length" for name, _ in headers
+        ):
+            length = len(body) if isinstance(body, bytes) else None
+            if isinstance(body, Readable):
+                length = body.length
+            # (Trailers need chunked framing: a response with some keeps it.)
+            if length is not None and not trailers:
+                headers.append((b"content-length", b"%d" % length))
+        # An exchange that failed meanwhile is cancelled here, before any byte goes out,
+        # so that the connection may still answer it with its own status.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if isinstance(body, Readable):
+            exchange.response_body = body
+        reason = response.reason or _REASONS.get(status, b"")
+        head = self.head(exchange, status, reason, headers, may_read=not isinstance(body, bytes))
+        self._trailers = trailers
+        if isinstance(body, bytes):
+            pieces = [head]
+            if body and not no_body:
+                pieces += wire.frame(body)
+            pieces += self._ending()
+            await connection.send(pieces)
+            return
+        await connection.send([head])
+        if isinstance(body, Readable):
+            if no_body:
+                await body.aclose()
+            else:
+                await self._send_readable(body)
+        elif isinstance(body, Streamable):
+            if not no_body:
+                # The stream writes straight to the connection from this task, and
+                # reads the request body straight from it: an echo is one task.
+                output = ResponseOutput(connection, exchange)
+                exchange.response_body = output
+                await _run_streamable(body, Stream(request.body, output))
+                if output.error is not None:
+                    raise ResponseBodyFailed(
+                        "the response's stream was closed with an error"
+                    ) from (output.error)
+        elif not no_body:
+            await self._send_iterable(body)
+        await self.end(exchange)
+
+    def _ending(self) -> list[Any]:
+        """What ends the response on the wire, its trailers where the framing carries
+        them (elsewhere they are dropped, as HTTP allows)."""
+        wire = self._connection.wire
+        trailers, self._trailers = self._trailers, None
+        if trailers and not wire.carries_trailers:
+            log.debug("trailers dropped: this response cannot carry them")
+        return wire.end(trailers)
+
+    async def end(self, exchange: Exchange) -> None:
+        """End the response on the wire (once)."""
+        if not self._connection.wire.response_ended:
+            await self._connection.send(self._ending())
+        if exchange.state is State.RESPONDING:
+            exchange.to(State.RESPONDED)
+
+    async def _run_takeover(
+        self, exchange: H1Exchange, fn: Callable[[ResponseControl], Awaitable[object]]
+    ) -> None:
+        connection = self._connection
+        control = Control(connection, exchange)
+        await fn(control)
+        if control.parking:
+            connection.parked = exchange  # the stack unwinds; run() hands it to the server
+            return
+        if exchange.detached:
+            return
+        if not exchange.head_started:
+            exchange.keep_alive = False
+            await control.start(500, {"content-type": "text/plain; charset=utf-8"})
+            await control.write(b"the response ended before it began\n")
+            await control.end()
+        elif not connection.wire.response_ended:
+            raise trio.BrokenResourceError("the response was left unfinished")
+
+    async def _send_readable(self, body: Readable) -> None:
+        connection = self._connection
+        try:
+            while True:
+                try:
+                    chunk = await body.read()
+                except trio.Cancelled:
+                    raise
+                except Exception as error:
+                    raise ResponseBodyFailed("the response body failed") from error
+                if not chunk:
+                    break
+                await connection.send(connection.wire.frame(chunk))
+        finally:
+            with trio.CancelScope(shield=True):
+                await body.aclose()
+
+    async def _send_iterable(self, body: AsyncIterable[bytes]) -> None:
+        connection = self._connection
+        iterator = aiter(body)
+        while True:
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            except trio.Cancelled:
+                raise
+            except Exception as error:
+                raise ResponseBodyFailed("the response body failed") from error
+            if chunk:
+                await connection.send(connection.wire.frame(chunk))
+
+
+async def _run_streamable(body: Streamable, stream: Stream) -> None:
+    """Run the user's ``fn(stream)``; the response ends when it returns."""
+    try:
+        await body.fn(stream)
+    except Exception as error:
+        if isinstance(error, _PEER_ERRORS):
+            log.debug("streamable %r stopped: %r", body.fn, error)  # the peer, not a bug
+        else:
+            log.exception("streamable %r failed", body.fn)
+        if stream.output is not None:
+            stream.output.close_write_nowait(error)
+        await stream.close_read()
+    else:
+        await stream.aclose()
+
+
+class Control(ResponseControl):
+    """The server's side of a ``Takeover``: the exchange, handed to its function."""
+
+    __slots__ = ("_connection", "_exchange", "parking")
+
+    def __init__(self, connection: ServerConnection, exchange: H1Exchange) -> None:
+        self._connection = connection
+        self._exchange = exchange
+        self.parking = False
+
+    @property
+    def request(self) -> Request:
+        return self._exchange.request
+
+    @property
+    def gone(self) -> bool:
+        return self._exchange.failed
+
+    @property
+    def server_closing(self) -> trio.Event:
+        return self._connection.server.closing
+
+    async def start(self, status: int, headers: HeadersLike | None = None) -> None:
+        exchange = self._exchange
+        if exchange.head_started:
+            raise RuntimeError("the response has already started")
+        response = Response(status, headers)
+        # A takeover reads the request body as it likes (a channel's on_receive).
+        head = self._connection.responder.head(
+            exchange, status, _REASONS.get(status, b""), list(response.headers.raw), may_read=True
+        )
+        await self._connection.send([head])
+
+    async def write(self, data: bytes) -> None:
+        if data and self._exchange.request.method != "HEAD":
+            connection = self._connection
+            await connection.send(connection.wire.frame(data))
+
+    async def end(self) -> None:
+        await self._connection.responder.end(self._exchange)
+
+    @property
+    def ended(self) -> bool:
+        return self._connection.wire.response_ended
+
+    def write_nowait(self, data: bytes) -> bool | None:
+        if self._exchange.request.method == "HEAD" or not data:
+            return True
+        connection = self._connection
+        return connection.transport.write_nowait(connection.wire.frame(data))
+
+    async def flush(self) -> None:
+        await self._connection.transport.flush()
+
+    @property
+    def write_timeout(self) -> float | None:
+        return self._connection.limits.write_timeout
+
+    @property
+    def can_watch(self) -> bool:
+        exchange = self._exchange
+        return (
+            self._connection.transport.direct
+            and exchange.request_complete
+            and exchange.running
+            and not self._connection.transport.broken
+        )
+
+    async def wait_peer_gone(self) -> None:
+        if not self.can_watch:
+            await trio.sleep_forever()
+        exchange = self._exchange
+        exchange.stop_watching()  # a watcher task may be peeking already
+        exchange.watch = Watch.SELF
+        try:
+            await self._connection.transport.wait_peer_gone()
+        finally:
+            # Busy again (writing, say): a watcher task looks after it meanwhile.
+            exchange.watch = Watch.NONE
+            self._connection.watch_later()
+
+    @property
+    def can_park(self) -> bool:
+        return self.can_watch and self._connection.server.parking.available
+
+    def park(
+        self, resume: Callable[[ResponseControl], Awaitable[object]], deadline: float = inf
+    ) -> bool:
+        if not self.can_park or self.parking:
+            return False
+        exchange = self._exchange
+        exchange.resume = resume
+        exchange.park_deadline = deadline
+        exchange.wake_pending = False
+        # The server watches a parked exchange itself: no watcher task for it.
+        exchange.stop_watching()
+        exchange.watch = Watch.SELF
+        self.parking = True
+        return True
+
+    def wake(self) -> None:
+        self._connection.server.parking.wake(self._connection, self._exchange)
+
+    def on_server_closing(self, callback: Callable[[], object]) -> None:
+        if self._connection.closing or self._connection.server.closing.is_set():
+            callback()
+        else:
+            self._exchange.on_server_closing = callback
+
+    async def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        exchange = self._exchange
+        if exchange.head_started:
+            raise RuntimeError("cannot detach once the response has started")
+        exchange.keep_alive = False
+        # The connection's watcher peeks at the socket for the peer leaving; it must
+        # stop before the new protocol reads from it.
+        exchange.stop_watching()
+        exchange.to(State.DETACHED)
+        await trio.lowlevel.checkpoint()
+        return self._connection.transport.stream, self._connection.wire.leftover()
