@@ -1,17 +1,96 @@
-"""The client's side of one HTTP/1.1 connection: h11 over a ``Transport``."""
+"""The client's side of HTTP/1.1: h11 over a ``Transport``, and one exchange at a time
+on it: the request going out while the response comes in, each with its own body.
+
+This module is also the one place where the client turns what others raise (the
+socket, the TLS layer, h11) into duplex's errors: ``client_error`` and ``tls_error``.
+"""
 
 from __future__ import annotations
 
-from math import inf
-from typing import Any
+import contextlib
+import logging
+import select
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Protocol, TypeAlias
 
 import h11
 import trio
+from trio.lowlevel import TrioToken, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
-from ..._errors import ProtocolError
-from .._transport import Transport
+from ..._body import Readable
+from ..._errors import ProtocolError, Timeout
+from .._limits import ClientLimits
+from .._transport import Transport, peek_gone
 
-__all__ = ["HTTPConnection"]
+__all__ = [
+    "ClientExchange",
+    "HTTPConnection",
+    "Lease",
+    "RequestContent",
+    "ResponseBody",
+    "client_error",
+    "tls_error",
+]
+
+log = logging.getLogger("duplex.client")
+
+#: What ``ClientExchange.send_request`` sends: bytes (sent with the head, or none at
+#: all), or a body streamed from a task.
+RequestContent: TypeAlias = "bytes | Readable | AsyncIterable[bytes] | None"
+
+#: A request of at most this many bytes that cannot be written without waiting (TLS, or
+#: the portable path) is written before the response is read: the socket buffers on both
+#: sides hold it, so even a server that answers before it reads cannot deadlock with us.
+#: A larger one goes out from a task while the response comes in.
+_INLINE_SIZE = 65536
+
+# SSL error reasons that mean the server answered in something other than TLS.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
+
+
+# -- errors: the one map from the socket's, TLS's and h11's exceptions to duplex's -----
+
+
+def client_error(error: BaseException, during: str) -> BaseException:
+    """duplex's error for ``error``, raised by the socket, TLS or h11 ``during`` a part of
+    an exchange ("before the response arrived", ...).
+
+    h11's errors and a broken or closed connection become ``ProtocolError`` with the
+    original as ``__cause__`` (a TLS failure: the ``ssl.SSLError``); duplex's own errors
+    and anything else come back as they are.
+    """
+    if isinstance(error, ProtocolError | Timeout):
+        return error
+    if isinstance(error, h11.RemoteProtocolError):
+        mapped = ProtocolError(str(error), error.error_status_hint)
+    elif isinstance(error, h11.LocalProtocolError):
+        mapped = ProtocolError(f"cannot send this message: {error}", 500)
+    elif isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
+        cause = error.__cause__
+        if isinstance(cause, ssl.SSLError):
+            error = cause
+        reason = str(error)
+        mapped = ProtocolError(f"the connection broke {during}" + (f": {reason}" if reason else ""))
+    else:
+        return error
+    mapped.__cause__ = error
+    return mapped
+
+
+def tls_error(error: trio.BrokenResourceError, host: str, port: int) -> trio.BrokenResourceError:
+    """A failed TLS handshake, said as such: a ``trio.BrokenResourceError`` naming it and
+    the server, with the ``ssl.SSLError`` as ``__cause__``."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    message = f"TLS handshake with {host}:{port} failed: {cause}"
+    if isinstance(cause, ssl.SSLEOFError) or getattr(cause, "reason", None) in _NOT_TLS:
+        message += " (does the server speak TLS on this port?)"
+    mapped = trio.BrokenResourceError(message)
+    mapped.__cause__ = cause
+    return mapped
+
+
+# -- the connection --------------------------------------------------------------------
 
 
 class HTTPConnection(Transport):
@@ -22,76 +101,502 @@ class HTTPConnection(Transport):
     raising ``duplex.Timeout`` naming the phase.
     """
 
-    __slots__ = ("h11",)
+    __slots__ = ("_peek", "closed", "h11")
 
     def __init__(
         self,
         stream: trio.abc.Stream,
-        role: type[h11.CLIENT] | type[h11.SERVER],
         *,
-        max_incomplete_event_size: int = 16384,
+        max_head_size: int = 65536,
         read_size: int = 65536,
         write_timeout: float | None = None,
+        direct_io: bool = True,
     ) -> None:
-        super().__init__(stream, read_size=read_size, write_timeout=write_timeout)
-        self.h11 = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
+        super().__init__(
+            stream, read_size=read_size, write_timeout=write_timeout, direct_io=direct_io
+        )
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+        # Whether the platform peeks without waiting (MSG_DONTWAIT), TLS or not.
+        self._peek = direct_io
+        #: True once ``close_nowait`` has run.
+        self.closed = False
 
     def next_event(self) -> Any:
-        """The next h11 event already buffered, or ``h11.NEED_DATA`` / ``h11.PAUSED``.
+        """The next h11 event already buffered, or ``h11.NEED_DATA``.
 
         Raises ``ProtocolError`` for input h11 rejects.
         """
         try:
             return self.h11.next_event()
         except h11.RemoteProtocolError as error:
-            raise ProtocolError(str(error), error.error_status_hint) from error
+            raise client_error(error, "") from error
 
-    async def receive_data(
-        self, timeout: float | None = None, phase: str = "read", *, deadline: float = inf
-    ) -> bool:
+    async def receive_data(self, timeout: float | None = None, phase: str = "read") -> bool:
         """Read once from the socket into h11; False at EOF.
 
-        Raises ``duplex.Timeout`` after ``timeout`` seconds without data (or once
-        ``deadline`` passes), and ``trio.BrokenResourceError`` if the connection broke.
+        Raises ``duplex.Timeout`` after ``timeout`` seconds without data,
+        ``trio.BrokenResourceError`` if the connection broke and
+        ``trio.ClosedResourceError`` if it was closed here.
         """
-        data = await self.read_some(timeout, phase, deadline=deadline)
+        data = await self.read_some(timeout, phase)
         try:
             self.h11.receive_data(data)
         except h11.RemoteProtocolError as error:
-            raise ProtocolError(str(error), error.error_status_hint) from error
+            raise client_error(error, "") from error
         return bool(data)
 
-    async def receive_event(self, timeout: float | None = None, phase: str = "read") -> Any:
-        """The next h11 event, reading the socket as needed (each read within ``timeout``)."""
-        while True:
-            event = self.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            await self.receive_data(timeout, phase)
-
-    def buffered(self) -> bytes:
-        """What h11 holds unparsed."""
-        data: bytes = self.h11.trailing_data[0]
-        return data
-
     def encode(self, event: Any) -> list[bytes]:
-        """The bytes h11 would put on the wire for ``event`` (its state moves on)."""
+        """The bytes h11 puts on the wire for ``event`` (its state moves on).
+
+        Raises ``ProtocolError`` (500) for a message HTTP/1.1 cannot carry.
+        """
         try:
             pieces = self.h11.send_with_data_passthrough(event)
         except h11.LocalProtocolError as error:
-            raise ProtocolError(f"cannot send this message: {error}", 500) from error
+            raise client_error(error, "") from error
         return pieces or []
 
-    async def send(self, *events: Any) -> None:
-        """Encode ``events`` and write them to the socket in one go.
+    async def send(self, event: Any) -> None:
+        """Encode ``event`` and write it to the socket (body bytes are not copied)."""
+        await self.send_pieces(self.encode(event))
 
-        Body bytes are not copied on the way: h11 passes them through and the socket
-        takes them in one scatter-gather write.
+    def next_cycle(self) -> bool:
+        """Make the connection ready for its next exchange; False if it cannot carry one
+        (an exchange not finished cleanly, or bytes after the response that answer no
+        request: reused, they would be the next request's response)."""
+        h = self.h11
+        if (
+            self.closed
+            or h.our_state is not h11.DONE
+            or h.their_state is not h11.DONE
+            or h.trailing_data != (b"", False)
+        ):
+            return False
+        h.start_next_cycle()
+        return True
+
+    def is_stale(self) -> bool:
+        """True when this idle connection cannot carry a request: the server has closed
+        or reset it, or sent bytes nobody asked for. Never waits.
+
+        The fast path peeks at the socket; elsewhere a zero-timeout ``select`` asks
+        whether it is readable (which an idle connection never is).
         """
-        if len(events) == 1:
-            await self.send_pieces(self.encode(events[0]))
+        if self.closed:
+            return True
+        sock = self.socket()
+        if sock is None:
+            return False
+        if self._peek:
+            return peek_gone(sock) is not None
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True  # a socket select cannot watch is never trusted with a request
+        return bool(readable)
+
+    def close_nowait(self) -> None:
+        """Close the socket at once, without a checkpoint and without a TLS goodbye (the
+        connection is dead to us). Wakes a task waiting on it with
+        ``trio.ClosedResourceError``. Idempotent."""
+        if self.closed:
             return
-        pieces: list[bytes] = []
-        for event in events:
-            pieces += self.encode(event)
-        await self.send_pieces(pieces)
+        self.closed = True
+        sock = self.socket()
+        if sock is not None:
+            sock.close()
+
+
+# -- one exchange ----------------------------------------------------------------------
+
+
+class Lease(Protocol):
+    """The connection an exchange runs on, and the way to give it back."""
+
+    @property
+    def http(self) -> HTTPConnection: ...
+
+    def release(self) -> None:
+        """Both messages ended cleanly: the connection may carry another exchange."""
+
+    def discard(self) -> None:
+        """Close the connection: it must never be reused."""
+
+
+# Where the request is: going out, out whole, or cut short (the connection is not reused).
+_SENDING, _SENT, _CUT = range(3)
+# Where the response is: waiting for its head, in its body, ended.
+_HEAD, _BODY, _ENDED = range(3)
+
+
+class ClientExchange:
+    """One request and its response on a leased connection.
+
+    The request goes out (its body from a task when it cannot go out at once) while the
+    response is read, so neither side waits for the other. The connection goes back to
+    its pool only when both messages have ended cleanly; anything else (an error, a
+    cancellation, a body left unread) closes it.
+    """
+
+    __slots__ = (
+        "_lease",
+        "_request",
+        "_response",
+        "_sender",
+        "_token",
+        "error",
+        "finished",
+        "http",
+    )
+
+    def __init__(self, lease: Lease, token: TrioToken) -> None:
+        self._lease = lease
+        self.http = lease.http
+        self._token = token
+        self._request = _SENDING
+        self._response = _HEAD
+        self._sender: trio.CancelScope | None = None
+        #: True once the connection has been given back or closed.
+        self.finished = False
+        #: Why the exchange was aborted, if it was for a reason.
+        self.error: BaseException | None = None
+
+    # -- the request ------------------------------------------------------------------
+
+    async def send_request(
+        self, request: h11.Request, body: RequestContent, nursery: trio.Nursery
+    ) -> None:
+        """Send the request, or start sending it: returns once the response may be read.
+
+        A request whose bytes the socket takes at once costs no task; the rest of a
+        larger one, and every streamed body, goes out from a task in ``nursery``. Raises
+        ``ProtocolError`` (500) for a request HTTP/1.1 cannot carry, and
+        ``duplex.Timeout("write")`` for a small request the server never takes.
+        """
+        http = self.http
+        pieces = http.encode(request)
+        if body is not None and not isinstance(body, bytes):
+            await http.send_pieces(pieces)
+            self._start_sender(nursery, self._send_body, body)
+            return
+        if body:
+            pieces += http.encode(h11.Data(data=body))
+        pieces += http.encode(h11.EndOfMessage())
+        sent = http.write_nowait(pieces)
+        if sent:
+            self._request = _SENT
+        elif sent is None and (body is None or len(body) <= _INLINE_SIZE):
+            await self._send_inline(pieces)
+        else:
+            # What the socket did not take goes out from a task while the caller reads
+            # the response: a server that echoes as it reads never waits on us.
+            self._start_sender(nursery, self._send_rest, [] if sent is False else pieces)
+
+    async def _send_inline(self, pieces: list[Any]) -> None:
+        try:
+            await self.http.send_pieces(pieces)
+        except trio.BrokenResourceError as error:
+            # The server may have answered early and stopped reading (a 413, say): its
+            # response is still there to read; the connection is not reused.
+            log.debug("request not sent in full: %r", error)
+            self._request = _CUT
+        else:
+            self._request = _SENT
+
+    def _start_sender(self, nursery: trio.Nursery, sender: Any, what: object) -> None:
+        self._sender = trio.CancelScope()
+        nursery.start_soon(sender, what)
+
+    async def _send_rest(self, pieces: list[Any]) -> None:
+        """Send what the socket did not take at once; runs in the client's nursery and
+        never raises into it."""
+        assert self._sender is not None
+        with self._sender:
+            try:
+                await self.http.send_pieces(pieces)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+                self._request_failed(error)
+            else:
+                self._request_sent()
+
+    async def _send_body(self, body: Readable | AsyncIterable[bytes]) -> None:
+        """Stream a request body; runs in the client's nursery and never raises into it.
+
+        A body that fails (its producer raised) or cannot be framed as announced cuts
+        the connection, so that the server never takes a cut body for a whole one. A
+        ``Readable`` body that was not sent whole is closed, with the reason as its
+        writer's ``__cause__``.
+        """
+        assert self._sender is not None
+        http = self.http
+        chunks = _chunks(body)
+        failure: BaseException | None = None
+        with self._sender:
+            try:
+                while True:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except Exception as error:
+                        log.debug("request body failed: %r", error)
+                        failure = error
+                        self.abort(error)
+                        return
+                    await http.send(h11.Data(data=chunk))
+                await http.send(h11.EndOfMessage())
+                self._request_sent()
+            except ProtocolError as error:
+                failure = error
+                self.abort(error)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+                failure = error
+                self._request_failed(error)
+        if isinstance(body, Readable) and (failure is not None or self._sender.cancel_called):
+            with trio.CancelScope(shield=True):
+                await body.aclose(failure or self.error)
+
+    def _request_sent(self) -> None:
+        self._request = _SENT
+        self._maybe_finish()
+
+    def _request_failed(self, error: BaseException) -> None:
+        """The request could not go out whole: the server stopped reading (an early
+        answer), went away, or took nothing for ``write_timeout``."""
+        log.debug("request not sent in full: %r", error)
+        if self._response == _HEAD and isinstance(error, Timeout):
+            # No answer and no progress either way: the caller waiting for the head
+            # learns why from the reader's side.
+            self.abort(error)
+            return
+        self._request = _CUT
+        self._maybe_finish()
+
+    # -- the response -----------------------------------------------------------------
+
+    async def receive_response(self, limits: ClientLimits) -> h11.Response:
+        """Read up to the final response head (skipping interim 1xx ones).
+
+        The heads together are bounded by ``max_response_header_size`` and each read by
+        ``read_timeout``. Raises ``ProtocolError`` (the server broke HTTP or the
+        connection), ``duplex.Timeout``; on any exception the connection is closed.
+        """
+        http = self.http
+        head_size = 0
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    await http.receive_data(limits.read_timeout, "read")
+                    continue
+                # h11 bounds only a head still incomplete: one that arrived in a single
+                # read, and any number of 1xx heads, are counted here.
+                head_size += _head_size(event)
+                if head_size > limits.max_response_header_size:
+                    raise ProtocolError(f"response head of over {head_size} bytes", 431)
+                if type(event) is h11.Response:
+                    break
+                if type(event) is not h11.InformationalResponse:
+                    raise ProtocolError(f"unexpected {type(event).__name__} instead of a response")
+        except BaseException as error:
+            raise self._fail(error, "before the response arrived")  # noqa: B904
+        self._response = _BODY
+        return event
+
+    def response_body(
+        self, method: str, response: h11.Response, limits: ClientLimits
+    ) -> ResponseBody:
+        """The body of ``response``: one that cannot have any (HEAD, 204, 304,
+        ``Content-Length: 0``) has ended already, and the connection is free."""
+        length: int | None = None
+        for name, value in response.headers:
+            if name == b"transfer-encoding":
+                length = None  # chunked, whatever Content-Length says
+                break
+            if name == b"content-length":
+                length = int(value)
+        if method == "HEAD" or response.status_code in (204, 304):
+            length = 0
+        body = ResponseBody(self, length, limits.read_timeout)
+        if length == 0:
+            body.end_if_complete()
+        return body
+
+    def response_ended(self) -> None:
+        self._response = _ENDED
+        self._maybe_finish()
+
+    # -- the end ----------------------------------------------------------------------
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self._response != _ENDED:
+            return
+        if self._request == _SENT:
+            self.finished = True
+            self._lease.release()
+        elif self._request == _CUT:
+            self.finished = True
+            self._lease.discard()
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """The exchange cannot finish: stop sending and close the connection (unless it
+        has been given back already). ``error`` is why, for a reader that wakes up."""
+        if self._sender is not None:
+            self._sender.cancel()
+        if not self.finished:
+            self.finished = True
+            self.error = error
+            self._lease.discard()
+
+    def abandon(self) -> None:
+        """``abort`` from anywhere (a finalizer, another thread): it runs in the trio
+        run soon after, or not at all once the run is over."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self.abort)
+
+    def _fail(self, error: BaseException, during: str) -> BaseException:
+        """Abort the exchange over ``error`` (raised in the reader's task ``during`` a
+        part of it); what that reader raises."""
+        why = self.error
+        self.abort(error if isinstance(error, Exception) else None)
+        if why is None or not isinstance(
+            error, trio.BrokenResourceError | trio.ClosedResourceError
+        ):
+            return client_error(error, during)
+        # The sender aborted the exchange, closing the socket under this reader.
+        if isinstance(why, ProtocolError | Timeout):
+            return why
+        mapped = ProtocolError(f"the request failed {during}: {why!r}")
+        mapped.__cause__ = why
+        return mapped
+
+
+def _head_size(event: Any) -> int:
+    """About the bytes a response head took on the wire (the status line and fields)."""
+    size = 16 + len(event.reason)
+    for name, value in event.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+async def _chunks(body: Readable | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(body, Readable):
+        while chunk := await body.read():
+            yield chunk
+    else:
+        async for chunk in body:
+            if chunk:
+                yield chunk
+
+
+class ResponseBody(Readable):
+    """A response body, read from the socket as its reader reads it.
+
+    ``read()`` returns each piece as it arrives, then ``b""`` at the end and forever
+    after. Raises ``duplex.ProtocolError`` if the server breaks HTTP or the connection,
+    ``duplex.Timeout("read")`` when nothing arrives within ``read_timeout`` (either
+    closes the connection; later reads raise ``trio.BrokenResourceError`` with that
+    error as ``__cause__``), and ``trio.ClosedResourceError`` once closed. Every read
+    is a checkpoint, and a cancelled read loses nothing.
+
+    Read to the end, the body gives its connection back to the pool; ``aclose()``
+    before the end, or dropping the body unread, closes the connection.
+    """
+
+    def __init__(self, exchange: ClientExchange, length: int | None, read_timeout: float | None):
+        self._exchange = exchange
+        self._http = exchange.http
+        self._length = length
+        self._received = 0
+        self._read_timeout = read_timeout
+        self._remainder = b""
+        self._ended = False
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def __del__(self) -> None:
+        # A body dropped before its end: nobody can read the rest, so the connection
+        # is closed rather than holding a pool slot for the life of the client.
+        if not (self._ended or self._closed):
+            self._exchange.abandon()
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    @property
+    def is_empty(self) -> bool:
+        return self._closed or (self._ended and not self._remainder and not self._pushback)
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        await checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("this response body was closed by its reader")
+        if self._error is not None:
+            broken = trio.BrokenResourceError("the response body broke earlier")
+            broken.__cause__ = self._error
+            raise broken
+        if self._remainder or self._ended:
+            data = self._remainder
+            await cancel_shielded_checkpoint()
+        else:
+            data = await self._next_data()
+        if max_bytes is not None and len(data) > max_bytes:
+            data, self._remainder = data[:max_bytes], data[max_bytes:]
+        else:
+            self._remainder = b""
+        return data
+
+    async def _next_data(self) -> bytes:
+        http = self._http
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    await http.receive_data(self._read_timeout, "read")
+                    continue
+                if type(event) is h11.Data:
+                    data = bytes(event.data)
+                    self._received += len(data)
+                    if self._received == self._length:
+                        self.end_if_complete()
+                    await cancel_shielded_checkpoint()
+                    return data
+                if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
+                    self._end()
+                    await cancel_shielded_checkpoint()
+                    return b""
+                raise ProtocolError(f"unexpected {type(event).__name__} in a response body")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+            if self._closed:  # by its reader, from another task
+                raise trio.ClosedResourceError("this response body was closed") from None
+            self._error = self._exchange._fail(error, "in the middle of the response")
+            raise self._error  # noqa: B904
+
+    def end_if_complete(self) -> None:
+        """Take the end of the message if h11 has it without reading more (a body of
+        known length read whole), so that the connection is free before the reader
+        asks for the ``b""`` that follows."""
+        if self._http.next_event().__class__ is h11.EndOfMessage:
+            self._end()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._exchange.response_ended()
+
+    async def aclose(self, error: BaseException | None = None) -> None:
+        """Stop reading; a body not read to its end closes its connection (and a request
+        body still streaming up breaks, with ``error`` as its writer's ``__cause__``).
+        Idempotent, and a checkpoint."""
+        self.close_read_nowait(error)
+        await trio.lowlevel.checkpoint()
+
+    def close_read_nowait(self, error: BaseException | None = None) -> None:
+        """``aclose`` without the checkpoint, for synchronous teardown code."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pushback = b""
+        self._remainder = b""
+        if not self._ended:
+            self._exchange.abort(error)

@@ -1,0 +1,223 @@
+"""The client's connections: opened per origin (TCP, then TLS for https), kept alive
+between exchanges, bounded in number, and never reused after an exchange that did not
+finish cleanly."""
+
+from __future__ import annotations
+
+import ssl
+from math import inf
+from typing import TypeAlias
+
+import trio
+from trio.lowlevel import ParkingLot
+
+from .._errors import Timeout
+from ._limits import ClientLimits
+from .h1._client import HTTPConnection, tls_error
+
+__all__ = ["Origin", "Pool", "PooledConnection", "open_connection"]
+
+#: Where a connection goes: (scheme, host, port).
+Origin: TypeAlias = tuple[str, str, int]
+
+
+async def open_connection(
+    origin: Origin,
+    *,
+    limits: ClientLimits,
+    ssl_context: ssl.SSLContext | None,
+    direct_io: bool,
+) -> HTTPConnection:
+    """Connect to ``origin`` (with TLS for https) within ``connect_timeout``.
+
+    Raises ``duplex.Timeout("connect")`` (its message names the TLS handshake when that
+    is what took too long), ``OSError`` if the server cannot be reached, and
+    ``trio.BrokenResourceError`` naming the TLS handshake if that fails (the
+    ``ssl.SSLError`` as ``__cause__``).
+    """
+    scheme, host, port = origin
+    timeout = limits.connect_timeout
+    handshaking = False
+    with trio.move_on_after(inf if timeout is None else timeout) as scope:
+        tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = tcp
+        if scheme == "https":
+            handshaking = True
+            context = ssl_context or ssl.create_default_context()
+            tls = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
+            try:
+                await tls.do_handshake()
+            except BaseException as error:
+                await trio.aclose_forcefully(tcp)
+                if isinstance(error, trio.BrokenResourceError):
+                    raise tls_error(error, host, port) from error.__cause__
+                raise
+            stream = tls
+    if scope.cancelled_caught:
+        expired = Timeout("connect", timeout or 0.0)
+        if handshaking:
+            expired.args = (f"TLS handshake with {host}:{port} timed out after {timeout:g} s",)
+        raise expired
+    return HTTPConnection(
+        stream,
+        max_head_size=limits.max_response_header_size,
+        read_size=limits.read_size,
+        write_timeout=limits.write_timeout,
+        direct_io=direct_io,
+    )
+
+
+class PooledConnection:
+    """A connection of the pool, leased to one exchange at a time."""
+
+    __slots__ = ("_pool", "http", "idle_since", "origin", "reused")
+
+    def __init__(self, pool: Pool, origin: Origin, http: HTTPConnection) -> None:
+        self._pool = pool
+        self.origin = origin
+        self.http = http
+        self.idle_since = 0.0
+        #: True once the connection carries its second exchange or a later one.
+        self.reused = False
+
+    def release(self) -> None:
+        """The exchange on it ended cleanly: keep it for the next one if it can carry
+        one, else close it."""
+        self._pool.release(self)
+
+    def discard(self) -> None:
+        """Close it; it is never reused (once; later calls do nothing)."""
+        self._pool.discard(self)
+
+
+class Pool:
+    """Keep-alive connections per origin, bounded in number, busy and idle alike.
+
+    ``direct_io`` is the platform's fast path (see ``_platform``), read once by the
+    client that owns the pool.
+    """
+
+    def __init__(
+        self, limits: ClientLimits, ssl_context: ssl.SSLContext | None, *, direct_io: bool
+    ) -> None:
+        self.limits = limits
+        self._ssl_context = ssl_context
+        self._direct_io = direct_io
+        self._idle: dict[Origin, list[PooledConnection]] = {}
+        self._busy: set[PooledConnection] = set()
+        self._open: dict[Origin, int] = {}
+        self._waiters: dict[Origin, ParkingLot] = {}
+        self.closed = False
+
+    def open_connections(self, origin: Origin | None = None) -> int:
+        """Connections open (busy or idle), to ``origin`` or in all."""
+        if origin is None:
+            return sum(self._open.values())
+        return self._open.get(origin, 0)
+
+    def idle_connections(self, origin: Origin | None = None) -> int:
+        """Connections open and waiting for an exchange, to ``origin`` or in all."""
+        if origin is None:
+            return sum(len(idle) for idle in self._idle.values())
+        return len(self._idle.get(origin, ()))
+
+    async def acquire(self, origin: Origin) -> PooledConnection:
+        """A connection to ``origin``: an idle one, a new one, or the first one freed.
+
+        A checkpoint. Raises ``duplex.Timeout("pool")`` when none is free within
+        ``pool_timeout``, ``trio.ClosedResourceError`` once the pool is closed, and what
+        ``open_connection`` raises.
+        """
+        limits = self.limits
+        # The pool timeout bounds the wait for a free slot, never a connect under way.
+        deadline = trio.current_time() + (
+            inf if limits.pool_timeout is None else limits.pool_timeout
+        )
+        # Checkpoint first, so that an idle connection is checked for staleness and
+        # handed over with no yield between: a connection taken then cancelled at a
+        # checkpoint would be in no list, never closed; and the later the check, the
+        # narrower the window in which the server may close it unseen.
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("the client is closed")
+            connection = self._take_idle(origin)
+            if connection is not None:
+                self._busy.add(connection)
+                return connection
+            if self._open.get(origin, 0) < limits.max_connections_per_origin:
+                self._open[origin] = self._open.get(origin, 0) + 1
+                try:
+                    http = await open_connection(
+                        origin,
+                        limits=limits,
+                        ssl_context=self._ssl_context,
+                        direct_io=self._direct_io,
+                    )
+                except BaseException:
+                    self._forget(origin)
+                    raise
+                connection = PooledConnection(self, origin, http)
+                self._busy.add(connection)
+                return connection
+            with trio.move_on_at(deadline) as scope:
+                await self._waiters.setdefault(origin, ParkingLot()).park()
+            if scope.cancelled_caught:
+                raise Timeout("pool", limits.pool_timeout or 0.0)
+
+    def _take_idle(self, origin: Origin) -> PooledConnection | None:
+        idle = self._idle.get(origin)
+        expiry = self.limits.idle_expiry
+        now = trio.current_time()
+        while idle:
+            connection = idle.pop()
+            if (
+                expiry is not None and now - connection.idle_since > expiry
+            ) or connection.http.is_stale():
+                self.discard(connection)
+                continue
+            connection.reused = True
+            return connection
+        return None
+
+    def release(self, connection: PooledConnection) -> None:
+        """Take back a connection whose exchange finished cleanly; reuse it if we can."""
+        self._busy.discard(connection)
+        idle = self._idle.setdefault(connection.origin, [])
+        if (
+            not self.closed
+            and len(idle) < self.limits.max_idle_connections
+            and connection.http.next_cycle()
+        ):
+            connection.idle_since = trio.current_time()
+            idle.append(connection)
+            self._wake(connection.origin)
+        else:
+            self.discard(connection)
+
+    def discard(self, connection: PooledConnection) -> None:
+        """Close a connection that must not be reused (once; later calls do nothing)."""
+        self._busy.discard(connection)
+        if not connection.http.closed:
+            connection.http.close_nowait()
+            self._forget(connection.origin)
+
+    def _forget(self, origin: Origin) -> None:
+        self._open[origin] -= 1
+        self._wake(origin)
+
+    def _wake(self, origin: Origin) -> None:
+        waiters = self._waiters.get(origin)
+        if waiters:
+            waiters.unpark()
+
+    def close(self) -> None:
+        """Close every connection, idle or still in use: none outlives its client."""
+        self.closed = True
+        connections = [*self._busy, *(c for idle in self._idle.values() for c in idle)]
+        for idle in self._idle.values():
+            idle.clear()
+        for connection in connections:
+            self.discard(connection)
+        for waiters in self._waiters.values():
+            waiters.unpark_all()
