@@ -208,11 +208,12 @@ class Responder:
                 # reads the request body straight from it: an echo is one task.
                 output = ResponseOutput(connection, exchange)
                 exchange.response_body = output
-                await _run_streamable(body, Stream(request.body, output))
+                if not await _run_streamable(body, Stream(request.body, output)):
+                    raise trio.BrokenResourceError("the streamable failed") from output.error
                 if output.error is not None:
-                    raise ResponseBodyFailed(
-                        "the response's stream was closed with an error"
-                    ) from (output.error)
+                    # Its output closed with an error: whose, it says.
+                    error = output.error
+                    raise _body_error(error if isinstance(error, Exception) else Exception(error))
         elif not no_body:
             await self._send_iterable(body)
         await self.end(exchange)
@@ -258,10 +259,8 @@ class Responder:
             while True:
                 try:
                     chunk = await body.read()
-                except trio.Cancelled:
-                    raise
                 except Exception as error:
-                    raise ResponseBodyFailed("the response body failed") from error
+                    raise _body_error(error)  # noqa: B904 (the cause is set there)
                 if not chunk:
                     break
                 await connection.send(connection.wire.frame(chunk))
@@ -277,16 +276,27 @@ class Responder:
                 chunk = await anext(iterator)
             except StopAsyncIteration:
                 break
-            except trio.Cancelled:
-                raise
             except Exception as error:
-                raise ResponseBodyFailed("the response body failed") from error
+                raise _body_error(error)  # noqa: B904 (the cause is set there)
             if chunk:
                 await connection.send(connection.wire.frame(chunk))
 
 
-async def _run_streamable(body: Streamable, stream: Stream) -> None:
-    """Run the user's ``fn(stream)``; the response ends when it returns."""
+def _body_error(error: Exception) -> Exception:
+    """What a response body's failure means: the peer's doing when the producer failed
+    because the peer left (its error is one of trio's resource errors, or a timeout),
+    else the handler's (``ResponseBodyFailed``, logged as an error)."""
+    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
+    if isinstance(cause, _PEER_ERRORS) or (cause is None and isinstance(error, _PEER_ERRORS)):
+        return error
+    failed = ResponseBodyFailed("the response body failed")
+    failed.__cause__ = cause
+    return failed
+
+
+async def _run_streamable(body: Streamable, stream: Stream) -> bool:
+    """Run the user's ``fn(stream)``; the response ends when it returns. False if it
+    raised (logged here: at DEBUG when the peer's leaving made it fail)."""
     try:
         await body.fn(stream)
     except Exception as error:
@@ -297,8 +307,9 @@ async def _run_streamable(body: Streamable, stream: Stream) -> None:
         if stream.output is not None:
             stream.output.close_write_nowait(error)
         await stream.close_read()
-    else:
-        await stream.aclose()
+        return False
+    await stream.aclose()
+    return True
 
 
 class Control(ResponseControl):
