@@ -21,9 +21,10 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import h11
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from .._body import Buffered, BytesLike, Readable
-from .._errors import ProtocolError
+from .._errors import ProtocolError, Timeout
 from .._version import __version__
 from ._limits import ClientLimits
 from ._models import Headers, HeadersLike
@@ -122,12 +123,99 @@ def _request_fields(
 # -- responses -------------------------------------------------------------------------
 
 
+class ResponseBody(Readable):
+    """A response body, read from the connection as its reader reads it.
+
+    ``read()`` returns each piece as it arrives, then ``b""`` at the end and forever
+    after. Raises ``duplex.ProtocolError`` if the server breaks HTTP or the connection,
+    ``duplex.Timeout("read")`` when nothing arrives within ``read_timeout`` (either
+    closes the connection; later reads raise ``trio.BrokenResourceError`` with that
+    error as ``__cause__``), and ``trio.ClosedResourceError`` once closed. Every read is
+    a checkpoint, and a cancelled read loses nothing.
+
+    Read to its end, the body lets its connection go back to the pool. Closed before
+    (``aclose()``) or dropped unread, it gives up reading: a request body still
+    streaming goes on, and then the connection closes.
+    """
+
+    def __init__(self, exchange: ClientExchange, read_timeout: float | None) -> None:
+        self._exchange = exchange
+        self._read_timeout = read_timeout
+        self._remainder = b""
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def __del__(self) -> None:
+        # Dropped before its end: nobody can read the rest, so it is given up (and the
+        # connection closed) rather than hold a pool slot for the life of the client.
+        if not (self._closed or self._exchange.response_done):
+            self._exchange.drop_response_soon()
+
+    @property
+    def length(self) -> int | None:
+        return self._exchange.response_length
+
+    @property
+    def is_empty(self) -> bool:
+        return self._closed or (
+            self._exchange.response_done and not self._remainder and not self._pushback
+        )
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        await checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("this response body was closed by its reader")
+        if self._error is not None:
+            broken = trio.BrokenResourceError("the response body broke earlier")
+            broken.__cause__ = self._error
+            raise broken
+        data = self._remainder
+        if not data and not self._exchange.response_done:
+            try:
+                data = await self._exchange.receive_body(self._read_timeout)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+                if self._closed:  # by its reader, from another task
+                    raise trio.ClosedResourceError("this response body was closed") from None
+                self._error = error
+                raise
+        if max_bytes is not None and len(data) > max_bytes:
+            data, self._remainder = data[:max_bytes], data[max_bytes:]
+        else:
+            self._remainder = b""
+        await cancel_shielded_checkpoint()
+        return data
+
+    async def aclose(self, error: BaseException | None = None) -> None:
+        """Stop reading. A body not read to its end closes its connection once the
+        request has gone out: a request body still streaming goes on, the rest of the
+        response dropped meanwhile. Idempotent, and a checkpoint."""
+        self.close_read_nowait(error)
+        await checkpoint()
+
+    def close_read_nowait(self, error: BaseException | None = None) -> None:
+        """``aclose`` without the checkpoint, for synchronous teardown code."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pushback = b""
+        self._remainder = b""
+        self._exchange.drop_response(error)
+
+    def close_exchange_nowait(self) -> None:
+        """Close the body and end the whole exchange now: a request body still
+        streaming breaks, and the connection closes unless it is free already."""
+        self.close_read_nowait()
+        self._exchange.abort()
+
+
 class ClientResponse:
     """A response whose head has arrived; its ``body`` streams as you read it.
 
-    Read the body to the end to let the connection be reused; ``aclose()`` (or leaving
-    ``async with``) before that closes the connection, and so does dropping a response
-    whose body was not read to the end.
+    Read the body to the end to let the connection be reused. ``aclose()`` (or leaving
+    ``async with``) ends the exchange: a request body still streaming breaks, and the
+    connection closes unless it was free already. ``body.aclose()``, and dropping a
+    response whose body was not read to the end, give up only the reading: the request
+    body goes on, and the connection closes once it has gone out.
     """
 
     __slots__ = ("body", "headers", "http_version", "method", "reason", "status", "url")
@@ -155,7 +243,10 @@ class ClientResponse:
         return await self.body.join()
 
     async def aclose(self) -> None:
-        """Close the body (see ``Readable.aclose``): idempotent, a checkpoint."""
+        """Close the body and end the exchange: a request body still streaming breaks,
+        and a connection not free already closes. Idempotent, a checkpoint."""
+        if isinstance(self.body, ResponseBody):
+            self.body.close_exchange_nowait()
         await self.body.aclose()
 
     async def __aenter__(self) -> ClientResponse:
@@ -350,14 +441,14 @@ class Client:
         except BaseException as error:
             exchange.abort()
             raise client_error(error, "before the response arrived")  # noqa: B904
-        head = await exchange.receive_response(limits)
         method = request.method.decode("ascii")
+        head = await exchange.receive_response(method, limits)
         return ClientResponse(
             head.status_code,
             head.reason.decode("latin-1"),
             Headers.from_fields(list(head.headers)),
             head.http_version.decode("ascii"),
-            exchange.response_body(method, head, limits),
+            ResponseBody(exchange, limits.read_timeout),
             url,
             method,
         )

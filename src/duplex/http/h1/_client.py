@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeAlias
 
 import h11
 import trio
-from trio.lowlevel import TrioToken, cancel_shielded_checkpoint, checkpoint_if_cancelled
+from trio.lowlevel import TrioToken
 
 from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
@@ -28,7 +28,6 @@ __all__ = [
     "HTTPConnection",
     "Lease",
     "RequestContent",
-    "ResponseBody",
     "client_error",
     "tls_error",
 ]
@@ -225,8 +224,9 @@ class Lease(Protocol):
 
 # Where the request is: going out, out whole, or cut short (the connection is not reused).
 _SENDING, _SENT, _CUT = range(3)
-# Where the response is: waiting for its head, in its body, ended.
-_HEAD, _BODY, _ENDED = range(3)
+# Where the response is: waiting for its head, in its body, ended, or given up by its
+# reader while the request still goes out (read and dropped until the request ends).
+_HEAD, _BODY, _ENDED, _DROPPED = range(4)
 
 
 class ClientExchange:
@@ -235,11 +235,16 @@ class ClientExchange:
     The request goes out (its body from a task when it cannot go out at once) while the
     response is read, so neither side waits for the other. The connection goes back to
     its pool only when both messages have ended cleanly; anything else (an error, a
-    cancellation, a body left unread) closes it.
+    cancellation, a body left unread) closes it. The two directions end apart: a
+    response whose reader gives up while the request still streams is read and dropped
+    until the request has gone out whole.
     """
 
     __slots__ = (
+        "_dropper",
         "_lease",
+        "_nursery",
+        "_received",
         "_request",
         "_response",
         "_sender",
@@ -247,6 +252,7 @@ class ClientExchange:
         "error",
         "finished",
         "http",
+        "response_length",
     )
 
     def __init__(self, lease: Lease, token: TrioToken) -> None:
@@ -256,6 +262,11 @@ class ClientExchange:
         self._request = _SENDING
         self._response = _HEAD
         self._sender: trio.CancelScope | None = None
+        self._dropper: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        #: The response body's length, when its head says it (Content-Length).
+        self.response_length: int | None = None
+        self._received = 0
         #: True once the connection has been given back or closed.
         self.finished = False
         #: Why the exchange was aborted, if it was for a reason.
@@ -305,6 +316,7 @@ class ClientExchange:
 
     def _start_sender(self, nursery: trio.Nursery, sender: Any, what: object) -> None:
         self._sender = trio.CancelScope()
+        self._nursery = nursery
         nursery.start_soon(sender, what)
 
     async def _send_rest(self, pieces: list[Any]) -> None:
@@ -374,12 +386,14 @@ class ClientExchange:
 
     # -- the response -----------------------------------------------------------------
 
-    async def receive_response(self, limits: ClientLimits) -> h11.Response:
+    async def receive_response(self, method: str, limits: ClientLimits) -> h11.Response:
         """Read up to the final response head (skipping interim 1xx ones).
 
         The heads together are bounded by ``max_response_header_size`` and each read by
         ``read_timeout``. Raises ``ProtocolError`` (the server broke HTTP or the
-        connection), ``duplex.Timeout``; on any exception the connection is closed.
+        connection) or ``duplex.Timeout``; on any exception the connection is closed. A
+        response that cannot have a body (to HEAD, 204, 304, ``Content-Length: 0``) has
+        ended when this returns, and the connection is free.
         """
         http = self.http
         head_size = 0
@@ -401,58 +415,132 @@ class ClientExchange:
         except BaseException as error:
             raise self._fail(error, "before the response arrived")  # noqa: B904
         self._response = _BODY
-        return event
-
-    def response_body(
-        self, method: str, response: h11.Response, limits: ClientLimits
-    ) -> ResponseBody:
-        """The body of ``response``: one that cannot have any (HEAD, 204, 304,
-        ``Content-Length: 0``) has ended already, and the connection is free."""
         length: int | None = None
-        for name, value in response.headers:
+        for name, value in event.headers:
             if name == b"transfer-encoding":
                 length = None  # chunked, whatever Content-Length says
                 break
             if name == b"content-length":
                 length = int(value)
-        if method == "HEAD" or response.status_code in (204, 304):
+        if method == "HEAD" or event.status_code in (204, 304):
             length = 0
-        body = ResponseBody(self, length, limits.read_timeout)
+        self.response_length = length
         if length == 0:
-            body.end_if_complete()
-        return body
+            self._end_if_complete()
+        return event
+
+    async def receive_body(self, timeout: float | None) -> bytes:
+        """The next piece of the response body as it arrives; ``b""`` at its end (the
+        exchange may then give its connection back).
+
+        Waits, within ``timeout`` per read, only when nothing is buffered; a cancelled
+        call takes nothing. Raises ``ProtocolError`` if the server breaks HTTP or the
+        connection, ``duplex.Timeout("read")``; either closes the connection.
+        """
+        http = self.http
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    await http.receive_data(timeout, "read")
+                    continue
+                if type(event) is h11.Data:
+                    data = bytes(event.data)
+                    self._received += len(data)
+                    if self._received == self.response_length:
+                        self._end_if_complete()
+                    return data
+                if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
+                    self.response_ended()
+                    return b""
+                raise ProtocolError(f"unexpected {type(event).__name__} in a response body")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+            raise self._fail(error, "in the middle of the response")  # noqa: B904
+
+    def _end_if_complete(self) -> None:
+        # A body of known length read whole: its end is taken without reading more, so
+        # that the connection is free before the reader asks for the b"" that follows.
+        if type(self.http.next_event()) is h11.EndOfMessage:
+            self.response_ended()
+
+    @property
+    def response_done(self) -> bool:
+        """True once the response has ended (read to its end)."""
+        return self._response == _ENDED
 
     def response_ended(self) -> None:
         self._response = _ENDED
         self._maybe_finish()
 
+    def drop_response(self, error: BaseException | None = None) -> None:
+        """The response's reader gives up before its end. While the request still goes
+        out, the rest of the response is read and dropped (a task) so that the server
+        is never held up by it; once the request has ended, the connection closes.
+        ``error`` is why, for a request body that breaks."""
+        if self.finished or self._response in (_ENDED, _DROPPED):
+            return
+        nursery = self._nursery
+        if self._request != _SENDING or nursery is None or self.http.closed:
+            self.abort(error)
+            return
+        self._response = _DROPPED
+        self._dropper = trio.CancelScope()
+        try:
+            nursery.start_soon(self._drop_rest)
+        except RuntimeError:  # the client is closing: nothing more goes out anyway
+            self.abort(error)
+
+    def drop_response_soon(self) -> None:
+        """``drop_response`` from anywhere (a finalizer, another thread): it runs in the
+        trio run soon after, or not at all once the run is over."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self.drop_response)
+
+    async def _drop_rest(self) -> None:
+        """Read the response to its end, dropping it; runs in the client's nursery and
+        never raises into it."""
+        assert self._dropper is not None
+        http = self.http
+        with self._dropper:
+            try:
+                while True:
+                    event = http.next_event()
+                    if event is h11.NEED_DATA:
+                        await http.receive_data(None, "read")
+                    elif type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
+                        self.response_ended()
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+                log.debug("response not read to its end: %r", error)
+                self.abort()
+
     # -- the end ----------------------------------------------------------------------
 
     def _maybe_finish(self) -> None:
-        if self.finished or self._response != _ENDED:
+        if self.finished:
             return
-        if self._request == _SENT:
-            self.finished = True
-            self._lease.release()
-        elif self._request == _CUT:
-            self.finished = True
-            self._lease.discard()
+        if self._response == _ENDED:
+            if self._request == _SENT:
+                self.finished = True
+                self._lease.release()
+            elif self._request == _CUT:
+                self.finished = True
+                self._lease.discard()
+        elif self._response == _DROPPED and self._request != _SENDING:
+            self.abort()
 
     def abort(self, error: BaseException | None = None) -> None:
-        """The exchange cannot finish: stop sending and close the connection (unless it
-        has been given back already). ``error`` is why, for a reader that wakes up."""
+        """The exchange cannot finish: stop its tasks and close the connection (unless
+        it has been given back already). ``error`` is why, for a reader that wakes up
+        and a request body that breaks."""
         if self._sender is not None:
             self._sender.cancel()
+        if self._dropper is not None:
+            self._dropper.cancel()
         if not self.finished:
             self.finished = True
             self.error = error
             self._lease.discard()
-
-    def abandon(self) -> None:
-        """``abort`` from anywhere (a finalizer, another thread): it runs in the trio
-        run soon after, or not at all once the run is over."""
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self.abort)
 
     def _fail(self, error: BaseException, during: str) -> BaseException:
         """Abort the exchange over ``error`` (raised in the reader's task ``during`` a
@@ -487,116 +575,3 @@ async def _chunks(body: Readable | AsyncIterable[bytes]) -> AsyncIterator[bytes]
         async for chunk in body:
             if chunk:
                 yield chunk
-
-
-class ResponseBody(Readable):
-    """A response body, read from the socket as its reader reads it.
-
-    ``read()`` returns each piece as it arrives, then ``b""`` at the end and forever
-    after. Raises ``duplex.ProtocolError`` if the server breaks HTTP or the connection,
-    ``duplex.Timeout("read")`` when nothing arrives within ``read_timeout`` (either
-    closes the connection; later reads raise ``trio.BrokenResourceError`` with that
-    error as ``__cause__``), and ``trio.ClosedResourceError`` once closed. Every read
-    is a checkpoint, and a cancelled read loses nothing.
-
-    Read to the end, the body gives its connection back to the pool; ``aclose()``
-    before the end, or dropping the body unread, closes the connection.
-    """
-
-    def __init__(self, exchange: ClientExchange, length: int | None, read_timeout: float | None):
-        self._exchange = exchange
-        self._http = exchange.http
-        self._length = length
-        self._received = 0
-        self._read_timeout = read_timeout
-        self._remainder = b""
-        self._ended = False
-        self._closed = False
-        self._error: BaseException | None = None
-
-    def __del__(self) -> None:
-        # A body dropped before its end: nobody can read the rest, so the connection
-        # is closed rather than holding a pool slot for the life of the client.
-        if not (self._ended or self._closed):
-            self._exchange.abandon()
-
-    @property
-    def length(self) -> int | None:
-        return self._length
-
-    @property
-    def is_empty(self) -> bool:
-        return self._closed or (self._ended and not self._remainder and not self._pushback)
-
-    async def _receive(self, max_bytes: int | None) -> bytes:
-        await checkpoint_if_cancelled()
-        if self._closed:
-            raise trio.ClosedResourceError("this response body was closed by its reader")
-        if self._error is not None:
-            broken = trio.BrokenResourceError("the response body broke earlier")
-            broken.__cause__ = self._error
-            raise broken
-        if self._remainder or self._ended:
-            data = self._remainder
-            await cancel_shielded_checkpoint()
-        else:
-            data = await self._next_data()
-        if max_bytes is not None and len(data) > max_bytes:
-            data, self._remainder = data[:max_bytes], data[max_bytes:]
-        else:
-            self._remainder = b""
-        return data
-
-    async def _next_data(self) -> bytes:
-        http = self._http
-        try:
-            while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    await http.receive_data(self._read_timeout, "read")
-                    continue
-                if type(event) is h11.Data:
-                    data = bytes(event.data)
-                    self._received += len(data)
-                    if self._received == self._length:
-                        self.end_if_complete()
-                    await cancel_shielded_checkpoint()
-                    return data
-                if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
-                    self._end()
-                    await cancel_shielded_checkpoint()
-                    return b""
-                raise ProtocolError(f"unexpected {type(event).__name__} in a response body")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
-            if self._closed:  # by its reader, from another task
-                raise trio.ClosedResourceError("this response body was closed") from None
-            self._error = self._exchange._fail(error, "in the middle of the response")
-            raise self._error  # noqa: B904
-
-    def end_if_complete(self) -> None:
-        """Take the end of the message if h11 has it without reading more (a body of
-        known length read whole), so that the connection is free before the reader
-        asks for the ``b""`` that follows."""
-        if self._http.next_event().__class__ is h11.EndOfMessage:
-            self._end()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._exchange.response_ended()
-
-    async def aclose(self, error: BaseException | None = None) -> None:
-        """Stop reading; a body not read to its end closes its connection (and a request
-        body still streaming up breaks, with ``error`` as its writer's ``__cause__``).
-        Idempotent, and a checkpoint."""
-        self.close_read_nowait(error)
-        await trio.lowlevel.checkpoint()
-
-    def close_read_nowait(self, error: BaseException | None = None) -> None:
-        """``aclose`` without the checkpoint, for synchronous teardown code."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pushback = b""
-        self._remainder = b""
-        if not self._ended:
-            self._exchange.abort(error)
