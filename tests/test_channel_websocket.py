@@ -196,7 +196,7 @@ async def test_a_clean_websocket_close_closes_the_channel_as_client_within_a_sec
 async def test_a_client_that_never_answers_the_close_frame_is_hung_up_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(duplex._channel, "_CLOSE_HANDSHAKE_SECONDS", 0.2)
+    monkeypatch.setattr(duplex.channels._transports, "CLOSE_HANDSHAKE_SECONDS", 0.2)
     opened = Opened()
     closes = CloseRecorder()
     upgrade = (

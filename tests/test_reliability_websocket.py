@@ -32,7 +32,7 @@ from _reliability_support import (
     wait_until,
 )
 from _server_support import RawClient, request_bytes, serving
-from duplex._websocket import FRAME_ALLOWANCE
+from duplex.channels._websocket import FRAME_ALLOWANCE
 
 
 def echo_channel(

@@ -2,13 +2,18 @@
 
 from . import sse
 from ._body import Buffered, Readable, Writable
-from ._channel import Channel, CloseStatus, channel
 from ._errors import IncompleteRead, ProtocolError, Timeout
-from ._group import ChannelGroup
-from ._redis import BroadcastError, RedisChannelGroup
 from ._stream import Stream
 from ._version import __version__
 from ._workers import WorkersFailed, serve_workers
+from .channels import (
+    BroadcastError,
+    Channel,
+    ChannelGroup,
+    CloseStatus,
+    RedisChannelGroup,
+    channel,
+)
 from .http import (
     Client,
     ClientLimits,

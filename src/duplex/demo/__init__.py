@@ -16,9 +16,8 @@ from typing import Any
 
 import trio
 
-from .._channel import Channel, channel
-from .._group import ChannelGroup
 from .._stream import Stream
+from ..channels import Channel, ChannelGroup, channel
 from ..http import Request, Response, Streamable
 from ..sse import Event
 

@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 
 import trio
 
-from ._channel import Channel, Message
+from ..sse import Event
+from ._channel import Channel
 from ._group import Broadcast, ChannelGroup
-from .sse import Event
+from ._messages import Message, Stamped, event_id, stamp
 
 __all__ = ["BroadcastError", "RedisChannelGroup"]
 
@@ -50,17 +51,21 @@ def _encode(message: Message, close: bool) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def _decode(payload: str, event_id: str | None) -> tuple[Message, bool]:
+def _decode(payload: str, number: str | None) -> tuple[Message | Stamped, bool]:
+    """A published message, numbered ``number`` when it went through the history."""
     body = json.loads(payload)
     kind = body["k"]
     message: Message
     if kind == "b":
         message = base64.b64decode(body["d"])
-    elif kind == "s" and event_id is None:
+    elif kind == "s":
         message = body["d"]
     else:
-        message = Event(body["d"], body.get("e"), event_id, body.get("r"))
-    return message, bool(body.get("c"))
+        message = Event(body["d"], body.get("e"), None, body.get("r"))
+    close = bool(body.get("c"))
+    if number is None:
+        return message, close
+    return stamp(message, number), close
 
 
 class RedisChannelGroup(ChannelGroup):
@@ -81,11 +86,14 @@ class RedisChannelGroup(ChannelGroup):
         name: str,
         *,
         max_queue: int = 1024,
+        max_queue_bytes: int = 1 << 20,
         when_full: Literal["close", "drop-oldest"] = "close",
         history: int = 0,
         timeout: float = 5.0,
     ) -> None:
-        super().__init__(max_queue=max_queue, when_full=when_full, history=0)
+        super().__init__(
+            max_queue=max_queue, max_queue_bytes=max_queue_bytes, when_full=when_full, history=0
+        )
         self.url = url
         self.name = name
         self.history_size = history
@@ -97,7 +105,7 @@ class RedisChannelGroup(ChannelGroup):
         self._nursery: trio.Nursery | None = None
         self._subscribed = trio.Event()
         # Members catching up from the stream: live messages wait here until they have.
-        self._catching_up: dict[Channel, list[Event]] = {}
+        self._catching_up: dict[Channel, list[Stamped | Event]] = {}
 
     async def __aenter__(self) -> RedisChannelGroup:
         try:
@@ -171,18 +179,18 @@ class RedisChannelGroup(ChannelGroup):
         )
 
     def _deliver(self, published: str) -> None:
-        event_id: str | None = None
+        number: str | None = None
         if not published.startswith("{"):
             # "<stream id> <message>" from a group that keeps history; every process
             # reads both forms, so groups with and without history can share a name.
-            event_id, _, published = published.partition(" ")
-        message, close = _decode(published, event_id)
-        for channel in list(self._members):
+            number, _, published = published.partition(" ")
+        message, close = _decode(published, number)
+        for channel in self:
             waiting = self._catching_up.get(channel)
-            if waiting is not None and isinstance(message, Event):
+            if waiting is not None and isinstance(message, Stamped | Event):
                 waiting.append(message)
             else:
-                self._offer(channel, message, close)
+                self.offer(channel, message, close)
 
     async def broadcast(self, message: Broadcast, *, close: bool = False) -> int:
         """Publish ``message`` to every process's members; return how many processes
@@ -216,8 +224,7 @@ class RedisChannelGroup(ChannelGroup):
         from the Redis stream (then live messages follow, in order, without repeats)."""
         if not channel.is_open:
             return
-        self._members[channel] = attachment
-        channel._groups.add(self)
+        super().add(channel, attachment)
         if self.history_size and channel.last_event_id is not None and self._nursery:
             self._catching_up[channel] = []
             self._nursery.start_soon(self._catch_up, channel, channel.last_event_id)
@@ -227,7 +234,7 @@ class RedisChannelGroup(ChannelGroup):
         self._catching_up.pop(channel, None)
 
     async def _catch_up(self, channel: Channel, last_event_id: str) -> None:
-        replayed: list[Event] = []
+        replayed: list[Stamped | Event] = []
         try:
             with trio.fail_after(self.timeout):
                 entries = await self._client.xrange(self._stream_key, f"({last_event_id}", "+")
@@ -237,11 +244,11 @@ class RedisChannelGroup(ChannelGroup):
                 raw = entry.field_values.get(b"m", entry.field_values.get("m"))
                 text = raw.decode() if isinstance(raw, bytes) else raw
                 message, _ = _decode(text, identifier)
-                if isinstance(message, Event):
-                    replayed.append(message)
+                assert not isinstance(message, str | bytes)  # numbered: it has an id
+                replayed.append(message)
         except Exception as error:
             log.warning("could not replay %s after %s: %r", self.name, last_event_id, error)
         waiting = self._catching_up.pop(channel, [])
-        seen = {event.id for event in replayed}
-        for event in replayed + [event for event in waiting if event.id not in seen]:
-            self._offer(channel, event, False)
+        seen = {event_id(entry) for entry in replayed}
+        for entry in replayed + [entry for entry in waiting if event_id(entry) not in seen]:
+            self.offer(channel, entry)

@@ -48,7 +48,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .http._models import Request
+from ..http._models import Request
 
 __all__ = [
     "FRAME_ALLOWANCE",
