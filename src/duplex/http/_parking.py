@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._exchange import Exchange
+from ._exchange import Exchange, Watch
 from ._transport import Transport, peek_gone
 
 __all__ = ["WATCH_DELAY", "Parking", "Watchers"]
@@ -47,8 +47,6 @@ class Watched(Protocol):
     #: The exchange parked on this connection, if any.
     parked: Exchange | None
 
-    def start_watching(self, exchange: Exchange) -> None: ...
-
     def peer_left(self, exchange: Exchange) -> None: ...
 
     def resume(self, exchange: Exchange) -> Awaitable[None]: ...
@@ -63,11 +61,13 @@ class Watchers:
     sleeps while there are none.
     """
 
-    __slots__ = ("_wakeup", "_watching")
+    __slots__ = ("_wakeup", "_watching", "nursery")
 
     def __init__(self) -> None:
         self._watching: set[Watched] = set()
         self._wakeup = trio.lowlevel.ParkingLot()
+        #: Where watcher tasks run (set by the server once it has a nursery).
+        self.nursery: trio.Nursery | None = None
 
     def watch_later(self, connection: Watched) -> None:
         """Look at ``connection``'s exchange in flight once it has lasted WATCH_DELAY."""
@@ -89,7 +89,35 @@ class Watchers:
                     watching.discard(connection)
                 elif exchange.started <= due:
                     watching.discard(connection)
-                    connection.start_watching(exchange)
+                    self._start(connection, exchange)
+
+    def _start(self, connection: Watched, exchange: Exchange) -> None:
+        """Start a task that notices the peer leaving mid-exchange, if still useful.
+
+        Only while no one else waits on the socket (a reader of the request body, or the
+        exchange's own task), and only for an exchange still running. The task peeks at
+        the socket, reading nothing, and fails the exchange when the peer closes or
+        resets the connection.
+        """
+        if (
+            exchange is not connection.in_flight
+            or not exchange.running
+            or exchange.watch is not Watch.NONE
+            or self.nursery is None
+        ):
+            return
+        exchange.watch = Watch.TASK
+        exchange.watch_scope = scope = trio.CancelScope()
+        self.nursery.start_soon(_watch, connection, exchange, scope)
+
+
+async def _watch(connection: Watched, exchange: Exchange, scope: trio.CancelScope) -> None:
+    with scope:
+        if exchange is not connection.in_flight or not exchange.running:
+            return
+        await connection.transport.wait_peer_gone()
+        log.debug("the peer left mid-exchange: %r", exchange)
+        connection.peer_left(exchange)
 
 
 class Parking:

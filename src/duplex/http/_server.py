@@ -22,7 +22,8 @@ from ._models import Request, Response
 from ._parking import Parking, Watchers
 from ._platform import capabilities
 from .h1._bodies import PeerGone
-from .h1._connection import ServerConnection, answer_and_close
+from .h1._closing import answer_and_close
+from .h1._connection import ServerConnection
 
 __all__ = ["Handler", "PeerGone", "Server", "serve"]
 
@@ -120,7 +121,7 @@ class Server:
         try:
             with self._serve_scope:
                 async with trio.open_nursery() as nursery:
-                    self.nursery = nursery
+                    self.nursery = self.watchers.nursery = nursery
                     self.parking = Parking(nursery, enabled=platform.epoll)
                     nursery.start_soon(self._accept, nursery)
                     nursery.start_soon(self.watchers.run)

@@ -16,10 +16,11 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from ..._body import BytesLike, Readable, Writable
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange, Watch
+from .._exchange import Watch
 
 if TYPE_CHECKING:
     from ._connection import ServerConnection
+    from ._exchange import H1Exchange
 
 __all__ = ["PeerGone", "RequestBody", "ResponseOutput"]
 
@@ -46,7 +47,7 @@ class RequestBody(Readable):
     def __init__(self, connection: ServerConnection, length: int | None) -> None:
         self._connection = connection
         #: The exchange this body belongs to (set once it exists).
-        self.exchange: Exchange | None = None
+        self.exchange: H1Exchange | None = None
         self._length = length
         self._ended = False
         self._closed = False
@@ -105,23 +106,23 @@ class RequestBody(Readable):
             try:
                 piece = connection.wire.take_body(max_bytes)
             except ProtocolError as error:
-                connection.body_failed(exchange, error)
+                exchange.body_failed(error)
                 continue
             if piece is not None:
                 data = piece
                 if not data:
                     self._ended = True
-                    connection.request_complete(exchange)
+                    exchange.complete_request()
                 break
             await self._fill(exchange)
         if connection.transport.yields == yields:
             await cancel_shielded_checkpoint()  # every read is a checkpoint
         return data
 
-    async def _fill(self, exchange: Exchange) -> None:
+    async def _fill(self, exchange: H1Exchange) -> None:
         """Read more of the body from the socket (in the reader's own task)."""
         connection = self._connection
-        if not await connection.send_continue(exchange):
+        if not await exchange.send_continue():
             return
         try:
             if connection.fill_nowait() is not None:
@@ -140,7 +141,7 @@ class RequestBody(Readable):
                 await connection.fill(connection.limits.read_timeout, "read")
         except Timeout as error:
             log.debug("a request body timed out: %r", exchange)
-            connection.body_failed(exchange, error)
+            exchange.body_failed(error)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("the peer left mid-body: %r", error)
             exchange.fail(PeerGone("the peer closed the connection mid-body"))
@@ -162,7 +163,7 @@ class ResponseOutput(Writable):
     timed out) cuts the connection: the next write raises ``trio.BrokenResourceError``.
     """
 
-    def __init__(self, connection: ServerConnection, exchange: Exchange) -> None:
+    def __init__(self, connection: ServerConnection, exchange: H1Exchange) -> None:
         super().__init__(0)
         self._connection = connection
         self._exchange = exchange
@@ -190,7 +191,7 @@ class ResponseOutput(Writable):
             chunk = data if type(data) is bytes else bytes(data)
             connection = self._connection
             with trio.CancelScope() as self._send_scope:
-                await connection.send(connection.wire.frame(chunk))
+                await connection.send(connection.framer.frame(chunk))
             if self._send_scope.cancelled_caught:
                 raise trio.ClosedResourceError("the response was closed while being written")
         finally:

@@ -19,47 +19,27 @@ import trio
 
 from ..._body import EmptyBody
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange, ExchangeTasks, State, Watch
+from .._exchange import Exchange, ExchangeTasks, State
 from .._models import Headers, Request
 from .._transport import Transport
 from ._bodies import PeerGone, RequestBody
+from ._closing import answer_and_close, linger
+from ._exchange import H1Exchange
+from ._framing import ResponseFramer
 from ._respond import Responder
 from ._wire import (
-    CONTINUE,
     ServerWire,
     check_request,
     comma_tokens,
-    error_response,
     request_body_length,
 )
 
 if TYPE_CHECKING:
     from .._server import Server
 
-__all__ = ["H1Exchange", "ServerConnection", "answer_and_close"]
+__all__ = ["ServerConnection"]
 
 log = logging.getLogger("duplex.server")
-
-
-class H1Exchange(Exchange):
-    """An exchange as HTTP/1.1 frames it."""
-
-    __slots__ = ("continue_sent", "error_status", "expects_continue", "http_10", "keep_alive")
-
-    def __init__(self, request: Request, body: RequestBody | EmptyBody, scope: trio.CancelScope):
-        super().__init__(request, body, scope)
-        #: Whether the connection may serve another request after this one.
-        self.keep_alive = True
-        self.http_10 = False
-        self.expects_continue = False
-        self.continue_sent = False
-        #: The status the connection answers with if the request turns out bad before
-        #: the response began (its body too large, malformed, too slow).
-        self.error_status: int | None = None
-
-    def fail(self, error: BaseException) -> None:
-        self.keep_alive = False
-        super().fail(error)
 
 
 class ServerConnection:
@@ -70,6 +50,7 @@ class ServerConnection:
         "client",
         "closing",
         "failed_exchange",
+        "framer",
         "idle",
         "in_flight",
         "limits",
@@ -104,6 +85,7 @@ class ServerConnection:
             max_body_size=limits.max_body_size,
             read_size=limits.read_size,
         )
+        self.framer = ResponseFramer()
         self.client = client
         self.scheme = "https" if server.ssl_context is not None else "http"
         self.idle = True
@@ -194,9 +176,15 @@ class ServerConnection:
             exchange = self.failed_exchange
             if exchange is not None and exchange.error_status and not exchange.head_started:
                 status = exchange.error_status
-                await self._answer_and_close(status, HTTPStatus(status).phrase)
+                await answer_and_close(
+                    self.transport.stream,
+                    status,
+                    HTTPStatus(status).phrase,
+                    linger=self.limits.linger_timeout,
+                    max_drain=self.limits.max_linger_size,
+                )
             elif lingering:
-                await self._linger()
+                await linger(self.transport.stream, self.limits)
         finally:
             if self.parked is None:
                 await self.transport.aclose()
@@ -210,7 +198,13 @@ class ServerConnection:
                 return await self._serve(resumed)
             except ProtocolError as error:
                 log.debug("bad request from %s: %s", self.client, error)
-                await self._answer_and_close(error.status, str(error))
+                await answer_and_close(
+                    self.transport.stream,
+                    error.status,
+                    str(error),
+                    linger=self.limits.linger_timeout,
+                    max_drain=self.limits.max_linger_size,
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 log.debug("connection from %s ended: %r", self.client, error)
         except Exception:
@@ -226,6 +220,7 @@ class ServerConnection:
             if self.parked:
                 return False
             self.wire.next_request()
+            self.framer.next_response()
         started = trio.current_time()
         while not self.closing:
             self.idle = True
@@ -246,6 +241,7 @@ class ServerConnection:
                 return False
             started = trio.current_time()
             self.wire.next_request()
+            self.framer.next_response()
         return False
 
     def _unread(self, exchange: H1Exchange) -> bool:
@@ -258,36 +254,6 @@ class ServerConnection:
             and not self.transport.broken
             and not self.wire.eof
         )
-
-    async def _answer_and_close(self, status: int, message: str) -> None:
-        limits = self.limits
-        await answer_and_close(
-            self.transport.stream,
-            status,
-            message,
-            linger=limits.linger_timeout,
-            max_drain=limits.max_linger_size,
-        )
-
-    async def _linger(self) -> None:
-        """Close without destroying the response: shut the write side, then read and
-        drop what the peer still sends, for ``linger_timeout`` and ``max_linger_size``
-        at most, so that a client that writes its whole body before it reads (Python's
-        ``http.client``) receives the response rather than a reset."""
-        limits = self.limits
-        stream = self.transport.stream
-        with trio.move_on_after(limits.linger_timeout):
-            try:
-                if isinstance(stream, trio.abc.HalfCloseableStream):
-                    await stream.send_eof()
-                drained = 0
-                while drained < limits.max_linger_size:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        break
-                    drained += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
 
     # -- the request head -------------------------------------------------------------
 
@@ -343,7 +309,7 @@ class ServerConnection:
             scheme=self.scheme,
         )
         # A failed exchange ends its connection: the connection's scope is its scope.
-        exchange = H1Exchange(request, body, self.cancel_scope)
+        exchange = H1Exchange(self, request, body, self.cancel_scope)
         exchange.http_10 = http_10
         closes = b"close" in comma_tokens(fields, b"connection")
         exchange.keep_alive = not (last or http_10 or closes)
@@ -369,7 +335,7 @@ class ServerConnection:
             if self.parked is not None:
                 return False
             if not (exchange.request_complete or exchange.failed or exchange.detached):
-                await self._drain(exchange)
+                await exchange.drain()
         finally:
             if self.parked is None:
                 self.in_flight = None
@@ -379,104 +345,16 @@ class ServerConnection:
         return (
             exchange.keep_alive
             and exchange.request_complete
-            and self.wire.response_ended
+            and self.framer.response_ended
             and exchange.state is State.OVER
             and not self.transport.broken
         )
-
-    async def _drain(self, exchange: H1Exchange) -> None:
-        """Read and drop what the response left of the request body, up to
-        ``max_drain_size``; past it, or on any error, the connection will close."""
-        wire = self.wire
-        if exchange.expects_continue and not exchange.continue_sent and not wire.buffered:
-            # The client waits for a 100 Continue that will not come now: it may or may
-            # not send the body, so the connection cannot be read reliably any more.
-            exchange.keep_alive = False
-            return
-        drained = 0
-        try:
-            while True:
-                data = wire.take_body()
-                if data is None:
-                    await self.fill(self.limits.read_timeout, "read")
-                    continue
-                if not data:
-                    exchange.request_complete = True
-                    return
-                drained += len(data)
-                if drained > self.limits.max_drain_size:
-                    exchange.keep_alive = False
-                    return
-        except (ProtocolError, Timeout, trio.BrokenResourceError) as error:
-            log.debug("draining the request body of %s: %r", self.client, error)
-            exchange.keep_alive = False
-
-    async def send_continue(self, exchange: Exchange) -> bool:
-        """Send ``100 Continue`` if the client waits for it before it sends the body
-        (once the handler asks for the body, as RFC 9110 intends); False if the peer
-        went away meanwhile."""
-        assert isinstance(exchange, H1Exchange)
-        if not exchange.expects_continue or exchange.continue_sent:
-            return True
-        exchange.continue_sent = True
-        wire = self.wire
-        if exchange.head_started or wire.body_received or wire.buffered:
-            return True
-        try:
-            await self.send([CONTINUE])
-        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
-            exchange.fail(PeerGone("the peer went away"))
-            return False
-        return True
-
-    def request_complete(self, exchange: Exchange) -> None:
-        exchange.request_complete = True
-        self.watch_later()  # the socket is free to watch now
-
-    def body_failed(self, exchange: Exchange, error: ProtocolError | Timeout) -> None:
-        """The request body turned out bad: answer with its status if still possible."""
-        assert isinstance(exchange, H1Exchange)
-        status = 408 if isinstance(error, Timeout) else error.status
-        log.debug("bad request body from %s: %s", self.client, error)
-        if exchange.error_status is None:
-            exchange.error_status = status
-            self.failed_exchange = exchange
-        if isinstance(error, Timeout):
-            exchange.fail(error)
-        else:
-            exchange.fail(trio.BrokenResourceError(f"bad request body: {error}"))
 
     # -- watching for the peer leaving ----------------------------------------------------
 
     def watch_later(self) -> None:
         """Have the server look at the exchange in flight once it has lasted a while."""
         self.server.watchers.watch_later(self)
-
-    def start_watching(self, exchange: Exchange) -> None:
-        """Start a task that notices the peer leaving mid-exchange, if still useful.
-
-        Only while no one else waits on the socket (a reader of the request body, or the
-        exchange's own task), and only for an exchange still running. The task peeks at
-        the socket, reading nothing, and fails the exchange when the peer closes or
-        resets the connection.
-        """
-        if (
-            exchange is not self.in_flight
-            or not exchange.running
-            or exchange.watch is not Watch.NONE
-        ):
-            return
-        exchange.watch = Watch.TASK
-        exchange.watch_scope = scope = trio.CancelScope()
-        self.nursery.start_soon(self._watch, exchange, scope)
-
-    async def _watch(self, exchange: Exchange, scope: trio.CancelScope) -> None:
-        with scope:
-            if exchange is not self.in_flight or not exchange.running:
-                return
-            await self.transport.wait_peer_gone()
-            log.debug("peer %s went away mid-exchange", self.client)
-            self.peer_left(exchange)
 
     def peer_left(self, exchange: Exchange) -> None:
         exchange.fail(PeerGone("the peer closed the connection"))
@@ -487,34 +365,3 @@ def _task_failed(exchange: Exchange) -> None:
     if exchange.running and isinstance(exchange, H1Exchange):
         exchange.keep_alive = False
         exchange.to(State.FAILED)
-
-
-async def answer_and_close(
-    stream: trio.abc.Stream,
-    status: int,
-    message: str,
-    *,
-    linger: float = 1.0,
-    max_drain: int = 65536,
-) -> None:
-    """Send an error response, then close so that the peer still reads it.
-
-    Closing a socket with unread input makes the kernel send a reset, which can destroy
-    the answer in flight; so the write side is shut first and what the peer still sends
-    is drained, for ``linger`` seconds and ``max_drain`` bytes at most.
-    """
-    try:
-        with trio.move_on_after(linger):
-            await stream.send_all(error_response(status, message))
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
-            drained = 0
-            while drained < max_drain:
-                data = await stream.receive_some(16384)
-                if not data:
-                    break
-                drained += len(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)

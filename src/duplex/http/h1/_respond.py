@@ -23,7 +23,8 @@ from ._bodies import PeerGone, ResponseOutput
 from ._wire import CONTINUE
 
 if TYPE_CHECKING:
-    from ._connection import H1Exchange, ServerConnection
+    from ._connection import ServerConnection
+    from ._exchange import H1Exchange
 
 __all__ = ["Control", "Responder"]
 
@@ -99,7 +100,7 @@ class Responder:
             exchange.fail(error)
         finally:
             if connection.parked is None:
-                if exchange.state is State.RESPONDING and connection.wire.response_ended:
+                if exchange.state is State.RESPONDING and connection.framer.response_ended:
                     exchange.to(State.RESPONDED)
                 exchange.stop_watching()
                 exchange.request_body.close_read_nowait()
@@ -147,7 +148,7 @@ class Responder:
             and length - wire.body_received > connection.limits.max_drain_size
         ):
             keep_alive = False  # more left unread than the connection would drain
-        head, closes = wire.response_head(
+        head, closes = connection.framer.response_head(
             status,
             reason,
             headers,
@@ -165,7 +166,7 @@ class Responder:
             await self._run_takeover(exchange, response.body.fn)
             return
         connection = self._connection
-        wire = connection.wire
+        framer = connection.framer
         request = exchange.request
         headers = list(response.headers.raw)
         body = response.body
@@ -192,7 +193,7 @@ class Responder:
         if isinstance(body, bytes):
             pieces = [head]
             if body and not no_body:
-                pieces += wire.frame(body)
+                pieces += framer.frame(body)
             pieces += self._ending()
             await connection.send(pieces)
             return
@@ -221,15 +222,15 @@ class Responder:
     def _ending(self) -> list[Any]:
         """What ends the response on the wire, its trailers where the framing carries
         them (elsewhere they are dropped, as HTTP allows)."""
-        wire = self._connection.wire
+        framer = self._connection.framer
         trailers, self._trailers = self._trailers, None
-        if trailers and not wire.carries_trailers:
+        if trailers and not framer.carries_trailers:
             log.debug("trailers dropped: this response cannot carry them")
-        return wire.end(trailers)
+        return framer.end(trailers)
 
     async def end(self, exchange: Exchange) -> None:
         """End the response on the wire (once)."""
-        if not self._connection.wire.response_ended:
+        if not self._connection.framer.response_ended:
             await self._connection.send(self._ending())
         if exchange.state is State.RESPONDING:
             exchange.to(State.RESPONDED)
@@ -250,7 +251,7 @@ class Responder:
             await control.start(500, {"content-type": "text/plain; charset=utf-8"})
             await control.write(b"the response ended before it began\n")
             await control.end()
-        elif not connection.wire.response_ended:
+        elif not connection.framer.response_ended:
             raise trio.BrokenResourceError("the response was left unfinished")
 
     async def _send_readable(self, body: Readable) -> None:
@@ -263,7 +264,7 @@ class Responder:
                     raise _body_error(error)  # noqa: B904 (the cause is set there)
                 if not chunk:
                     break
-                await connection.send(connection.wire.frame(chunk))
+                await connection.send(connection.framer.frame(chunk))
         finally:
             with trio.CancelScope(shield=True):
                 await body.aclose()
@@ -279,7 +280,7 @@ class Responder:
             except Exception as error:
                 raise _body_error(error)  # noqa: B904 (the cause is set there)
             if chunk:
-                await connection.send(connection.wire.frame(chunk))
+                await connection.send(connection.framer.frame(chunk))
 
 
 def _body_error(error: Exception) -> Exception:
@@ -348,20 +349,20 @@ class Control(ResponseControl):
     async def write(self, data: bytes) -> None:
         if data and self._exchange.request.method != "HEAD":
             connection = self._connection
-            await connection.send(connection.wire.frame(data))
+            await connection.send(connection.framer.frame(data))
 
     async def end(self) -> None:
         await self._connection.responder.end(self._exchange)
 
     @property
     def ended(self) -> bool:
-        return self._connection.wire.response_ended
+        return self._connection.framer.response_ended
 
     def write_nowait(self, data: bytes) -> bool | None:
         if self._exchange.request.method == "HEAD" or not data:
             return True
         connection = self._connection
-        return connection.transport.write_nowait(connection.wire.frame(data))
+        return connection.transport.write_nowait(connection.framer.frame(data))
 
     async def flush(self) -> None:
         await self._connection.transport.flush()

@@ -14,23 +14,22 @@ are all body data is handed to the reader as it is, without a copy.
 from __future__ import annotations
 
 import re
-import time
-from email.utils import formatdate
-from http import HTTPStatus
 from math import inf
-from typing import Any
 
 import h11
 
 from ..._errors import ProtocolError
 
 __all__ = [
+    "CHUNKED",
+    "CLOSE",
     "CONTINUE",
+    "LENGTH",
+    "NONE",
     "ServerWire",
+    "check_line_ends",
     "check_request",
     "comma_tokens",
-    "error_response",
-    "http_date",
     "request_body_length",
 ]
 
@@ -62,29 +61,6 @@ _FRAMING_SLACK = 32
 
 # Control characters other than HTAB: h11 lets all but NUL through in field values.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-_last_chunk: tuple[bytes, bytes] = (b"", b"")
-_date: tuple[int, bytes] = (0, b"")
-
-
-def http_date() -> bytes:
-    """Now, as a ``Date`` header value (RFC 9110's IMF-fixdate); made once a second."""
-    global _date
-    now = int(time.time())
-    if now != _date[0]:
-        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
-    return _date[1]
-
-
-def error_response(status: int, message: str) -> bytes:
-    """A whole response that answers a request the server refuses, and closes."""
-    phrase = HTTPStatus(status).phrase
-    body = f"{status} {phrase}: {message}\n".encode()
-    return (
-        b"HTTP/1.1 %d %s\r\ndate: %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n"
-        % (status, phrase.encode(), http_date(), len(body))
-    ) + body
 
 
 def check_request(event: h11.Request, head_has_controls: bool) -> list[tuple[bytes, bytes]]:
@@ -126,17 +102,6 @@ def request_body_length(fields: list[tuple[bytes, bytes]], max_body_size: int | 
     return length
 
 
-def frame_chunk(data: bytes) -> bytes:
-    """``data`` framed as one chunk of a chunked body; the last one is remembered, since
-    a broadcast frames the same bytes for every member."""
-    global _last_chunk
-    if data is _last_chunk[0]:
-        return _last_chunk[1]
-    framed = b"%x\r\n%b\r\n" % (len(data), data)
-    _last_chunk = (data, framed)
-    return framed
-
-
 def comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
     """The comma-separated tokens of every ``name`` field, lower-cased, empty ones
     left out."""
@@ -149,21 +114,13 @@ def comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]
     ]
 
 
-def _local_error(message: str) -> ProtocolError:
-    """A response the handler built that HTTP cannot carry: its bug, answered with 500
-    (or a cut connection) and logged, never blamed on the peer."""
-    error = ProtocolError(f"cannot send this message: {message}", 500)
-    error.__cause__ = h11.LocalProtocolError(message)
-    return error
-
-
 class ServerWire:
-    """One server connection's HTTP/1.1 grammar, sans I/O: request heads in, request
-    bodies in, responses out. One request at a time; ``next_request()`` starts the next.
+    """One server connection's input, sans I/O: request heads and request bodies. One
+    request at a time; ``next_request()`` starts the next.
 
-    The driver feeds what it reads from the socket (``feed``, ``feed_eof``), asking
-    ``fill_size`` how much to read; body input comes out of ``take_body``, and the
-    response's bytes out of ``response_head``, ``frame`` and ``end``.
+    The driver feeds what it reads from the socket (``feed``), asking ``fill_size`` how
+    much to read; heads come out of ``parse_head``, body data out of ``take_body``. The
+    output is ``ResponseFramer``'s (``_framing``).
     """
 
     __slots__ = (
@@ -171,8 +128,6 @@ class ServerWire:
         "_chunk_state",
         "_data",
         "_in_mode",
-        "_out_left",
-        "_out_mode",
         "_pos",
         "body_received",
         "eof",
@@ -181,7 +136,6 @@ class ServerWire:
         "max_header_size",
         "max_request_line",
         "read_size",
-        "response_ended",
     )
 
     def __init__(
@@ -209,10 +163,6 @@ class ServerWire:
         self._chunk_left = 0  # body bytes to come: of the chunk, or of Content-Length
         #: Request body bytes received so far.
         self.body_received = 0
-        self._out_mode = NONE
-        self._out_left = 0  # of the response's Content-Length
-        #: True once the response has ended (``end`` was called).
-        self.response_ended = False
 
     # -- input ------------------------------------------------------------------------
 
@@ -300,8 +250,6 @@ class ServerWire:
     def next_request(self) -> None:
         """Forget the last exchange's framing: the buffer now starts the next request."""
         self._in_mode = NONE
-        self._out_mode = NONE
-        self.response_ended = False
         self.body_received = 0
 
     # -- request bodies ---------------------------------------------------------------
@@ -444,117 +392,6 @@ class ServerWire:
         self._pos = end
         self._chunk_state = _DONE
         return True
-
-    # -- responses --------------------------------------------------------------------
-
-    def response_head(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        head: bool,
-        http_10: bool,
-        keep_alive: bool,
-    ) -> tuple[bytes, bool]:
-        """The response head for ``headers`` (valid already), with the framing headers
-        HTTP/1.1 needs, as h11 would set them; and whether the connection must close
-        after it.
-
-        Content-Length when the headers name one; otherwise chunked for an HTTP/1.1
-        peer, and a body delimited by closing the connection for an HTTP/1.0 one. HEAD
-        responses, 204 and 304 carry no body. Raises ``ProtocolError`` (500) for what
-        cannot be sent: a status under 200, a transfer coding other than chunked, a
-        malformed Content-Length.
-        """
-        if not 200 <= status <= 999:
-            raise _local_error(f"a response cannot have status {status}")
-        framing = LENGTH
-        length = 0
-        lengths: list[bytes] = []
-        codings: list[bytes] = []
-        for name, value in headers:
-            if name == b"content-length":
-                lengths += [part.strip() for part in value.split(b",")]
-            elif name == b"transfer-encoding":
-                codings += [part.strip().lower() for part in value.split(b",")]
-        if status not in (204, 304):
-            if codings:
-                if codings != [b"chunked"]:
-                    raise _local_error("only Transfer-Encoding: chunked is supported")
-                framing = CHUNKED
-            elif lengths:
-                if not all(part.isdigit() for part in lengths) or len(set(lengths)) > 1:
-                    raise _local_error(f"malformed Content-Length: {lengths!r}")
-                length = int(lengths[0])
-            else:
-                framing = CHUNKED
-            if framing == CHUNKED:
-                headers = [item for item in headers if item[0] != b"content-length"]
-                if http_10:
-                    # HTTP/1.0 knows no chunks: the end of the body is the connection's.
-                    headers = [item for item in headers if item[0] != b"transfer-encoding"]
-                    framing = CLOSE
-                elif not codings:
-                    headers.append((b"transfer-encoding", b"chunked"))
-        tokens = set(comma_tokens(headers, b"connection"))
-        if http_10 or b"close" in tokens:
-            keep_alive = False  # as h11: no keep-alive for HTTP/1.0
-        if not keep_alive:
-            tokens.discard(b"keep-alive")
-            tokens.add(b"close")
-            headers = [item for item in headers if item[0] != b"connection"]
-            headers.append((b"connection", b", ".join(sorted(tokens))))
-        if head or status in (204, 304):
-            framing, length = LENGTH, 0
-        self._out_mode = framing
-        self._out_left = length
-        self.response_ended = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        if not any(name == b"date" for name, _ in headers):
-            lines.append(b"date: %s\r\n" % http_date())
-        lines += [b"%s: %s\r\n" % item for item in headers]
-        lines.append(b"\r\n")
-        return b"".join(lines), not keep_alive
-
-    def frame(self, data: bytes) -> list[Any]:
-        """``data`` as the response body's next bytes on the wire.
-
-        Raises ``ProtocolError`` (500) past the response's Content-Length.
-        """
-        mode = self._out_mode
-        if mode == CHUNKED:
-            if len(data) < 4096:
-                return [frame_chunk(data)]
-            return [b"%x\r\n" % len(data), data, b"\r\n"]
-        if mode == LENGTH:
-            if len(data) > self._out_left:
-                raise _local_error("too much data for declared Content-Length")
-            self._out_left -= len(data)
-        return [data]
-
-    @property
-    def carries_trailers(self) -> bool:
-        """True when the response's framing has room for trailers (chunked)."""
-        return self._out_mode == CHUNKED
-
-    def end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> list[Any]:
-        """What ends the response body on the wire; ``trailers`` go out only where the
-        framing carries them (``carries_trailers``) and are dropped elsewhere (a HEAD
-        response, HTTP/1.0, 204, 304, a Content-Length body), as HTTP allows.
-
-        Raises ``ProtocolError`` (500) if a Content-Length is not reached.
-        """
-        mode = self._out_mode
-        self.response_ended = True
-        if mode == CHUNKED:
-            if not trailers:
-                return [b"0\r\n\r\n"]
-            lines = [b"0\r\n"] + [b"%s: %s\r\n" % item for item in trailers] + [b"\r\n"]
-            return [b"".join(lines)]
-        if mode == LENGTH and self._out_left:
-            raise _local_error("too little data for declared Content-Length")
-        return []
 
 
 def check_line_ends(data: bytes, start: int, end: int, what: str) -> None:

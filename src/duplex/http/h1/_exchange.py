@@ -1,0 +1,120 @@
+"""An exchange as HTTP/1.1 frames it: keep-alive, ``Expect: 100-continue``, and what
+is left of a request body when the response ends."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..._body import EmptyBody
+from ..._errors import ProtocolError, Timeout
+from .._exchange import Exchange
+from .._models import Request
+from ._bodies import PeerGone
+from ._wire import CONTINUE
+
+if TYPE_CHECKING:
+    from ._bodies import RequestBody
+    from ._connection import ServerConnection
+
+__all__ = ["H1Exchange"]
+
+log = logging.getLogger("duplex.server")
+
+
+class H1Exchange(Exchange):
+    """An exchange as HTTP/1.1 frames it."""
+
+    __slots__ = (
+        "connection",
+        "continue_sent",
+        "error_status",
+        "expects_continue",
+        "http_10",
+        "keep_alive",
+    )
+
+    def __init__(
+        self,
+        connection: ServerConnection,
+        request: Request,
+        body: RequestBody | EmptyBody,
+        scope: trio.CancelScope,
+    ) -> None:
+        super().__init__(request, body, scope)
+        self.connection = connection
+        #: Whether the connection may serve another request after this one.
+        self.keep_alive = True
+        self.http_10 = False
+        self.expects_continue = False
+        self.continue_sent = False
+        #: The status the connection answers with if the request turns out bad before
+        #: the response began (its body too large, malformed, too slow).
+        self.error_status: int | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self.keep_alive = False
+        super().fail(error)
+
+    async def drain(self) -> None:
+        """Read and drop what the response left of the request body, up to
+        ``max_drain_size``; past it, or on any error, the connection will close."""
+        wire = self.connection.wire
+        if self.expects_continue and not self.continue_sent and not wire.buffered:
+            # The client waits for a 100 Continue that will not come now: it may or may
+            # not send the body, so the connection cannot be read reliably any more.
+            self.keep_alive = False
+            return
+        drained = 0
+        try:
+            while True:
+                data = wire.take_body()
+                if data is None:
+                    await self.connection.fill(self.connection.limits.read_timeout, "read")
+                    continue
+                if not data:
+                    self.request_complete = True
+                    return
+                drained += len(data)
+                if drained > self.connection.limits.max_drain_size:
+                    self.keep_alive = False
+                    return
+        except (ProtocolError, Timeout, trio.BrokenResourceError) as error:
+            log.debug("draining the request body of %s: %r", self.connection.client, error)
+            self.keep_alive = False
+
+    async def send_continue(self) -> bool:
+        """Send ``100 Continue`` if the client waits for it before it sends the body
+        (once the handler asks for the body, as RFC 9110 intends); False if the peer
+        went away meanwhile."""
+        if not self.expects_continue or self.continue_sent:
+            return True
+        self.continue_sent = True
+        wire = self.connection.wire
+        if self.head_started or wire.body_received or wire.buffered:
+            return True
+        try:
+            await self.connection.send([CONTINUE])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
+            self.fail(PeerGone("the peer went away"))
+            return False
+        return True
+
+    def complete_request(self) -> None:
+        """The request body has been read to its end."""
+        self.request_complete = True
+        self.connection.watch_later()  # the socket is free to watch now
+
+    def body_failed(self, error: ProtocolError | Timeout) -> None:
+        """The request body turned out bad: answer with its status if still possible."""
+        status = 408 if isinstance(error, Timeout) else error.status
+        log.debug("bad request body from %s: %s", self.connection.client, error)
+        if self.error_status is None:
+            self.error_status = status
+            self.connection.failed_exchange = self
+        if isinstance(error, Timeout):
+            self.fail(error)
+        else:
+            self.fail(trio.BrokenResourceError(f"bad request body: {error}"))
