@@ -1,6 +1,7 @@
 """What the client tests share: peers to talk to, each on 127.0.0.1 and a port of its own.
 
-- ``start_duplex`` serves a duplex handler (``echo`` streams every request body back).
+- ``start_duplex`` serves a duplex handler (``echo`` streams every request body back);
+  ``echo_process`` runs ``duplex echo`` in a subprocess.
 - ``aiohttp_echo`` and ``hypercorn_echo`` are other servers that echo as they read.
 - ``stdlib_server`` is the standard library's ``http.server`` in a thread.
 - ``FakeServer`` is a bare TCP listener whose test writes the bytes on the wire itself.
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -24,12 +28,15 @@ from aiohttp import web
 import duplex
 
 __all__ = [
+    "DUPLEX",
+    "SUBPROCESS_TIMEOUT",
     "TIMEOUT",
     "FakeServer",
     "Respond",
     "StdlibServer",
     "aiohttp_echo",
     "echo",
+    "echo_process",
     "hypercorn_echo",
     "read_head",
     "start_duplex",
@@ -39,6 +46,10 @@ __all__ = [
 
 TIMEOUT = 5.0
 """Seconds any one client test may take: only a hang ever comes close."""
+
+DUPLEX = [sys.executable, "-m", "duplex"]
+SUBPROCESS_TIMEOUT = 4 * TIMEOUT
+"""Seconds for a test that starts Python processes, which a busy machine can make slow."""
 
 
 # -- duplex's own server -------------------------------------------------------------
@@ -66,6 +77,31 @@ async def start_duplex(
 
 def url(server: duplex.Server, path: str = "/", scheme: str = "http") -> str:
     return f"{scheme}://127.0.0.1:{server.port}{path}"
+
+
+@asynccontextmanager
+async def echo_process() -> AsyncIterator[str]:
+    """``duplex echo`` in a subprocess on a free port; its URL once it serves.
+
+    SIGINT stops it at the end (it is killed if it has not stopped when cancelled).
+    """
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, [*DUPLEX, "echo", "--port", "0"], stdout=subprocess.PIPE)
+        )
+        assert process.stdout is not None
+        async with process.stdout:
+            try:
+                output = b""
+                while b"\n" not in output:
+                    chunk = await process.stdout.receive_some(4096)
+                    assert chunk, f"duplex echo exited before serving: {output!r}"
+                    output += chunk
+                line = output.decode().splitlines()[0]
+                assert "serving on " in line, line
+                yield line.split("serving on ", 1)[1].strip()
+            finally:
+                process.send_signal(signal.SIGINT)
 
 
 # -- aiohttp, in a thread with its own asyncio loop ------------------------------------

@@ -4,47 +4,13 @@ exit status says how it went (0, 1 for an HTTP error status, 2 when the request 
 from __future__ import annotations
 
 import random
-import signal
 import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 
 import trio
 
 import duplex
-from _client_support import TIMEOUT, start_duplex, url
-
-DUPLEX = [sys.executable, "-m", "duplex"]
-SUBPROCESS_TIMEOUT = 4 * TIMEOUT
-"""Each test here starts Python processes, which a busy machine can make slow to start."""
-
-
-@asynccontextmanager
-async def echo_process() -> AsyncIterator[str]:
-    """``duplex echo`` in a subprocess on a free port; its URL once it serves.
-
-    SIGINT stops it at the end (it is killed if it has not stopped when cancelled).
-    """
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(trio.run_process, [*DUPLEX, "echo", "--port", "0"], stdout=subprocess.PIPE)
-        )
-        assert process.stdout is not None
-        async with process.stdout:
-            try:
-                output = b""
-                while b"\n" not in output:
-                    chunk = await process.stdout.receive_some(4096)
-                    assert chunk, f"duplex echo exited before serving: {output!r}"
-                    output += chunk
-                line = output.decode().splitlines()[0]
-                assert "serving on " in line, line
-                yield line.split("serving on ", 1)[1].strip()
-            finally:
-                process.send_signal(signal.SIGINT)
+from _client_support import DUPLEX, SUBPROCESS_TIMEOUT, echo_process, start_duplex, url
 
 
 async def request(

@@ -1,19 +1,32 @@
-"""Full duplex for real: the caller reads the echo of one chunk before it writes the next.
+"""Full duplex for real: the caller reads the echo of one chunk before it writes the next,
+and a body of any type and size is echoed whole while it is still being sent.
 
-Proven against duplex's own server and against two servers that echo as they read:
-aiohttp (in a thread with its own asyncio loop) and hypercorn's trio worker.
+Proven against duplex's own server (in process, and ``duplex echo``) and against two
+servers that echo as they read: aiohttp (in a thread with its own asyncio loop) and
+hypercorn's trio worker.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 import duplex
-from _client_support import TIMEOUT, aiohttp_echo, echo, hypercorn_echo, start_duplex, url
+from _client_support import (
+    SUBPROCESS_TIMEOUT,
+    TIMEOUT,
+    aiohttp_echo,
+    echo,
+    echo_process,
+    hypercorn_echo,
+    start_duplex,
+    url,
+)
 
 
 @asynccontextmanager
@@ -136,3 +149,96 @@ async def test_closing_the_response_breaks_the_request_body_writer(
             with pytest.raises(trio.BrokenResourceError):
                 while True:  # the first writes may still be queued for the sender
                     await output.write(b"nobody reads this")
+
+
+# -- full duplex for every body: a body of any type and size against an echo ----------
+
+ECHOED = random.Random(8).randbytes(8 << 20)  # far more than the socket buffers hold
+
+
+async def echoed_chunks() -> AsyncIterator[bytes]:
+    for start in range(0, len(ECHOED), 65536):
+        yield ECHOED[start : start + 65536]
+
+
+def fed_writable(nursery: trio.Nursery) -> duplex.Writable:
+    body = duplex.Writable()
+
+    async def produce() -> None:
+        async for chunk in echoed_chunks():
+            await body.write(chunk)
+        await body.close_write()
+
+    nursery.start_soon(produce)
+    return body
+
+
+BODIES: dict[str, Callable[[trio.Nursery], duplex.http.RequestBody]] = {
+    "bytes": lambda nursery: ECHOED,
+    "bytearray": lambda nursery: bytearray(ECHOED),
+    "buffered": lambda nursery: duplex.Buffered(ECHOED),
+    "async_iterable": lambda nursery: echoed_chunks(),
+    "writable": fed_writable,
+}
+
+
+@pytest.mark.parametrize("kind", BODIES)
+async def test_a_body_of_any_type_is_echoed_whole_while_it_is_sent(
+    nursery: trio.Nursery, kind: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, echo)
+        async with duplex.Client() as client:
+            response = await client.post(url(server), body=BODIES[kind](nursery))
+            assert await response.read() == ECHOED
+            assert client.pool.idle_connections() == 1
+
+
+async def test_8_mib_of_bytes_posted_to_duplex_echo_come_back_byte_exact() -> None:
+    with trio.fail_after(SUBPROCESS_TIMEOUT):
+        async with echo_process() as address, duplex.Client() as client:
+            response = await client.post(address, body=ECHOED)
+            assert response.status == 200
+            assert await response.read() == ECHOED
+
+
+@pytest.mark.parametrize("peer", PEERS, ids=["duplex", "aiohttp", "hypercorn"])
+async def test_a_large_bytes_body_is_echoed_by_servers_that_echo_as_they_read(
+    peer: Callable[[], AbstractAsyncContextManager[str]],
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with peer() as address, duplex.Client() as client:
+            assert await (await client.post(address, body=ECHOED)).read() == ECHOED
+
+
+async def test_closing_the_response_body_keeps_the_request_body_going(
+    nursery: trio.Nursery,
+) -> None:
+    received: list[bytes] = []
+    ended = trio.Event()
+
+    async def record(request: duplex.Request) -> duplex.Response:
+        async def copy(stream: duplex.Stream) -> None:
+            async for chunk in stream:
+                received.append(chunk)
+                await stream.write(chunk)
+            ended.set()
+
+        return duplex.Response(200, body=duplex.Streamable(copy))
+
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, record)
+        async with duplex.Client() as client:
+            output = duplex.Writable()
+            response = await client.post(url(server), body=output)
+            async with duplex.Stream(response.body, output) as stream:
+                await stream.write(b"before")
+                assert await stream.readpartial() == b"before"
+                await stream.close_read()
+                for _ in range(64):  # echoed and dropped: the server is never held up
+                    await stream.write(bytes(65536))
+                await stream.write(b"after")
+            await ended.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.pool.open_connections() == client.pool.idle_connections() == 1
+        assert b"".join(received).endswith(b"after")

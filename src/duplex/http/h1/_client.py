@@ -44,6 +44,11 @@ RequestContent: TypeAlias = "bytes | Readable | AsyncIterable[bytes] | None"
 #: A larger one goes out from a task while the response comes in.
 _INLINE_SIZE = 65536
 
+#: Response bytes read and dropped, once the request has gone out, before a response
+#: its reader gave up is cut off: closing the socket at once, with response bytes
+#: unread, would reset the connection and lose the end of the request on its way.
+_LINGER_SIZE = 1 << 20
+
 # SSL error reasons that mean the server answered in something other than TLS.
 _NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
 
@@ -243,7 +248,9 @@ class ClientExchange:
     __slots__ = (
         "_dropper",
         "_lease",
+        "_linger_from",
         "_nursery",
+        "_read_timeout",
         "_received",
         "_request",
         "_response",
@@ -267,6 +274,8 @@ class ClientExchange:
         #: The response body's length, when its head says it (Content-Length).
         self.response_length: int | None = None
         self._received = 0
+        self._read_timeout: float | None = None
+        self._linger_from = -1
         #: True once the connection has been given back or closed.
         self.finished = False
         #: Why the exchange was aborted, if it was for a reason.
@@ -396,6 +405,7 @@ class ClientExchange:
         ended when this returns, and the connection is free.
         """
         http = self.http
+        self._read_timeout = limits.read_timeout
         head_size = 0
         try:
             while True:
@@ -498,17 +508,25 @@ class ClientExchange:
 
     async def _drop_rest(self) -> None:
         """Read the response to its end, dropping it; runs in the client's nursery and
-        never raises into it."""
+        never raises into it. Once the request has gone out, each read is bounded by
+        ``read_timeout``, and all of them by ``_LINGER_SIZE``."""
         assert self._dropper is not None
         http = self.http
         with self._dropper:
             try:
                 while True:
                     event = http.next_event()
-                    if event is h11.NEED_DATA:
-                        await http.receive_data(None, "read")
-                    elif type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
+                    if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
                         self.response_ended()
+                        return
+                    if event is not h11.NEED_DATA:
+                        continue
+                    if self._linger_from < 0:
+                        await http.receive_data(None, "read")
+                    elif http.bytes_received - self._linger_from <= _LINGER_SIZE:
+                        await http.receive_data(self._read_timeout, "read")
+                    else:
+                        self.abort()
                         return
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 log.debug("response not read to its end: %r", error)
@@ -526,8 +544,12 @@ class ClientExchange:
             elif self._request == _CUT:
                 self.finished = True
                 self._lease.discard()
-        elif self._response == _DROPPED and self._request != _SENDING:
+        elif self._response == _DROPPED and self._request == _CUT:
             self.abort()
+        elif self._response == _DROPPED and self._request == _SENT:
+            # Read on to the response's end (then the connection is free), within
+            # bounds: see _drop_rest.
+            self._linger_from = self.http.bytes_received
 
     def abort(self, error: BaseException | None = None) -> None:
         """The exchange cannot finish: stop its tasks and close the connection (unless
