@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .._errors import Timeout
+from .._foreign import translate
 
 __all__ = ["Transport", "peek_gone", "raw_socket"]
 
@@ -147,7 +148,7 @@ class Transport:
         except BlockingIOError:
             return None  # an idle connection keeps no exception alive
         except OSError as error:
-            raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+            raise translate(error) from error
         self.bytes_received += len(data)
         return data
 
@@ -276,7 +277,7 @@ class Transport:
         except BlockingIOError:
             sent = 0
         except OSError as error:
-            raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+            raise translate(error) from error
         pieces = list(pieces)
         while pieces and sent >= len(pieces[0]):
             sent -= len(pieces.pop(0))
@@ -375,7 +376,7 @@ class Transport:
                 waited = True
                 continue
             except OSError as error:
-                raise trio.BrokenResourceError(f"the connection broke: {error}") from error
+                raise translate(error) from error
             # Drop what the socket took; a partly written piece goes on as a view.
             if sent:
                 self._partial = True

@@ -19,6 +19,7 @@ from math import inf
 import h11
 
 from ..._errors import ProtocolError
+from ..._foreign import translate
 
 __all__ = [
     "CHUNKED",
@@ -241,7 +242,7 @@ class ServerWire:
             parser.receive_data(data[pos:end])
             event = parser.next_event()
         except h11.RemoteProtocolError as error:
-            raise ProtocolError(str(error), error.error_status_hint) from error
+            raise translate(error) from error
         if type(event) is not h11.Request:
             raise ProtocolError(f"unexpected {type(event).__name__} before a request")
         self._pos = end
