@@ -216,3 +216,55 @@ async def test_a_broken_request_body_writer_sees_the_server_going_away(
                 while True:
                     await output.write(bytes(65536))
             assert client.pool.open_connections() == 0
+
+
+async def test_interim_responses_before_the_final_one_are_skipped(nursery: trio.Nursery) -> None:
+    interim = (
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 3 + b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    )
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with trio.fail_after(TIMEOUT):
+        server = await FakeServer.start(nursery, answering(interim, head))
+        async with duplex.Client() as client:
+            response = await client.get(server.url)
+            assert response.status == 200
+            assert await response.read() == b"ok"
+
+
+async def endless_interim_responses(stream: trio.SocketStream) -> None:
+    await read_head(stream)
+    while True:
+        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n" * 64)
+
+
+@pytest.mark.parametrize("limit", [4096, None], ids=["small-limit", "default-limit"])
+async def test_an_endless_stream_of_interim_responses_is_cut_at_the_head_limit(
+    nursery: trio.Nursery, limit: int | None
+) -> None:
+    limits = (
+        duplex.ClientLimits()
+        if limit is None
+        else duplex.ClientLimits(max_response_header_size=limit)
+    )
+    with trio.fail_after(TIMEOUT):
+        server = await FakeServer.start(nursery, endless_interim_responses)
+        async with duplex.Client(limits=limits) as client:
+            with pytest.raises(duplex.ProtocolError, match="response head"):
+                await client.get(server.url)
+            assert client.pool.open_connections() == 0
+
+
+async def test_interim_responses_that_stall_meet_the_read_timeout(nursery: trio.Nursery) -> None:
+    async def one_interim_then_nothing(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await trio.sleep_forever()
+
+    limits = duplex.ClientLimits(read_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        server = await FakeServer.start(nursery, one_interim_then_nothing)
+        async with duplex.Client(limits=limits) as client:
+            with pytest.raises(duplex.Timeout) as caught:
+                await client.get(server.url)
+            assert caught.value.phase == "read"
+            assert client.pool.open_connections() == 0

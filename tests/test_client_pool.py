@@ -465,3 +465,99 @@ async def test_a_request_cancelled_before_it_starts_leaves_its_idle_connection_p
                 assert client.pool.open_connections() == client.pool.idle_connections()
             assert await (await client.get(url(server))).read() == b"ok"
             assert client.pool.open_connections() == client.pool.idle_connections() == 1
+
+
+# -- a connection is never held by a response nobody reads -----------------------------
+
+ONE_CONNECTION = duplex.ClientLimits(max_connections_per_origin=1, pool_timeout=TIMEOUT / 4)
+"""A pool whose only connection must come back for the next request to go out."""
+
+
+async def test_a_response_dropped_after_a_cancelled_read_frees_its_connection(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, forever)
+        async with duplex.Client(limits=ONE_CONNECTION) as client:
+            response = await client.get(url(server))
+            assert await response.body.read() == b"first"
+            with trio.CancelScope() as scope:
+                nursery.start_soon(_cancel_once_blocked, scope)
+                await response.body.read()
+            assert scope.cancelled_caught
+            del response
+            async with await client.get(url(server)) as second:
+                assert await second.body.read() == b"first"
+
+
+async def test_a_response_dropped_unread_frees_its_connection(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, forever)
+        async with duplex.Client(limits=ONE_CONNECTION) as client:
+            await client.get(url(server))  # the response is dropped at once
+            async with await client.get(url(server)) as second:
+                assert await second.body.read() == b"first"
+
+
+async def test_a_body_closed_after_a_cancelled_read_frees_its_connection(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, forever)
+        async with duplex.Client(limits=ONE_CONNECTION) as client:
+            response = await client.get(url(server))
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await response.read()
+            await response.body.aclose()
+            assert client.pool.open_connections() == 0
+
+
+async def bodiless(request: duplex.Request) -> duplex.Response:
+    """``/204`` and ``/304`` answer that status; anything else an empty 200 (to HEAD,
+    with the Content-Length a GET would get)."""
+    if request.path in ("/204", "/304"):
+        return duplex.Response(int(request.path[1:]))
+    if request.method == "HEAD":
+        return duplex.Response(200, {"content-length": "1234"})
+    return duplex.Response(200, body=b"")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("HEAD", "/"), ("GET", "/204"), ("GET", "/304"), ("GET", "/content-length-0")],
+    ids=["head", "204", "304", "content-length-0"],
+)
+async def test_a_response_without_a_body_frees_its_connection_unread(
+    nursery: trio.Nursery, method: str, path: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, bodiless)
+        async with duplex.Client(limits=ONE_CONNECTION) as client:
+            responses = [await client.request(method, url(server, path)) for _ in range(3)]
+            assert client.pool.open_connections() == client.pool.idle_connections() == 1
+            assert [response.body.is_empty for response in responses] == [True] * 3
+            assert [await response.read() for response in responses] == [b""] * 3
+
+
+async def test_the_101st_unread_head_request_goes_out_at_once(nursery: trio.Nursery) -> None:
+    limits = duplex.ClientLimits(pool_timeout=TIMEOUT / 4)
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, bodiless)
+        async with duplex.Client(limits=limits) as client:
+            for _ in range(101):
+                await client.head(url(server))
+            assert client.pool.open_connections() == 1
+
+
+async def test_a_body_of_known_length_read_whole_frees_its_connection_before_its_end_is_read(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, Peers().handler)
+        async with duplex.Client(limits=ONE_CONNECTION) as client:
+            response = await client.get(url(server))
+            assert await response.body.read() == b"ok"
+            assert client.pool.idle_connections() == 1
+            assert await (await client.get(url(server))).read() == b"ok"
+            assert await response.body.read() == b""
