@@ -85,6 +85,7 @@ async def test_connect_timeout_covers_the_tls_handshake(nursery: trio.Nursery) -
             with pytest.raises(duplex.Timeout) as caught:
                 await client.get(f"https://127.0.0.1:{server.port}/")
             assert caught.value.phase == "connect"
+            assert f"TLS handshake with 127.0.0.1:{server.port} timed out" in str(caught.value)
             assert client.pool.open_connections() == 0
 
 

@@ -1,5 +1,5 @@
 """https through ``ssl_context``, against duplex's server with TLS (certificates from
-trustme)."""
+trustme); https to a server that does not speak TLS fails at once, and says so."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import trio
 import trustme
 
 import duplex
-from _client_support import TIMEOUT, echo, start_duplex, url
+from _client_support import TIMEOUT, FakeServer, aiohttp_echo, echo, start_duplex, url
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,54 @@ async def test_https_refuses_a_certificate_it_does_not_trust(
                 await client.get(url(server, scheme="https"))
             assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
             assert client.pool.open_connections() == 0
+
+
+# -- https to a server that does not speak TLS -----------------------------------------
+
+
+def assert_names_the_tls_handshake(error: trio.BrokenResourceError, port: int) -> None:
+    assert f"TLS handshake with 127.0.0.1:{port} failed" in str(error)
+    assert isinstance(error.__cause__, ssl.SSLError)
+
+
+async def test_https_to_a_plain_http_server_fails_at_once_naming_the_tls_handshake() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with aiohttp_echo() as address, duplex.Client() as client:
+            port = int(address.rsplit(":", 1)[1].strip("/"))
+            with pytest.raises(trio.BrokenResourceError) as caught:
+                await client.get(f"https://127.0.0.1:{port}/")
+            assert_names_the_tls_handshake(caught.value, port)
+            assert "does the server speak TLS" in str(caught.value)
+            assert client.pool.open_connections() == 0
+
+
+async def test_https_to_a_server_that_hangs_up_fails_at_once_naming_the_tls_handshake(
+    nursery: trio.Nursery,
+) -> None:
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+
+    with trio.fail_after(TIMEOUT):
+        server = await FakeServer.start(nursery, hang_up)
+        async with duplex.Client() as client:
+            with pytest.raises(trio.BrokenResourceError) as caught:
+                await client.get(f"https://127.0.0.1:{server.port}/")
+            assert_names_the_tls_handshake(caught.value, server.port)
+            assert client.pool.open_connections() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 13, server: bytes that cannot start a request line (a TLS ClientHello "
+    "starts with 0x16) wait for a whole head until header_timeout instead of a 400 at once",
+)
+async def test_https_to_duplex_serving_plain_http_fails_at_once_naming_the_tls_handshake(
+    nursery: trio.Nursery,
+) -> None:
+    limits = duplex.ClientLimits(connect_timeout=TIMEOUT / 4)
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, echo)
+        async with duplex.Client(limits=limits) as client:
+            with pytest.raises(trio.BrokenResourceError) as caught:
+                await client.get(url(server, scheme="https"))
+            assert_names_the_tls_handshake(caught.value, server.port)
