@@ -73,9 +73,12 @@ async def test_an_after_open_hook_may_send_more_messages_than_the_queue_holds() 
 
 
 async def test_a_before_close_hook_may_send_more_messages_than_the_queue_holds() -> None:
+    queued: list[int] = []
+
     async def before_close(channel: duplex.Channel) -> None:
         for number in range(COUNT):
             assert await channel.send(f"{number}\n")
+            queued.append(channel.queued_messages)
 
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(
@@ -88,6 +91,7 @@ async def test_a_before_close_hook_may_send_more_messages_than_the_queue_holds()
         async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
             await client.request()
             assert await read_numbers(client) == list(range(COUNT))
+    assert max(queued) <= 1024  # it went out as it was sent, within the queue's bound
 
 
 async def test_a_hook_sending_to_a_client_that_reads_slowly_is_held_back_not_queued() -> None:

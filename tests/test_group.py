@@ -10,6 +10,7 @@ import socket
 from collections import Counter
 from typing import Literal
 
+import pytest
 import trio
 import trio_websocket
 
@@ -304,6 +305,50 @@ async def test_a_member_closed_by_the_server_leaves_the_group() -> None:
             await channel.wait_closed()
             assert len(group) == 0
             assert await group.broadcast("nobody") == 0
+
+
+BINARY = bytes(range(256))  # not UTF-8: no text decoding could carry it
+
+
+@pytest.mark.parametrize("history", [0, 10], ids=["without-history", "with-history"])
+async def test_a_binary_broadcast_reaches_http_and_websocket_members_byte_exact(
+    history: int,
+) -> None:
+    group = duplex.ChannelGroup(history=history)
+    opened = Opened()
+    with trio.fail_after(5):
+        async with (
+            serving(joining(group, opened)) as server,
+            await RawHTTP.connect(server.port) as http,
+            trio.open_nursery() as nursery,
+        ):
+            await http.stream.send_all(request_bytes())
+            url = f"ws://127.0.0.1:{server.port}/"
+            websocket = await trio_websocket.connect_websocket_url(nursery, url)
+            await opened.wait(2)
+            assert await group.broadcast(BINARY) == 2
+            assert await group.broadcast("text") == 2
+            await http.read_head()
+            assert await http.read_chunk() == BINARY
+            assert await http.read_chunk() == b"text"
+            assert await websocket.get_message() == BINARY
+            assert await websocket.get_message() == "text"
+            await websocket.aclose()
+
+
+async def test_with_history_an_sse_member_gets_a_binary_broadcast_as_an_event_with_its_id() -> None:
+    group = duplex.ChannelGroup(history=10)
+    opened = Opened()
+    with trio.fail_after(5):
+        async with (
+            serving(joining(group, opened)) as server,
+            await RawHTTP.connect(server.port) as client,
+        ):
+            await client.request("/", headers=SSE_HEADERS)
+            await opened.one()
+            await group.broadcast("caf\u00e9".encode())
+            assert await client.read_until(b"\n\n") == "id: 1\ndata: caf\u00e9\n\n".encode()
+    assert [(event.id, event.data) for event in group.history] == [("1", "caf\u00e9")]
 
 
 async def test_a_reconnecting_sse_client_gets_the_history_after_its_last_event_id() -> None:

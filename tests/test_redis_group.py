@@ -21,8 +21,10 @@ from uuid import uuid4
 
 import pytest
 import trio
+import trio_websocket
 
 import duplex
+from _channel_support import RawHTTP, request_bytes
 from _redis_support import (
     ROOM_APP,
     ROOT,
@@ -301,6 +303,49 @@ async def test_history_keeps_the_last_n_broadcasts(redis: RedisServer, room: str
                 assert [await late.next() for _ in range(3)] == events[-3:]
                 await two.broadcast("live")
                 assert await late.data(1) == ["live"]
+
+
+@pytest.mark.parametrize("history", [0, 5], ids=["without-history", "with-history"])
+async def test_a_binary_broadcast_reaches_websocket_and_http_members_byte_exact(
+    redis: RedisServer, room: str, history: int
+) -> None:
+    payload = bytes(range(256))  # not UTF-8: no text decoding could carry it
+    with trio.fail_after(TIMEOUT):
+        async with (
+            two_groups(redis, room, (history, history)) as (one, _, port),
+            trio.open_nursery() as nursery,
+        ):
+            url = f"ws://127.0.0.1:{port}/two"
+            websocket = await trio_websocket.connect_websocket_url(nursery, url)
+            assert await websocket.get_message() == "joined"
+            async with await RawHTTP.connect(port) as http:
+                await http.stream.send_all(request_bytes("/two"))
+                await http.read_head()
+                assert await http.read_chunk() == b"joined"
+                await one.broadcast(payload)
+                await one.broadcast("text")
+                assert await http.read_chunk() == payload
+                assert await http.read_chunk() == b"text"
+            assert await websocket.get_message() == payload
+            assert await websocket.get_message() == "text"
+            await websocket.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_reconnecting_sse_client_is_replayed_binary_broadcasts_with_their_ids(
+    redis: RedisServer, room: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with two_groups(redis, room, (5, 5)) as (one, _, port):
+            async with Subscriber(port, "/one") as early:
+                await one.broadcast("first")
+                first = await early.next()
+            await one.broadcast(b"second")
+            await one.broadcast("third")
+            async with Subscriber(port, "/two", last_event_id=first.id) as late:
+                replayed = [await late.next() for _ in range(2)]
+    assert [event.data for event in replayed] == ["second", "third"]
+    assert None not in [event.id for event in replayed]
 
 
 async def test_groups_with_and_without_history_on_one_room_hear_each_other(

@@ -20,7 +20,7 @@ from ._hooks import Callback, HookArgument, Hooks
 from ._lifecycle import PUBLIC, Lifecycle, PublicState, State
 from ._messages import Message, Stamped, size_of
 from ._queue import MessageQueue
-from ._runner import Runner
+from ._runner import Writer
 from ._status import CloseStatus
 from ._transports import TransportName, transport_for
 
@@ -79,10 +79,10 @@ class Channel:
         "_headers",
         "_life",
         "_queue",
-        "_runner",
         "_status",
         "_transport",
         "_trio_token",
+        "_writer",
         "heartbeat",
         "last_event_id",
         "max_message_size",
@@ -134,7 +134,7 @@ class Channel:
         self._transport = transport_for(request)
         self._queue = MessageQueue()
         hooks = Hooks.of(after_open, before_chunk, before_close, after_close)
-        self._runner = Runner(self, self._life, self._queue, self._transport, hooks)
+        self._writer = Writer(self, self._life, self._queue, self._transport, hooks)
         self._trio_token = trio.lowlevel.current_trio_token()
 
     def __repr__(self) -> str:
@@ -232,7 +232,7 @@ class Channel:
             return False
         size = size_of(data)
         queue = self._queue
-        while life.is_open and not queue.fits(size, self.max_queue, self.max_queue_bytes):
+        while life.accepting and not queue.fits(size, self.max_queue, self.max_queue_bytes):
             await queue.wait_for_room()
         return self._enqueue(data, close, size)
 
@@ -254,10 +254,10 @@ class Channel:
         """
         if isinstance(data, Stamped):
             data = data.event if self._transport.takes_events else data.message
-        runner = self._runner
-        if not close and runner.direct:
+        writer = self._writer
+        if not close and writer.direct:
             # Open, nothing queued, its task waiting: straight to the socket if it can.
-            written = runner.write_now(data)
+            written = writer.write_now(data)
             if written is not None:
                 return written
         life = self._life
@@ -265,14 +265,14 @@ class Channel:
             self._illegal("sending from after_close")
             return False
         size = size_of(data)
-        if life.is_open:
+        if life.accepting:
             queue = self._queue
             messages = self.max_queue if max_queue is None else max_queue
             limit = self.max_queue_bytes if max_queue_bytes is None else max_queue_bytes
             if not queue.fits(size, messages, limit):
                 if (when_full or self.when_full) == "close":
                     log.debug("%r: queue full, closing", self)
-                    runner.close(TOO_SLOW)
+                    writer.close(TOO_SLOW)
                     return False
                 while not queue.fits(size, messages, limit) and queue.drop_oldest():
                     pass
@@ -281,15 +281,15 @@ class Channel:
     def _enqueue(self, data: Message, close: bool, size: int) -> bool:
         if not self._life.accepting:
             return False
-        runner, queue = self._runner, self._queue
-        if not close and not queue and runner.direct:
-            written = runner.write_now(data)
+        writer, queue = self._writer, self._queue
+        if not close and not queue and writer.direct:
+            written = writer.write_now(data)
             if written is not None:
                 return written
         queue.append(data, size)
         if close:
-            runner.close(CloseStatus("server"))
-        runner.wake()
+            writer.close(CloseStatus("server"))
+        writer.wake()
         return True
 
     def send_from_thread(self, data: Message, close: bool = False) -> bool:
@@ -306,17 +306,17 @@ class Channel:
         Returns True if this call closed it, False if it was already closing or closed.
         """
         await trio.lowlevel.checkpoint()
-        return self._runner.close(CloseStatus("server"))
+        return self._writer.close(CloseStatus("server"))
 
     def _illegal(self, action: str) -> None:
         log.error("%r: illegal action: %s; the channel is closed", self, action)
-        self._runner.fail(CloseStatus("error", 1011, f"illegal action: {action}"))
+        self._writer.fail(CloseStatus("error", 1011, f"illegal action: {action}"))
 
     # -- running (the server calls this through Takeover) -----------------------------
 
     def response(self) -> Response:
         """The response that hands this channel to the server."""
-        return Response(self._status, body=Takeover(self._runner.run))
+        return Response(self._status, body=Takeover(self._writer.run))
 
 
 def channel(

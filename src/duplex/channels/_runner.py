@@ -1,10 +1,12 @@
-"""The server's side of a channel: the task that opens it, writes what is sent, waits
-for news (or parks with no task at all), ends it, and calls ``on_close`` exactly once.
+"""The server's side of a channel: what goes out to the client and when (``Writer``,
+which lasts as long as the channel), and the task that opens the channel, writes,
+waits for news or parks with no task at all, ends it, and calls ``on_close`` exactly
+once (``Runner``, one per stretch of the channel's life in a task).
 
 One task writes at a time. While ``on_open``, ``after_open`` or ``before_close`` runs
 (hooks that may send), a second task writes beside it, so that what a hook sends goes
-out as it is sent and a hook that sends more than the queue holds is held back by the
-client, not deadlocked.
+out as it is sent, and a hook that sends more than the queue holds is held back by the
+client instead of deadlocked.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Iterable, Iterator
+from contextlib import contextmanager
 from math import inf
 from typing import Protocol
 
@@ -26,7 +29,7 @@ from ._queue import MessageQueue
 from ._status import GONE, CloseStatus, status_for
 from ._transports import ChannelHead, Refused, Transport
 
-__all__ = ["CLEANUP_SECONDS", "ChannelLike", "Mode", "Runner"]
+__all__ = ["CLEANUP_SECONDS", "ChannelLike", "Mode", "Runner", "Writer"]
 
 log = logging.getLogger("duplex.channel")
 
@@ -58,11 +61,15 @@ class Mode(enum.Enum):
     PARKED = "parked"
 
 
-class Runner:
-    """Drives one channel over the exchange the server hands it (``run``)."""
+class Writer:
+    """What goes out to a channel's client, and when; it lasts as long as the channel.
+
+    Senders queue messages, or write them straight to the socket while the channel's
+    task waits (``direct``); ``wake`` has the task look again. ``run`` is the channel's
+    ``Takeover`` function, and ``resume`` its sequel after the server held it parked.
+    """
 
     __slots__ = (
-        "_beside_hooks",
         "_channel",
         "_control",
         "_deadline",
@@ -71,7 +78,6 @@ class Runner:
         "_mode",
         "_partial",
         "_queue",
-        "_solo",
         "_transport",
         "_wait_scope",
         "_write_scope",
@@ -98,14 +104,10 @@ class Runner:
         self._write_scope: trio.CancelScope | None = None
         #: ``write_nowait`` left part of a message for the channel's task to send.
         self._partial = False
-        #: No task receives: the channel may park.
-        self._solo = False
         #: Parked, the heartbeat's deadline.
         self._deadline = inf
-        #: Hooks run in the channel's task and a second task writes beside them.
-        self._beside_hooks = False
 
-    # -- what the channel calls, from any task ----------------------------------------
+    # -- from any task ----------------------------------------------------------------
 
     @property
     def direct(self) -> bool:
@@ -167,21 +169,97 @@ class Runner:
     # -- the channel's task -----------------------------------------------------------
 
     async def run(self, control: ResponseControl) -> None:
-        """The ``Takeover`` function: open the channel and run it until it closes or
-        parks."""
-        await self._drive(control, resumed=False)
+        """Open the channel on ``control`` and run it until it closes or parks."""
+        await Runner(self).drive(control, resumed=False, heartbeat_due=False)
 
     async def resume(self, control: ResponseControl) -> None:
         """Go on after the server held the channel parked."""
-        await self._drive(control, resumed=True)
+        heartbeat_due = self._mode is Mode.PARKED and trio.current_time() >= self._deadline
+        self._mode = Mode.BUSY
+        await Runner(self).drive(control, resumed=True, heartbeat_due=heartbeat_due)
 
-    async def _drive(self, control: ResponseControl, *, resumed: bool) -> None:
-        channel = self._channel
-        self._control = control
-        heartbeat_due = False
-        if resumed:
-            heartbeat_due = self._mode is Mode.PARKED and trio.current_time() >= self._deadline
-            self._mode = Mode.BUSY
+    @property
+    def parked(self) -> bool:
+        return self._mode is Mode.PARKED
+
+    @contextmanager
+    def cuttable(self) -> Iterator[trio.CancelScope]:
+        """A scope for writing that ``close`` cancels when the client takes nothing more."""
+        scope = self._write_scope = trio.CancelScope()
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._write_scope = None
+
+    async def wait(self, control: ResponseControl, *, alone: bool, solo: bool) -> bool:
+        """Wait until there is something to do (``wake``), the heartbeat is due, or the
+        client leaves; True if the channel parked instead (the caller returns, and the
+        server calls ``resume`` in a new task for any of these). ``alone``: no hook
+        runs; ``solo``: no task receives either.
+
+        Messages may go out from the sender's task meanwhile. Where the server can, it
+        holds the channel with no task while it waits (``ResponseControl.park``);
+        otherwise this task watches for the client leaving itself.
+        """
+        transport = self._transport
+        direct = transport.direct and not self._hooks.before_chunk
+        deadline = inf
+        if transport.heartbeat is not None and self._channel.heartbeat is not None:
+            deadline = trio.current_time() + self._channel.heartbeat
+        if alone and direct and solo and control.park(self.resume, deadline):
+            self._mode = Mode.PARKED
+            self._deadline = deadline
+            return True
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._wait_scope = scope
+            self._mode = Mode.IDLE if direct else Mode.WAITING
+            try:
+                if alone and control.can_watch:
+                    await control.wait_peer_gone()
+                    self.close(GONE)
+                else:
+                    # Beside hooks, the server watches for the client leaving (and then
+                    # cancels the hooks too).
+                    await trio.sleep_forever()
+            finally:
+                woken = self._mode is Mode.BUSY
+                self._mode = Mode.BUSY
+                self._wait_scope = None
+        await self.after_wait(control, heartbeat_due=scope.cancelled_caught and not woken)
+        return False
+
+    async def after_wait(self, control: ResponseControl, *, heartbeat_due: bool) -> None:
+        """What follows a wait for news: the rest of a message the socket took only in
+        part, and the heartbeat if that is what ended the wait."""
+        if self._partial:
+            self._partial = False
+            await control.flush()
+        if heartbeat_due and self._transport.heartbeat is not None:
+            await control.write(self._transport.heartbeat)
+
+
+class Runner:
+    """One stretch of a channel's life in a task: from its opening (or its resumption
+    after a park) until it closes (or parks again)."""
+
+    __slots__ = ("_beside_hooks", "_channel", "_hooks", "_life", "_queue", "_transport", "_writer")
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._channel = writer._channel
+        self._life = writer._life
+        self._queue = writer._queue
+        self._transport = writer._transport
+        self._hooks = writer._hooks
+        #: Hooks run in the channel's task, and a second task writes beside them.
+        self._beside_hooks = False
+
+    async def drive(self, control: ResponseControl, *, resumed: bool, heartbeat_due: bool) -> None:
+        """Open the channel (or go on with it, ``resumed``) and run it until it closes,
+        then finish it; or until it parks."""
+        channel, writer = self._channel, self._writer
+        writer._control = control
         status: CloseStatus | None = None
         try:
             if (
@@ -197,7 +275,7 @@ class Runner:
                 # for news, not even that (it parks).
                 status = await self._serve(control, None, resumed, heartbeat_due)
         finally:
-            if self._mode is not Mode.PARKED:
+            if not writer.parked:
                 if status is None:  # cancelled: the client went away, or the server stopped
                     status = (
                         GONE
@@ -218,12 +296,11 @@ class Runner:
         why it closed (None when it parked)."""
         life = self._life
         try:
-            self._solo = nursery is None  # a task receiving too would stop it parking
             if resumed:
-                await self._after_wait(control, heartbeat_due=heartbeat_due)
+                await self._writer.after_wait(control, heartbeat_due=heartbeat_due)
             else:
                 await self._open(control, nursery)
-            if await self._write_in_scope(control, beside=False):
+            if await self._write_in_scope(control, solo=nursery is None):
                 return None
         except Refused as error:
             log.debug("%r: refused: %s", self._channel, error)
@@ -232,7 +309,7 @@ class Runner:
             status = status_for(error, life.close_status)
             if status is None:
                 log.exception("%r failed", self._channel)
-                self.fail(CloseStatus("error", 1011, repr(error)))
+                self._writer.fail(CloseStatus("error", 1011, repr(error)))
                 return life.close_status
             log.debug("%r: the transport broke: %r", self._channel, error)
             return status
@@ -242,9 +319,10 @@ class Runner:
         channel, life = self._channel, self._life
         if life.state is State.ERRORED:
             raise trio.ClosedResourceError("the channel errored before it opened")
-        await self._transport.open(channel, control, nursery, self.close)
+        close = self._writer.close
+        await self._transport.open(channel, control, nursery, close)
         life.opened()
-        control.on_server_closing(lambda: self.close(SHUTDOWN))
+        control.on_server_closing(lambda: close(SHUTDOWN))
         if nursery is not None:
             nursery.start_soon(self._receive)
         await self._run_hooks(control, (channel.on_open, *self._hooks.after_open))
@@ -273,33 +351,31 @@ class Runner:
                     await call(hook, self._channel)
             finally:
                 self._beside_hooks = False
-                self.wake()
+                self._writer.wake()
 
     async def _write_beside(self, control: ResponseControl) -> None:
         try:
-            await self._write_in_scope(control, beside=True)
+            await self._write_in_scope(control, solo=False, beside=True)
         except Exception as error:
             status = status_for(error, self._life.close_status)
             if status is None:
                 raise
             # The hooks go on, and see their sends refused.
             log.debug("%r: the transport broke: %r", self._channel, error)
-            self.close(status)
+            self._writer.close(status)
 
-    async def _write_in_scope(self, control: ResponseControl, *, beside: bool) -> bool:
+    async def _write_in_scope(
+        self, control: ResponseControl, *, solo: bool, beside: bool = False
+    ) -> bool:
         """``_write`` in a scope that ``close`` cancels for a client that takes nothing
-        more; True if the channel parked."""
-        scope = self._write_scope = trio.CancelScope()
-        try:
-            with scope:
-                return await self._write(control, beside=beside)
-            return False  # cut off: ``close`` recorded why
-        finally:
-            self._write_scope = None
+        more (``close`` has then recorded why); True if the channel parked."""
+        with self._writer.cuttable():
+            return await self._write(control, solo=solo, beside=beside)
+        return False
 
-    async def _write(self, control: ResponseControl, *, beside: bool) -> bool:
-        """Write what is sent until the channel ends (False) or parks (True); ``beside``
-        hooks, until they return."""
+    async def _write(self, control: ResponseControl, *, solo: bool, beside: bool) -> bool:
+        """Write what is sent until the channel ends (False) or parks (True, only
+        ``solo``: no task receives); ``beside`` hooks, until they return."""
         life, queue = self._life, self._queue
         while True:
             state, status = life.state, life.close_status
@@ -321,10 +397,10 @@ class Runner:
             if beside:
                 if not self._beside_hooks:
                     return False
-                await self._wait(control, alone=False)
+                await self._writer.wait(control, alone=False, solo=False)
                 continue
             if status is None:
-                if await self._wait(control, alone=True):
+                if await self._writer.wait(control, alone=True, solo=solo):
                     return True
                 continue
             if state is State.CLOSING:
@@ -363,51 +439,6 @@ class Runner:
         finally:
             queue.release(size)
 
-    async def _wait(self, control: ResponseControl, *, alone: bool) -> bool:
-        """Wait until there is something to do (``wake``), the heartbeat is due, or the
-        client leaves; True if the channel parked instead (the caller returns, and the
-        server resumes it in a new task for any of these). ``alone``: no hook runs.
-
-        Messages may go out from the sender's task meanwhile. Where the server can, it
-        holds the channel with no task while it waits (``ResponseControl.park``);
-        otherwise this task watches for the client leaving itself.
-        """
-        transport = self._transport
-        direct = transport.direct and not self._hooks.before_chunk
-        deadline = inf
-        if transport.heartbeat is not None and self._channel.heartbeat is not None:
-            deadline = trio.current_time() + self._channel.heartbeat
-        if alone and direct and self._solo and control.park(self.resume, deadline):
-            self._mode = Mode.PARKED
-            self._deadline = deadline
-            return True
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._wait_scope = scope
-            self._mode = Mode.IDLE if direct else Mode.WAITING
-            try:
-                if alone and control.can_watch:
-                    await control.wait_peer_gone()
-                    self.close(GONE)
-                else:
-                    # Beside hooks, the server watches for the client leaving (and then
-                    # cancels the hooks too).
-                    await trio.sleep_forever()
-            finally:
-                woken = self._mode is Mode.BUSY
-                self._mode = Mode.BUSY
-                self._wait_scope = None
-        await self._after_wait(control, heartbeat_due=scope.cancelled_caught and not woken)
-        return False
-
-    async def _after_wait(self, control: ResponseControl, *, heartbeat_due: bool) -> None:
-        """What follows a wait for news: the rest of a message the socket took only in
-        part, and the heartbeat if that is what ended the wait."""
-        if self._partial:
-            self._partial = False
-            await control.flush()
-        if heartbeat_due and self._transport.heartbeat is not None:
-            await control.write(self._transport.heartbeat)
-
     async def _receive(self) -> None:
         """Hand what the client sends to ``on_receive``, in order; close when it stops."""
         channel = self._channel
@@ -418,7 +449,7 @@ class Runner:
             log.exception("%r: on_receive failed", channel)
             status = CloseStatus("error", 1011, repr(error))
         if status is not None:
-            self.close(status)
+            self._writer.close(status)
 
     async def _deliver(self, message: str | bytes) -> None:
         await call(self._channel.on_receive, self._channel, message)
