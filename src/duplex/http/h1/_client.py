@@ -576,7 +576,7 @@ class ClientExchange:
         # The sender aborted the exchange, closing the socket under this reader.
         if isinstance(why, ProtocolError | Timeout):
             return why
-        mapped = ProtocolError(f"the request failed {during}: {why!r}")
+        mapped = ProtocolError(f"the request body failed: {why}")
         mapped.__cause__ = why
         return mapped
 
