@@ -59,7 +59,7 @@ class ClientLimits:
 
     #: Opening a connection, TLS handshake included.
     connect_timeout: float | None = 10.0
-    #: Longest wait for any progress reading the response (head or body).
+    #: Longest wait for any progress reading the response (head, interim heads or body).
     read_timeout: float | None = 60.0
     #: Longest wait for the server to take any of the request.
     write_timeout: float | None = 60.0
@@ -73,7 +73,8 @@ class ClientLimits:
     #: a duplex server's keep_alive_timeout (5 s), so that it never reuses a connection
     #: the server is closing.
     idle_expiry: float | None = 4.0
-    #: The whole response head (the client's defence against a hostile server).
+    #: The whole response head, however it arrives, with every interim (1xx) head
+    #: before it (the client's defence against a hostile server).
     max_response_header_size: int = 65536
     #: Bytes asked of the socket in one read.
     read_size: int = 65536
