@@ -21,7 +21,7 @@ from trio.lowlevel import TrioToken
 from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
 from .._limits import ClientLimits
-from .._transport import Transport, peek_gone
+from .._transport import Transport
 
 __all__ = [
     "ClientExchange",
@@ -105,7 +105,7 @@ class HTTPConnection(Transport):
     raising ``duplex.Timeout`` naming the phase.
     """
 
-    __slots__ = ("_peek", "closed", "h11")
+    __slots__ = ("_poll", "closed", "h11")
 
     def __init__(
         self,
@@ -120,8 +120,8 @@ class HTTPConnection(Transport):
             stream, read_size=read_size, write_timeout=write_timeout, direct_io=direct_io
         )
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
-        # Whether the platform peeks without waiting (MSG_DONTWAIT), TLS or not.
-        self._peek = direct_io
+        # The fast path has select.poll (see _platform), which watches any descriptor.
+        self._poll = direct_io
         #: True once ``close_nowait`` has run.
         self.closed = False
 
@@ -183,16 +183,18 @@ class HTTPConnection(Transport):
         """True when this idle connection cannot carry a request: the server has closed
         or reset it, or sent bytes nobody asked for. Never waits.
 
-        The fast path peeks at the socket; elsewhere a zero-timeout ``select`` asks
-        whether it is readable (which an idle connection never is).
+        An idle connection is never readable: a zero-timeout ``poll`` on the fast path,
+        ``select`` elsewhere, asks whether it is.
         """
         if self.closed:
             return True
         sock = self.socket()
         if sock is None:
             return False
-        if self._peek:
-            return peek_gone(sock) is not None
+        if self._poll:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
         try:
             readable, _, _ = select.select([sock], [], [], 0)
         except (OSError, ValueError):
