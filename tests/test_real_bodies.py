@@ -713,15 +713,17 @@ CHECKERS_STOP_AT_THE_FIRST_WRITE = pytest.mark.xfail(
 
 @asynccontextmanager
 async def exchanges(
-    *, clogged: bool = False
+    *, clogged: bool = False, upload: bool = True
 ) -> AsyncIterator[Callable[[], Awaitable[tuple[duplex.Stream, duplex.Stream]]]]:
-    """A stream maker for trio's checkers: each call opens a new full-duplex exchange and
-    returns ``(the Streamable's stream, the client's stream)``; all end with the block.
+    """A stream maker for trio's checkers: each call opens a new exchange and returns
+    ``(the Streamable's stream, the client's stream)``; all end with the block.
 
-    ``clogged``: each direction is full before the maker returns, so that a write blocks
-    until the other end reads. The client sends from a ``Writable(0)`` written until a
-    write blocks (then cancelled, which an in-memory write allows); the server's stream
-    is written while ``wait_send_all_might_not_block`` says it may.
+    The client posts a ``Writable`` (full duplex), or (not ``upload``) sends a GET, whose
+    stream has only the response to read. ``clogged``: each direction is full before
+    the maker returns, so that a write blocks until the other end reads. The client
+    sends from a ``Writable(0)`` written until a write blocks (then cancelled, which an
+    in-memory write allows); the server's stream is written while
+    ``wait_send_all_might_not_block`` says it may.
     """
     streams: trio.MemorySendChannel[duplex.Stream]
     streams, taken = trio.open_memory_channel[duplex.Stream](100)
@@ -738,14 +740,15 @@ async def exchanges(
     async with serving(handler) as server, duplex.Client(limits=limits) as client:
 
         async def make() -> tuple[duplex.Stream, duplex.Stream]:
-            output = duplex.Writable(0 if clogged else 65536)
+            output = duplex.Writable(0 if clogged else 65536) if upload else None
             response = await client.post(url(server), body=output)
             server_stream = await taken.receive()
             if clogged:
                 assert server_stream.output is not None
                 async with tasks() as clogging:  # the clogging calls still waiting end here
                     await clog_with_a_wait(clogging, server_stream.output)
-                    await clog_with_a_write(clogging, output)
+                    if output is not None:
+                        await clog_with_a_write(clogging, output)
             return server_stream, duplex.Stream(response.body, output)
 
         try:
@@ -770,7 +773,7 @@ async def test_clogged_exchanges_pass_trios_half_closeable_stream_check() -> Non
 
 @CHECKERS_STOP_AT_THE_FIRST_WRITE
 async def test_a_streamables_output_and_the_response_body_pass_trios_one_way_stream_check() -> None:
-    async def one_way(
+    def one_way(
         make: Callable[[], Awaitable[tuple[duplex.Stream, duplex.Stream]]],
     ) -> Callable[[], Awaitable[tuple[duplex.Stream, duplex.Readable]]]:
         async def make_one_way() -> tuple[duplex.Stream, duplex.Readable]:
@@ -781,8 +784,12 @@ async def test_a_streamables_output_and_the_response_body_pass_trios_one_way_str
         return make_one_way
 
     with trio.fail_after(TIMEOUT):
-        async with deadlock_guard(), exchanges() as make, exchanges(clogged=True) as clogged:
-            await trio.testing.check_one_way_stream(await one_way(make), await one_way(clogged))
+        async with (
+            deadlock_guard(),
+            exchanges(upload=False) as make,
+            exchanges(upload=False, clogged=True) as clogged,
+        ):
+            await trio.testing.check_one_way_stream(one_way(make), one_way(clogged))
 
 
 # -- properties over a real echo ---------------------------------------------------------
