@@ -252,14 +252,14 @@ class Channel:
         with status ``"too-slow"`` and returns False; ``"drop-oldest"`` drops the oldest
         queued messages to make room.
         """
-        if isinstance(data, Stamped):
-            data = data.event if self._transport.takes_events else data.message
         writer = self._writer
-        if not close and writer.direct:
+        if not close and writer.mode.direct:
             # Open, nothing queued, its task waiting: straight to the socket if it can.
             written = writer.write_now(data)
             if written is not None:
                 return written
+        if isinstance(data, Stamped):
+            data = self._transport.view(data)
         life = self._life
         if life.state is State.AFTER_CLOSE:
             self._illegal("sending from after_close")
@@ -282,7 +282,7 @@ class Channel:
         if not self._life.accepting:
             return False
         writer, queue = self._writer, self._queue
-        if not close and not queue and writer.direct:
+        if not close and not queue and writer.mode.direct:
             written = writer.write_now(data)
             if written is not None:
                 return written

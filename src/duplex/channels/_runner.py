@@ -24,7 +24,7 @@ import trio
 from ..http._takeover import ResponseControl
 from ._hooks import Callback, Hooks, call
 from ._lifecycle import Lifecycle, State
-from ._messages import Message
+from ._messages import Message, Stamped
 from ._queue import MessageQueue
 from ._status import GONE, CloseStatus, status_for
 from ._transports import ChannelHead, Refused, Transport
@@ -52,20 +52,25 @@ class Mode(enum.Enum):
     """What the channel's writing task is doing."""
 
     #: Writing, or deciding what to do next.
-    BUSY = "busy"
+    BUSY = ("busy", False)
     #: Waiting for news in its own task; a send is queued and wakes it.
-    WAITING = "waiting"
+    WAITING = ("waiting", False)
     #: Waiting in its own task, and a send may go straight to the socket.
-    IDLE = "idle"
+    IDLE = ("idle", True)
     #: Held by the server with no task; a send may go straight to the socket.
-    PARKED = "parked"
+    PARKED = ("parked", True)
+
+    def __init__(self, label: str, direct: bool) -> None:
+        #: A message may be written from the sender's task (``Writer.write_now``). (An
+        #: attribute, not a property: a broadcast asks it of every member.)
+        self.direct = direct
 
 
 class Writer:
     """What goes out to a channel's client, and when; it lasts as long as the channel.
 
     Senders queue messages, or write them straight to the socket while the channel's
-    task waits (``direct``); ``wake`` has the task look again. ``run`` is the channel's
+    task waits (``mode.direct``); ``wake`` has the task look again. ``run`` is the channel's
     ``Takeover`` function, and ``resume`` its sequel after the server held it parked.
     """
 
@@ -75,12 +80,12 @@ class Writer:
         "_deadline",
         "_hooks",
         "_life",
-        "_mode",
         "_partial",
         "_queue",
         "_transport",
         "_wait_scope",
         "_write_scope",
+        "mode",
     )
 
     def __init__(
@@ -97,7 +102,7 @@ class Writer:
         self._transport = transport
         self._hooks = hooks
         self._control: ResponseControl | None = None
-        self._mode = Mode.BUSY
+        self.mode = Mode.BUSY
         # The scope a waiting task waits in (``wake`` cancels it), and the one the
         # writing task writes in (cancelled to cut off a client that takes nothing more).
         self._wait_scope: trio.CancelScope | None = None
@@ -109,17 +114,11 @@ class Writer:
 
     # -- from any task ----------------------------------------------------------------
 
-    @property
-    def direct(self) -> bool:
-        """True when a message may be written from the sender's task (``write_now``)."""
-        mode = self._mode
-        return mode is Mode.IDLE or mode is Mode.PARKED
-
-    def write_now(self, message: Message) -> bool | None:
+    def write_now(self, message: Message | Stamped) -> bool | None:
         """Write ``message`` from the sender's task if the socket takes it without
         waiting (a broadcast then wakes no task at all): True if it went out (or will,
         from the channel's task), False if the client is gone, None when it must be
-        queued instead. Only while ``direct``."""
+        queued instead. Only while ``mode.direct``."""
         control = self._control
         assert control is not None
         try:
@@ -137,10 +136,10 @@ class Writer:
 
     def wake(self) -> None:
         """Have the channel's task look at the queue and the lifecycle again."""
-        mode = self._mode
+        mode = self.mode
         if mode is Mode.BUSY:
             return
-        self._mode = Mode.BUSY  # what comes next waits for the task, in order
+        self.mode = Mode.BUSY  # what comes next waits for the task, in order
         if mode is Mode.PARKED:
             assert self._control is not None
             self._control.wake()
@@ -174,13 +173,13 @@ class Writer:
 
     async def resume(self, control: ResponseControl) -> None:
         """Go on after the server held the channel parked."""
-        heartbeat_due = self._mode is Mode.PARKED and trio.current_time() >= self._deadline
-        self._mode = Mode.BUSY
+        heartbeat_due = self.mode is Mode.PARKED and trio.current_time() >= self._deadline
+        self.mode = Mode.BUSY
         await Runner(self).drive(control, resumed=True, heartbeat_due=heartbeat_due)
 
     @property
     def parked(self) -> bool:
-        return self._mode is Mode.PARKED
+        return self.mode is Mode.PARKED
 
     @contextmanager
     def cuttable(self) -> Iterator[trio.CancelScope]:
@@ -208,12 +207,12 @@ class Writer:
         if transport.heartbeat is not None and self._channel.heartbeat is not None:
             deadline = trio.current_time() + self._channel.heartbeat
         if alone and direct and solo and control.park(self.resume, deadline):
-            self._mode = Mode.PARKED
+            self.mode = Mode.PARKED
             self._deadline = deadline
             return True
         with trio.CancelScope(deadline=deadline) as scope:
             self._wait_scope = scope
-            self._mode = Mode.IDLE if direct else Mode.WAITING
+            self.mode = Mode.IDLE if direct else Mode.WAITING
             try:
                 if alone and control.can_watch:
                     await control.wait_peer_gone()
@@ -223,8 +222,8 @@ class Writer:
                     # cancels the hooks too).
                     await trio.sleep_forever()
             finally:
-                woken = self._mode is Mode.BUSY
-                self._mode = Mode.BUSY
+                woken = self.mode is Mode.BUSY
+                self.mode = Mode.BUSY
                 self._wait_scope = None
         await self.after_wait(control, heartbeat_due=scope.cancelled_caught and not woken)
         return False

@@ -22,7 +22,7 @@ import trio
 from ..http._models import Headers, Request
 from ..http._takeover import ResponseControl
 from ..sse import Event, comment
-from ._messages import Message, not_a_message
+from ._messages import Message, Stamped, not_a_message
 from ._status import GONE, CloseStatus, status_for
 from ._websocket import ConnectionClosed, Handshake, WebSocket
 
@@ -110,13 +110,18 @@ class Transport:
         transport's own, started in ``nursery``). Raises ``Refused`` when the request is
         answered over HTTP instead."""
 
-    def encode(self, message: Message) -> bytes:
+    def view(self, stamped: Stamped) -> Message:
+        """What this transport sends of a numbered broadcast message: the event (with
+        its id) on SSE, the message as it was given elsewhere."""
+        return stamped.event if self.takes_events else stamped.message
+
+    def encode(self, message: Message | Stamped) -> bytes:
         """``message`` as bytes of the response body."""
         global _last_encoded
         last = _last_encoded
         if message is last[0] and self.name == last[1]:
             return last[2]
-        encoded = self._encode(message)
+        encoded = self._encode(self.view(message) if isinstance(message, Stamped) else message)
         _last_encoded = (message, self.name, encoded)
         return encoded
 
