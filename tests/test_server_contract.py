@@ -424,7 +424,7 @@ async def test_curl_uploads_to_an_echo_at_once_without_waiting_for_its_expect_ti
             result = await trio.run_process(
                 [
                     "curl", "-sS", "-T", str(upload), "-H", "Expect: 100-continue",
-                    "--expect100-timeout", "1", "-o", "-", "-w", "\n%{time_total}",
+                    "--expect100-timeout", "2", "-o", "-", "-w", "\n%{time_total}",
                     url(server),
                 ],
                 capture_stdout=True,
@@ -434,7 +434,7 @@ async def test_curl_uploads_to_an_echo_at_once_without_waiting_for_its_expect_ti
     assert result.returncode == 0, result.stderr
     body, _, seconds = result.stdout.rpartition(b"\n")
     assert body == upload.read_bytes()
-    assert float(seconds) < 0.8, f"curl took {float(seconds)} s: it waited for 100 Continue"
+    assert float(seconds) < 1.5, f"curl took {float(seconds)} s: it waited for 100 Continue"
 
 
 async def test_an_early_answer_to_an_expect_request_says_close_unless_it_keeps_serving() -> None:
