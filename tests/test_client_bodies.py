@@ -218,3 +218,48 @@ async def test_a_request_body_whose_server_answered_and_left_breaks_its_writer(
                 await output.close_write()
                 await output.write(b"after close_write")
             assert client.pool.open_connections() == 0
+
+
+class UploadThenHold:
+    """A server that answers at once with one chunk, reads the request body to its
+    end, then either keeps silent or streams without end, until the client closes."""
+
+    def __init__(self, endless: bool) -> None:
+        self.endless = endless
+        self.request_ended = trio.Event()
+        self.client_closed = trio.Event()
+
+    async def respond(self, stream: trio.SocketStream) -> None:
+        received = await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n")
+        try:
+            while not received.endswith(b"0\r\n\r\n"):
+                received += await stream.receive_some(65536)
+            self.request_ended.set()
+            while True:
+                if self.endless:
+                    await stream.send_all(b"10000\r\n" + bytes(65536) + b"\r\n")
+                elif not await stream.receive_some(65536):
+                    return
+        finally:
+            self.client_closed.set()
+
+
+@pytest.mark.parametrize("endless", [False, True], ids=["silent", "endless"])
+async def test_a_response_given_up_is_cut_off_soon_after_its_request_has_gone_out(
+    nursery: trio.Nursery, endless: bool
+) -> None:
+    server = UploadThenHold(endless)
+    limits = duplex.ClientLimits(read_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        fake = await FakeServer.start(nursery, server.respond)
+        async with duplex.Client(limits=limits) as client:
+            output = duplex.Writable()
+            response = await client.post(fake.url, body=output)
+            assert await response.body.read() == b"half"
+            await response.body.aclose()
+            await output.write(b"still going up")
+            await output.close_write()
+            await server.request_ended.wait()
+            await server.client_closed.wait()
+            assert client.pool.open_connections() == 0

@@ -424,21 +424,12 @@ class ClientExchange:
                     break
                 if type(event) is not h11.InformationalResponse:
                     raise ProtocolError(f"unexpected {type(event).__name__} instead of a response")
+            self._response = _BODY
+            self.response_length = _body_length(method, event)
+            if self.response_length == 0:
+                self._end_if_complete()
         except BaseException as error:
             raise self._fail(error, "before the response arrived")  # noqa: B904
-        self._response = _BODY
-        length: int | None = None
-        for name, value in event.headers:
-            if name == b"transfer-encoding":
-                length = None  # chunked, whatever Content-Length says
-                break
-            if name == b"content-length":
-                length = int(value)
-        if method == "HEAD" or event.status_code in (204, 304):
-            length = 0
-        self.response_length = length
-        if length == 0:
-            self._end_if_complete()
         return event
 
     async def receive_body(self, timeout: float | None) -> bytes:
@@ -510,29 +501,24 @@ class ClientExchange:
 
     async def _drop_rest(self) -> None:
         """Read the response to its end, dropping it; runs in the client's nursery and
-        never raises into it. Once the request has gone out, each read is bounded by
-        ``read_timeout``, and all of them by ``_LINGER_SIZE``."""
+        never raises into it. Once the request has gone out, this goes on for at most
+        ``read_timeout`` and ``_LINGER_SIZE`` bytes; then the connection closes."""
         assert self._dropper is not None
         http = self.http
         with self._dropper:
             try:
-                while True:
+                while (
+                    self._linger_from < 0 or http.bytes_received - self._linger_from <= _LINGER_SIZE
+                ):
                     event = http.next_event()
                     if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
                         self.response_ended()
                         return
-                    if event is not h11.NEED_DATA:
-                        continue
-                    if self._linger_from < 0:
+                    if event is h11.NEED_DATA:
                         await http.receive_data(None, "read")
-                    elif http.bytes_received - self._linger_from <= _LINGER_SIZE:
-                        await http.receive_data(self._read_timeout, "read")
-                    else:
-                        self.abort()
-                        return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 log.debug("response not read to its end: %r", error)
-                self.abort()
+        self.abort()  # too long, too much, or broken (nothing to do once it was given back)
 
     # -- the end ----------------------------------------------------------------------
 
@@ -552,6 +538,8 @@ class ClientExchange:
             # Read on to the response's end (then the connection is free), within
             # bounds: see _drop_rest.
             self._linger_from = self.http.bytes_received
+            if self._dropper is not None and self._read_timeout is not None:
+                self._dropper.deadline = trio.current_time() + self._read_timeout
 
     def abort(self, error: BaseException | None = None) -> None:
         """The exchange cannot finish: stop its tasks and close the connection (unless
@@ -581,6 +569,19 @@ class ClientExchange:
         mapped = ProtocolError(f"the request body failed: {why}")
         mapped.__cause__ = why
         return mapped
+
+
+def _body_length(method: str, response: h11.Response) -> int | None:
+    """The length of ``response``'s body, when its head says it."""
+    if method == "HEAD" or response.status_code in (204, 304):
+        return 0
+    length = None
+    for name, value in response.headers:
+        if name == b"transfer-encoding":
+            return None  # chunked, whatever Content-Length says
+        if name == b"content-length":
+            length = int(value)
+    return length
 
 
 def _head_size(event: Any) -> int:
