@@ -56,11 +56,11 @@ _CONTROL_IN_URL = re.compile(r"[\x00-\x1f\x7f]")
 # What stays as written in a path or query: RFC 3986's reserved characters and "%" (so
 # that what is percent-encoded already stays so); everything else that is not
 # unreserved (spaces, non-ASCII, quotes, ...) is percent-encoded as UTF-8, as browsers do.
-_KEEP_IN_TARGET = "!#$%&'()*+,/:;=?@[]"
+_KEEP_IN_TARGET = "!$%&'()*+,/:;=?@[]"
 
 
 @lru_cache(maxsize=256)
-def split_url(url: str) -> tuple[Origin, str, bytes | None]:
+def _split_url(url: str) -> tuple[Origin, str, bytes | None]:
     """The origin, the request target and the ``Authorization`` value (from
     ``user:password@``, if any) of an absolute http or https URL.
 
@@ -385,7 +385,7 @@ class Client:
                 elif not (body is None or isinstance(body, bytes | bytearray | memoryview | str)):
                     return response  # a streamed body cannot be sent twice
                 new_url = urljoin(url, location)
-                if split_url(new_url)[0] != split_url(url)[0]:
+                if _split_url(new_url)[0] != _split_url(url)[0]:
                     del request_headers["authorization"]
                     del request_headers["cookie"]
                 await _discard(response)
@@ -400,7 +400,7 @@ class Client:
     ) -> ClientResponse:
         if self._nursery is None or self._token is None:
             raise RuntimeError("use the client as `async with duplex.Client() as client:`")
-        origin, target, authorization = split_url(url)
+        origin, target, authorization = _split_url(url)
         if isinstance(body, str):
             body = body.encode()
         elif isinstance(body, bytearray | memoryview):
