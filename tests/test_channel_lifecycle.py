@@ -293,3 +293,35 @@ async def test_hooks_may_be_plain_or_async_functions(
     # What on_open sent goes out while after_open runs: in either order.
     assert sorted(calls[1:3]) == ["after_open", "before_chunk"]
     assert calls[3:] == ["before_close", "before_chunk", "after_close", "on_close"]
+
+
+async def test_an_illegal_action_in_before_close_errors_the_channel_and_on_close_runs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closes = CloseRecorder()
+    channels: list[duplex.Channel] = []
+
+    async def before_close(channel: duplex.Channel) -> None:
+        await channel.send("last words")
+        channel.status = 500
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        channels.append(
+            duplex.Channel(
+                request,
+                after_open=lambda channel: channel.send("hello", close=True),
+                before_close=before_close,
+                on_close=closes,
+            )
+        )
+        return channels[0].response()
+
+    with trio.fail_after(5):
+        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+            await client.request()
+            assert await client.read_chunk() == b"hello"
+            status = await channels[0].wait_closed()
+    assert channels[0].state == "errored"
+    assert closes.statuses == [status]
+    assert status.kind == "server"  # the close was asked before the illegal action
+    assert any("illegal action" in record.getMessage() for record in caplog.records)

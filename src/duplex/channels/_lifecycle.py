@@ -116,7 +116,10 @@ class Lifecycle:
         return True
 
     def opened(self) -> None:
-        """The server took the channel: open it (closing at once if that was asked)."""
+        """The server took the channel: open it (closing at once if that was asked),
+        unless an illegal action ``ERRORED`` it meanwhile."""
+        if self.state is State.ERRORED:
+            return
         self.advance(State.OPEN)
         if self.close_status is not None:
             self.advance(State.CLOSING)

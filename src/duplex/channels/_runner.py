@@ -177,10 +177,6 @@ class Writer:
         self.mode = Mode.BUSY
         await Runner(self).drive(control, resumed=True, heartbeat_due=heartbeat_due)
 
-    @property
-    def parked(self) -> bool:
-        return self.mode is Mode.PARKED
-
     @contextmanager
     def cuttable(self) -> Iterator[trio.CancelScope]:
         """A scope for writing that ``close`` cancels when the client takes nothing more."""
@@ -260,6 +256,7 @@ class Runner:
         channel, writer = self._channel, self._writer
         writer._control = control
         status: CloseStatus | None = None
+        parked = False
         try:
             if (
                 self._transport.always_receives
@@ -273,8 +270,10 @@ class Runner:
                 # Nothing to receive: the channel is this task alone, and while it waits
                 # for news, not even that (it parks).
                 status = await self._serve(control, None, resumed, heartbeat_due)
+                parked = status is None
         finally:
-            if not writer.parked:
+            # Parked, the server holds the channel, and ``Writer.resume`` goes on with it.
+            if not parked:
                 if status is None:  # cancelled: the client went away, or the server stopped
                     status = (
                         GONE
@@ -405,7 +404,8 @@ class Runner:
             if state is State.CLOSING:
                 life.advance(State.BEFORE_CLOSE)
                 await self._run_hooks(control, self._hooks.before_close)
-                life.advance(State.ENDING)
+                if life.state is State.BEFORE_CLOSE:  # (not ERRORED meanwhile)
+                    life.advance(State.ENDING)
                 continue
             break
         await self._transport.end(self._channel, control, status)

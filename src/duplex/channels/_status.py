@@ -50,7 +50,10 @@ GONE = CloseStatus("gone", 1006, "the client went away")
 def status_for(error: BaseException, asked: CloseStatus | None) -> CloseStatus | None:
     """The status of a channel that ``error`` ended, given the close already ``asked``
     for (if any); None for an error that is not the client's or the transport's doing
-    (a bug, to be logged as such)."""
+    (a bug, to be logged as such). A group of one exception (from a nursery) is that
+    exception."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
     if isinstance(error, ConnectionClosed):
         if error.code == 1006:
             return CloseStatus("gone", 1006, error.reason)
