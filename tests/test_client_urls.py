@@ -41,13 +41,14 @@ class Recorder:
         return None
 
 
-async def send(nursery: trio.Nursery, path: str, **kwargs: object) -> Recorder:
-    """GET ``http://127.0.0.1:PORT`` + ``path`` from a recording server."""
+async def send(nursery: trio.Nursery, address: str, **kwargs: object) -> Recorder:
+    """GET ``address`` (``{port}`` in it is the port) from a recording server on
+    127.0.0.1; the recorder."""
     recorder = Recorder()
     with trio.fail_after(TIMEOUT):
         server = await FakeServer.start(nursery, recorder.respond)
         async with duplex.Client() as client:
-            response = await client.get(f"http://127.0.0.1:{server.port}{path}", **kwargs)
+            response = await client.get(address.format(port=server.port), **kwargs)
             assert await response.read() == b"ok"
     return recorder
 
@@ -56,83 +57,61 @@ def basic(credentials: bytes) -> bytes:
     return b"Basic " + base64.b64encode(credentials)
 
 
-async def test_a_non_ascii_path_and_query_are_sent_percent_encoded_as_utf8(
-    nursery: trio.Nursery,
+TARGETS = {
+    "non-ascii-as-utf8": ("/café?q=ü", b"/caf%C3%A9?q=%C3%BC"),
+    "percent-encoded-kept": (
+        "/caf%C3%A9/a%2Fb?q=%C3%BC&r=1%2B1",
+        b"/caf%C3%A9/a%2Fb?q=%C3%BC&r=1%2B1",
+    ),
+    "space-as-percent-20": ("/a b?q=c d", b"/a%20b?q=c%20d"),
+    "reserved-kept": ("/a:b@c;d=e,f!$'()*+?x=[1]&y=/?", b"/a:b@c;d=e,f!$'()*+?x=[1]&y=/?"),
+    "fragment-not-sent": ("/page?q=1#section", b"/page?q=1"),
+    "empty-path-as-slash": ("?q=1", b"/?q=1"),
+}
+
+
+@pytest.mark.parametrize(("path", "target"), TARGETS.values(), ids=TARGETS.keys())
+async def test_the_request_target_is_the_path_and_query_as_browsers_send_them(
+    nursery: trio.Nursery, path: str, target: bytes
 ) -> None:
-    recorder = await send(nursery, "/café?q=ü")
-    assert recorder.target == b"/caf%C3%A9?q=%C3%BC"
-
-
-async def test_what_is_percent_encoded_already_is_sent_as_it_is(nursery: trio.Nursery) -> None:
-    recorder = await send(nursery, "/caf%C3%A9/a%2Fb?q=%C3%BC&r=1%2B1")
-    assert recorder.target == b"/caf%C3%A9/a%2Fb?q=%C3%BC&r=1%2B1"
-
-
-async def test_a_space_in_the_path_or_query_is_sent_as_percent_20(nursery: trio.Nursery) -> None:
-    recorder = await send(nursery, "/a b?q=c d")
-    assert recorder.target == b"/a%20b?q=c%20d"
-
-
-async def test_reserved_characters_are_sent_as_they_are(nursery: trio.Nursery) -> None:
-    recorder = await send(nursery, "/a:b@c;d=e,f!$'()*+?x=[1]&y=/?")
-    assert recorder.target == b"/a:b@c;d=e,f!$'()*+?x=[1]&y=/?"
-
-
-async def test_the_fragment_is_not_sent(nursery: trio.Nursery) -> None:
-    recorder = await send(nursery, "/page?q=1#section")
-    assert recorder.target == b"/page?q=1"
+    recorder = await send(nursery, "http://127.0.0.1:{port}" + path)
+    assert recorder.target == target
 
 
 async def test_user_and_password_in_the_url_become_basic_authorization(
     nursery: trio.Nursery,
 ) -> None:
-    recorder = Recorder()
-    with trio.fail_after(TIMEOUT):
-        server = await FakeServer.start(nursery, recorder.respond)
-        async with duplex.Client() as client:
-            await client.get(f"http://alice:s3cret@127.0.0.1:{server.port}/")
+    recorder = await send(nursery, "http://alice:s3cret@127.0.0.1:{port}/")
     assert recorder.field(b"authorization") == basic(b"alice:s3cret")
-    assert recorder.field(b"host") == f"127.0.0.1:{server.port}".encode()
+    host = recorder.field(b"host")
+    assert host is not None
+    assert host.startswith(b"127.0.0.1:")
 
 
 async def test_percent_encoded_credentials_are_decoded_then_sent_as_utf8(
     nursery: trio.Nursery,
 ) -> None:
-    recorder = Recorder()
-    with trio.fail_after(TIMEOUT):
-        server = await FakeServer.start(nursery, recorder.respond)
-        async with duplex.Client() as client:
-            await client.get(f"http://al%40ice:p%3Ass%20w%C3%B6rd@127.0.0.1:{server.port}/")
+    recorder = await send(nursery, "http://al%40ice:p%3Ass%20w%C3%B6rd@127.0.0.1:{port}/")
     assert recorder.field(b"authorization") == basic("al@ice:p:ss wörd".encode())
 
 
 async def test_a_user_without_a_password_is_sent_with_an_empty_one(
     nursery: trio.Nursery,
 ) -> None:
-    recorder = Recorder()
-    with trio.fail_after(TIMEOUT):
-        server = await FakeServer.start(nursery, recorder.respond)
-        async with duplex.Client() as client:
-            await client.get(f"http://alice@127.0.0.1:{server.port}/")
+    recorder = await send(nursery, "http://alice@127.0.0.1:{port}/")
     assert recorder.field(b"authorization") == basic(b"alice:")
 
 
 async def test_an_authorization_header_given_wins_over_the_url_credentials(
     nursery: trio.Nursery,
 ) -> None:
-    recorder = Recorder()
-    with trio.fail_after(TIMEOUT):
-        server = await FakeServer.start(nursery, recorder.respond)
-        async with duplex.Client() as client:
-            await client.get(
-                f"http://alice:s3cret@127.0.0.1:{server.port}/",
-                headers={"Authorization": "Bearer token"},
-            )
+    address = "http://alice:s3cret@127.0.0.1:{port}/"
+    recorder = await send(nursery, address, headers={"Authorization": "Bearer token"})
     assert recorder.field(b"authorization") == b"Bearer token"
 
 
 async def test_a_url_without_credentials_sends_no_authorization(nursery: trio.Nursery) -> None:
-    recorder = await send(nursery, "/")
+    recorder = await send(nursery, "http://127.0.0.1:{port}/")
     assert recorder.field(b"authorization") is None
 
 
