@@ -31,7 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _runs_both_paths(metafunc: pytest.Metafunc) -> bool:
     if metafunc.definition.get_closest_marker("both_paths") is not None:
         return True
-    return metafunc.module.__name__.rpartition(".")[2].startswith(BOTH_PATHS_PREFIXES)
+    name: str = metafunc.module.__name__
+    return name.rpartition(".")[2].startswith(BOTH_PATHS_PREFIXES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
