@@ -15,7 +15,8 @@ BEFORE_CLOSE   open        ``before_close`` hooks run: they may still send
 ENDING         open        what they sent goes out, then the end
 AFTER_CLOSE    closed      the end went out; ``after_close`` hooks run: a send is illegal
 CLOSED         closed      ``on_close`` runs, or has run
-ERRORED        errored     an illegal action: the channel ends at once
+ERRORED        errored     an illegal action, or a hook that failed: the channel ends
+                           at once (an illegal action after the close errors it too)
 =============  ==========  ==========================================================
 """
 
@@ -35,6 +36,8 @@ PublicState: TypeAlias = Literal["new", "open", "closed", "errored"]
 
 
 class State(enum.Enum):
+    """Where a channel is in its life (see the module's table)."""
+
     NEW = "new"
     OPEN = "open"
     CLOSING = "closing"

@@ -179,13 +179,16 @@ class Writer:
 
     @contextmanager
     def cuttable(self) -> Iterator[trio.CancelScope]:
-        """A scope for writing that ``close`` cancels when the client takes nothing more."""
+        """A scope for writing that ``close`` cancels when the client takes nothing more
+        (the innermost one: the writer beside ``before_close`` hooks, then the task that
+        runs them)."""
+        outer = self._write_scope
         scope = self._write_scope = trio.CancelScope()
         try:
             with scope:
                 yield scope
         finally:
-            self._write_scope = None
+            self._write_scope = outer
 
     async def wait(self, control: ResponseControl, *, alone: bool, solo: bool) -> bool:
         """Wait until there is something to do (``wake``), the heartbeat is due, or the
