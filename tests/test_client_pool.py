@@ -561,3 +561,29 @@ async def test_a_body_of_known_length_read_whole_frees_its_connection_before_its
             assert client.pool.idle_connections() == 1
             assert await (await client.get(url(server))).read() == b"ok"
             assert await response.body.read() == b""
+
+
+async def test_a_cancelled_body_read_frees_its_pool_slot_and_loses_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    output = duplex.Writable()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        if request.path == "/held":
+            return duplex.Response(200, body=output)
+        return duplex.Response(200, body=b"ok")
+
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, handler)
+        async with duplex.Client(limits=ONE_CONNECTION) as client:
+            held = await client.get(url(server, "/held"))
+            with trio.CancelScope() as scope:
+                nursery.start_soon(_cancel_once_blocked, scope)
+                await held.body.read()
+            assert scope.cancelled_caught
+            assert client.pool.open_connections() == 0
+            assert await (await client.get(url(server))).read() == b"ok"
+            await output.write(b"after the cancel")
+            await output.close_write()
+            assert await held.read() == b"after the cancel"
+            assert client.pool.open_connections() == 1  # the pool was full: it closed

@@ -131,7 +131,8 @@ class ResponseBody(Readable):
     ``duplex.Timeout("read")`` when nothing arrives within ``read_timeout`` (either
     closes the connection; later reads raise ``trio.BrokenResourceError`` with that
     error as ``__cause__``), and ``trio.ClosedResourceError`` once closed. Every read is
-    a checkpoint, and a cancelled read loses nothing.
+    a checkpoint, and a cancelled read loses nothing; it frees the pool slot, though:
+    the connection is the body's alone until its end.
 
     Read to its end, the body lets its connection go back to the pool. Closed before
     (``aclose()``) or dropped unread, it gives up reading: a request body still
@@ -173,6 +174,9 @@ class ResponseBody(Readable):
         if not data and not self._exchange.response_done:
             try:
                 data = await self._exchange.receive_body(self._read_timeout)
+            except trio.Cancelled:
+                self._exchange.response_read_cancelled()
+                raise
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 if self._closed:  # by its reader, from another task
                     raise trio.ClosedResourceError("this response body was closed") from None

@@ -70,7 +70,7 @@ async def open_connection(
 class PooledConnection:
     """A connection of the pool, leased to one exchange at a time."""
 
-    __slots__ = ("_pool", "http", "idle_since", "origin", "reused")
+    __slots__ = ("_pool", "detached", "http", "idle_since", "origin", "reused")
 
     def __init__(self, pool: Pool, origin: Origin, http: HTTPConnection) -> None:
         self._pool = pool
@@ -79,6 +79,8 @@ class PooledConnection:
         self.idle_since = 0.0
         #: True once the connection carries its second exchange or a later one.
         self.reused = False
+        #: True while its exchange holds it outside the pool's count (see ``detach``).
+        self.detached = False
 
     def release(self) -> None:
         """The exchange on it ended cleanly: keep it for the next one if it can carry
@@ -88,6 +90,12 @@ class PooledConnection:
     def discard(self) -> None:
         """Close it; it is never reused (once; later calls do nothing)."""
         self._pool.discard(self)
+
+    def detach(self) -> None:
+        """Stop counting it against the pool's limits while its exchange lasts: its
+        slot goes to the next request. Once the exchange ends it comes back if there
+        is room, else it closes."""
+        self._pool.detach(self)
 
 
 class Pool:
@@ -105,12 +113,14 @@ class Pool:
         self._direct_io = direct_io
         self._idle: dict[Origin, list[PooledConnection]] = {}
         self._busy: set[PooledConnection] = set()
+        self._detached: set[PooledConnection] = set()
         self._open: dict[Origin, int] = {}
         self._waiters: dict[Origin, ParkingLot] = {}
         self.closed = False
 
     def open_connections(self, origin: Origin | None = None) -> int:
-        """Connections open (busy or idle), to ``origin`` or in all."""
+        """Connections open (busy or idle), to ``origin`` or in all; not those
+        detached (a response whose read was cancelled holds its own)."""
         if origin is None:
             return sum(self._open.values())
         return self._open.get(origin, 0)
@@ -182,8 +192,16 @@ class Pool:
 
     def release(self, connection: PooledConnection) -> None:
         """Take back a connection whose exchange finished cleanly; reuse it if we can."""
+        origin = connection.origin
+        if connection.detached:
+            if self._open.get(origin, 0) >= self.limits.max_connections_per_origin:
+                self.discard(connection)
+                return
+            self._detached.discard(connection)
+            connection.detached = False
+            self._open[origin] = self._open.get(origin, 0) + 1
         self._busy.discard(connection)
-        idle = self._idle.setdefault(connection.origin, [])
+        idle = self._idle.setdefault(origin, [])
         if (
             not self.closed
             and len(idle) < self.limits.max_idle_connections
@@ -191,15 +209,26 @@ class Pool:
         ):
             connection.idle_since = trio.current_time()
             idle.append(connection)
-            self._wake(connection.origin)
+            self._wake(origin)
         else:
             self.discard(connection)
 
     def discard(self, connection: PooledConnection) -> None:
         """Close a connection that must not be reused (once; later calls do nothing)."""
         self._busy.discard(connection)
-        if not connection.http.closed:
+        if connection.detached:
+            self._detached.discard(connection)
             connection.http.close_nowait()
+        elif not connection.http.closed:
+            connection.http.close_nowait()
+            self._forget(connection.origin)
+
+    def detach(self, connection: PooledConnection) -> None:
+        """Stop counting a busy connection (see ``PooledConnection.detach``)."""
+        if connection in self._busy:
+            self._busy.remove(connection)
+            self._detached.add(connection)
+            connection.detached = True
             self._forget(connection.origin)
 
     def _forget(self, origin: Origin) -> None:
@@ -214,7 +243,11 @@ class Pool:
     def close(self) -> None:
         """Close every connection, idle or still in use: none outlives its client."""
         self.closed = True
-        connections = [*self._busy, *(c for idle in self._idle.values() for c in idle)]
+        connections = [
+            *self._busy,
+            *self._detached,
+            *(c for idle in self._idle.values() for c in idle),
+        ]
         for idle in self._idle.values():
             idle.clear()
         for connection in connections:

@@ -228,6 +228,9 @@ class Lease(Protocol):
     def discard(self) -> None:
         """Close the connection: it must never be reused."""
 
+    def detach(self) -> None:
+        """Hold the connection outside the pool's count while the exchange lasts."""
+
 
 # Where the request is: going out, out whole, or cut short (the connection is not reused).
 _SENDING, _SENT, _CUT = range(3)
@@ -474,6 +477,13 @@ class ClientExchange:
     def response_ended(self) -> None:
         self._response = _ENDED
         self._maybe_finish()
+
+    def response_read_cancelled(self) -> None:
+        """A read of the response body was cancelled: the body stays whole for a later
+        read, but no longer holds a pool slot (its connection leaves the pool's count
+        until the exchange ends)."""
+        if not self.finished:
+            self._lease.detach()
 
     def drop_response(self, error: BaseException | None = None) -> None:
         """The response's reader gives up before its end. While the request still goes
