@@ -72,3 +72,27 @@ async def test_a_request_whose_body_the_handler_read_gets_a_long_poll_reply() ->
             response = await client.post(f"http://127.0.0.1:{server.port}/", body=b"news?")
             assert response.headers["content-length"] == "9"
             assert await response.read() == b"re: news?"
+
+
+async def test_a_room_that_waits_for_the_client_hears_a_client_that_waits_for_the_head() -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        said = trio.Event()
+        heard: list[bytes] = []
+
+        async def on_open(channel: duplex.Channel) -> None:
+            await said.wait()  # the room speaks once the client has
+            await channel.send(b"welcome, " + heard[0])
+
+        def on_receive(channel: duplex.Channel, chunk: bytes) -> None:
+            heard.append(chunk)
+            said.set()
+
+        return duplex.channel(request, on_open=on_open, on_receive=on_receive)
+
+    with trio.fail_after(5):
+        async with serving(handler) as server, duplex.Client() as client:
+            output = duplex.Writable()
+            response = await client.post(f"http://127.0.0.1:{server.port}/", body=output)
+            await output.write(b"ada")
+            assert await response.body.read() == b"welcome, ada"
+            await output.close_write()
