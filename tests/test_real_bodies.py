@@ -20,7 +20,6 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
 
 import pytest
 import trio
@@ -33,8 +32,10 @@ import test_readable
 import test_stream
 import test_writable
 from _real_body_support import (
+    Expected,
     Handoff,
     HeadHeld,
+    apply_expectations,
     deadlock_guard,
     open_exchange,
     raw_chunked_post,
@@ -68,114 +69,95 @@ run_here(test_writable, "make_pipe", "pipe")
 
 # -- known failures ------------------------------------------------------------------
 
-ANY = "*"
+# Every test here runs on Linux's fast I/O path and on the portable one (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
 
-STREAMABLE_WRITE_NO_CHECKPOINT = (
+WRITE_NO_CHECKPOINT = (
     "a Streamable's output writes to the socket without a checkpoint when the socket takes"
     " the bytes at once"
 )
-STREAMABLE_ERROR_NOT_CUT = (
+ERROR_NOT_CUT = (
     "close_write(error) on a Streamable's output does not cut the response: the client"
     " waits for more instead of reading an error"
 )
+ACLOSE_DOES_NOT_END = (
+    "a Streamable's Stream.aclose() does not end the response at once: the client never reads b''"
+)
+CHECKPOINTS = "test_every_async_method_is_a_checkpoint_even_when_it_does_not_block"
+PRODUCER_CHECKPOINTS = "test_every_producer_method_is_a_checkpoint_even_when_it_does_not_block"
+CHECKERS = [
+    "test_a_streamable_and_a_client_exchange_pass_trios_half_closeable_stream_check",
+    "test_clogged_exchanges_pass_trios_half_closeable_stream_check",
+    "test_a_streamables_output_and_the_response_body_pass_trios_one_way_stream_check",
+]
 
-KNOWN_FAILURES: list[tuple[str, str, str, str]] = [
-    # (factory, test function, another parameter's name (a Method's, a read's) or ANY, why)
-    (
-        "streamable_and_client",
-        "test_aclose_is_idempotent",
-        ANY,
-        "a Streamable's Stream.aclose() does not end the response: the client never reads b''",
-    ),
-    (
-        "streamable_and_client",
-        "test_every_async_method_is_a_checkpoint_even_when_it_does_not_block",
-        "write",
-        STREAMABLE_WRITE_NO_CHECKPOINT,
-    ),
-    (
-        "streamable_and_client",
-        "test_every_async_method_is_a_checkpoint_even_when_it_does_not_block",
-        "close_write",
+KNOWN_FAILURES: list[Expected] = [
+    Expected("test_aclose_is_idempotent", ("streamable_and_client",), ACLOSE_DOES_NOT_END),
+    Expected(CHECKPOINTS, ("streamable_and_client", "write", "fast"), WRITE_NO_CHECKPOINT),
+    Expected(
+        CHECKPOINTS,
+        ("streamable_and_client", "close_write", "fast"),
         "a Streamable's stream.close_write() is not a checkpoint",
     ),
     *[
-        (
-            "streamable_output",
-            "test_every_producer_method_is_a_checkpoint_even_when_it_does_not_block",
-            method,
-            reason,
-        )
+        Expected(PRODUCER_CHECKPOINTS, ("streamable_output", method, "fast"), reason)
         for method, reason in [
-            ("write", STREAMABLE_WRITE_NO_CHECKPOINT),
-            ("send_all", STREAMABLE_WRITE_NO_CHECKPOINT),
+            ("write", WRITE_NO_CHECKPOINT),
+            ("send_all", WRITE_NO_CHECKPOINT),
             ("close_write", "a Streamable's output close_write() is not a checkpoint"),
             ("send_eof", "a Streamable's output send_eof() is not a checkpoint"),
         ]
     ],
-    (
-        "streamable_output",
+    Expected(
         "test_close_write_with_an_error_wakes_a_waiting_writer_and_breaks_the_reader",
-        ANY,
-        STREAMABLE_ERROR_NOT_CUT,
+        ("streamable_output",),
+        ERROR_NOT_CUT,
     ),
-    (
-        "streamable_output",
+    Expected(
         "test_close_write_with_an_error_breaks_the_reader_with_a_cause",
-        ANY,
-        STREAMABLE_ERROR_NOT_CUT,
+        ("streamable_output",),
+        ERROR_NOT_CUT,
     ),
-    (
-        "streamable_output",
+    Expected(
         "test_wait_send_all_might_not_block_waits_while_the_peer_reads_nothing",
-        ANY,
+        ("streamable_output",),
         "wait_send_all_might_not_block() on a Streamable's output returns while the socket"
         " is full (the write after it blocks)",
     ),
-]
-
-NOT_APPLICABLE: list[tuple[str, str, str]] = [
-    # (factory, test function, why the test cannot hold for it)
+    Expected(
+        "test_a_streams_aclose_from_another_task_wakes_a_waiting_writer_with_closed",
+        ("streamable_and_client",),
+        "Stream.aclose() from another task does not wake a Streamable's write blocked on a"
+        " full socket",
+    ),
     *[
-        (
-            "client_and_channel",
-            test,
-            "a channel has no event for the end of the request body: its side never reads b''",
-        )
-        for test in [
-            "test_close_write_lets_the_peer_read_what_is_queued_then_empty_bytes",
-            "test_close_write_is_idempotent",
-            "test_aclose_is_idempotent",
-            "test_trio_names_work_too",
-        ]
+        Expected(test, ("fast",), f"{WRITE_NO_CHECKPOINT} (the check's first step)")
+        for test in CHECKERS
+    ],
+    *[
+        Expected(test, ("portable",), f"{ACLOSE_DOES_NOT_END} (the check's send-then-close step)")
+        for test in CHECKERS
     ],
 ]
 
+NOT_APPLICABLE: list[Expected] = [
+    Expected(
+        test,
+        ("client_and_channel",),
+        "a channel has no event for the end of the request body: its side never reads b''",
+    )
+    for test in [
+        "test_close_write_lets_the_peer_read_what_is_queued_then_empty_bytes",
+        "test_close_write_is_idempotent",
+        "test_aclose_is_idempotent",
+        "test_trio_names_work_too",
+    ]
+]
 
-def param_names(request: pytest.FixtureRequest) -> set[str]:
-    """How the test's other parameters are named: a Method's name, a function's name."""
-    names = set()
-    for value in request.node.callspec.params.values():
-        names.add(getattr(value, "name", getattr(value, "__name__", str(value))))
-    return names
 
-
-def factory_for(request: pytest.FixtureRequest) -> Any:
-    """The fixture's factory; the test is skipped if it cannot hold for that factory, and
-    marked xfail (strictly) if it is a known failure."""
-    factory = request.param
-    name = factory.__name__
-    test = request.function.__name__
-    for skipped, function, why in NOT_APPLICABLE:
-        if (skipped, function) == (name, test):
-            pytest.skip(why)
-    for failing, function, param, reason in KNOWN_FAILURES:
-        if failing != name or function not in (ANY, test):
-            continue
-        if param == ANY or param in param_names(request):
-            request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 13: {reason}"))
-            break
-    return factory
+@pytest.fixture(autouse=True)
+def known_failures(request: pytest.FixtureRequest) -> None:
+    apply_expectations(request, KNOWN_FAILURES, NOT_APPLICABLE)
 
 
 # -- drip: one chunk per read ----------------------------------------------------------
@@ -353,13 +335,13 @@ READABLES_WITH_LENGTH: list[BodyFactory] = [
 
 @pytest.fixture(params=READABLES, ids=lambda factory: factory.__name__)
 def make(request: pytest.FixtureRequest) -> Factory:
-    factory: Factory = factory_for(request)
+    factory: Factory = request.param
     return factory
 
 
 @pytest.fixture(params=READABLES_WITH_LENGTH, ids=lambda factory: factory.__name__)
 def make_body(request: pytest.FixtureRequest) -> BodyFactory:
-    factory: BodyFactory = factory_for(request)
+    factory: BodyFactory = request.param
     return factory
 
 
@@ -431,7 +413,7 @@ PAIRS: list[PairFactory] = [streamable_and_client, client_and_streamable, client
 
 @pytest.fixture(params=PAIRS, ids=lambda factory: factory.__name__)
 def make_pair(request: pytest.FixtureRequest) -> PairFactory:
-    factory: PairFactory = factory_for(request)
+    factory: PairFactory = request.param
     return factory
 
 
@@ -472,7 +454,7 @@ PIPES: list[PipeFactory] = [client_request_body, streamable_output]
 
 @pytest.fixture(params=PIPES, ids=lambda factory: factory.__name__)
 def make_pipe(request: pytest.FixtureRequest) -> PipeFactory:
-    factory: PipeFactory = factory_for(request)
+    factory: PipeFactory = request.param
     return factory
 
 
@@ -637,19 +619,7 @@ async def test_writes_to_a_finished_requests_response_soon_break_once_its_reader
 
 
 EXCHANGE_ENDS = pytest.mark.parametrize(
-    "open_ends",
-    [
-        pytest.param(
-            streamable_and_client,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 13: Stream.aclose() from another task does not wake a"
-                " Streamable's write blocked on a full socket",
-            ),
-        ),
-        client_and_streamable,
-    ],
-    ids=lambda f: f.__name__,
+    "open_ends", [streamable_and_client, client_and_streamable], ids=lambda f: f.__name__
 )
 
 
@@ -706,11 +676,6 @@ async def test_a_response_cut_mid_body_breaks_the_clients_read_with_a_cause() ->
 # -- trio's checkers, over real sockets --------------------------------------------------
 
 
-CHECKERS_STOP_AT_THE_FIRST_WRITE = pytest.mark.xfail(
-    strict=True, reason=f"issue 13: {STREAMABLE_WRITE_NO_CHECKPOINT} (the check's first step)"
-)
-
-
 @asynccontextmanager
 async def exchanges(
     *, clogged: bool = False, upload: bool = True
@@ -757,21 +722,18 @@ async def exchanges(
             finished.set()
 
 
-@CHECKERS_STOP_AT_THE_FIRST_WRITE
 async def test_a_streamable_and_a_client_exchange_pass_trios_half_closeable_stream_check() -> None:
     with trio.fail_after(TIMEOUT):
         async with deadlock_guard(), exchanges() as make:
             await trio.testing.check_half_closeable_stream(make, None)
 
 
-@CHECKERS_STOP_AT_THE_FIRST_WRITE
 async def test_clogged_exchanges_pass_trios_half_closeable_stream_check() -> None:
     with trio.fail_after(TIMEOUT):
         async with deadlock_guard(), exchanges() as make, exchanges(clogged=True) as clogged:
             await trio.testing.check_half_closeable_stream(make, clogged)
 
 
-@CHECKERS_STOP_AT_THE_FIRST_WRITE
 async def test_a_streamables_output_and_the_response_body_pass_trios_one_way_stream_check() -> None:
     def one_way(
         make: Callable[[], Awaitable[tuple[duplex.Stream, duplex.Stream]]],
