@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 import duplex
-from duplex.http._platform import capabilities
 from _channel_support import CloseRecorder, ConnectionEnded, Opened, RawHTTP, serving
+from duplex.http._platform import capabilities
 
 SSE_HEADERS = "Accept: text/event-stream\r\n"
 HEARTBEAT = duplex.sse.comment()
