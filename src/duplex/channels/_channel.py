@@ -117,7 +117,7 @@ class Channel:
         ping_interval: float | None = 20.0,
     ) -> None:
         self.request = request
-        self._life = Lifecycle()
+        self._life = Lifecycle()  # first: the headers ask it whether they may change
         self.on_open = on_open
         self.on_receive = on_receive
         self.on_close = on_close
