@@ -30,7 +30,8 @@ from ._limits import ClientLimits
 from ._models import Headers, HeadersLike
 from ._platform import capabilities
 from ._pool import Origin, Pool, PooledConnection
-from .h1._client import ClientExchange, RequestContent, client_error
+from .h1._client import client_error
+from .h1._client_exchange import ClientExchange, RequestContent
 
 __all__ = ["Client", "ClientResponse", "RequestBody", "TooManyRedirects"]
 
