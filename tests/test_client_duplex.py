@@ -20,6 +20,7 @@ import duplex
 from _client_support import (
     SUBPROCESS_TIMEOUT,
     TIMEOUT,
+    FakeServer,
     aiohttp_echo,
     echo,
     echo_process,
@@ -242,3 +243,51 @@ async def test_closing_the_response_body_keeps_the_request_body_going(
             await trio.testing.wait_all_tasks_blocked()
             assert client.pool.open_connections() == client.pool.idle_connections() == 1
         assert b"".join(received).endswith(b"after")
+
+
+class TaskCounter(trio.abc.Instrument):
+    """Counts the tasks spawned while it is installed."""
+
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+async def answer_each_request(stream: trio.SocketStream) -> None:
+    """Read each request whole (Content-Length only) and answer ``ok``."""
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        while len(data) < length:
+            data += await stream.receive_some(65536)
+        data = data[length:]
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize(("size", "tasks"), [(0, 0), (4096, 0), (8 << 20, 1)])
+async def test_only_a_body_the_socket_does_not_take_at_once_costs_a_task(
+    nursery: trio.Nursery, size: int, tasks: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await FakeServer.start(nursery, answer_each_request)
+        async with duplex.Client() as client:
+            assert await (await client.post(server.url, body=b"warm")).read() == b"ok"
+            counter = TaskCounter()
+            trio.lowlevel.add_instrument(counter)
+            try:
+                assert await (await client.post(server.url, body=bytes(size))).read() == b"ok"
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            assert counter.spawned == tasks
