@@ -128,3 +128,14 @@ async def test_https_to_duplex_serving_plain_http_fails_at_once_naming_the_tls_h
             with pytest.raises(trio.BrokenResourceError) as caught:
                 await client.get(url(server, scheme="https"))
             assert_names_the_tls_handshake(caught.value, server.port)
+
+
+async def test_https_echoes_a_large_bytes_body_whole(
+    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    data = bytes(range(256)) * 16384  # 4 MiB: more than the socket buffers hold
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, echo, ssl_context=server_context)
+        async with duplex.Client(ssl_context=client_context) as client:
+            response = await client.post(url(server, scheme="https"), body=data)
+            assert await response.read() == data
