@@ -200,3 +200,22 @@ async def test_credentials_are_kept_on_the_same_origin(nursery: trio.Nursery) ->
                 url(server, "/redirect/302"), headers={"Authorization": "Bearer secret"}
             )
             assert await response.read() == b"GET Bearer secret "
+
+
+async def test_url_credentials_are_not_sent_to_another_origin(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = await start_duplex(nursery, Site().handler)
+        second = await start_duplex(nursery, Site().handler)
+        target = url(second, "/target")
+        address = f"http://alice:s3cret@127.0.0.1:{first.port}/redirect/302?to={target}"
+        async with duplex.Client(follow_redirects=True) as client:
+            assert await (await client.get(address)).read() == b"GET - "
+
+
+async def test_url_credentials_are_kept_on_the_same_origin(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, Site().handler)
+        address = f"http://alice:s3cret@127.0.0.1:{server.port}/redirect/302"
+        async with duplex.Client(follow_redirects=True) as client:
+            response = await client.get(address)
+            assert await response.read() == b"GET Basic YWxpY2U6czNjcmV0 "
