@@ -82,8 +82,8 @@ async def test_https_refuses_a_certificate_it_does_not_trust(
 # -- https to a server that does not speak TLS -----------------------------------------
 
 
-def assert_names_the_tls_handshake(error: trio.BrokenResourceError, port: int) -> None:
-    assert f"TLS handshake with 127.0.0.1:{port} failed" in str(error)
+def assert_names_the_tls_handshake(error: trio.BrokenResourceError) -> None:
+    assert "TLS handshake failed" in str(error)
     assert isinstance(error.__cause__, ssl.SSLError)
 
 
@@ -93,8 +93,7 @@ async def test_https_to_a_plain_http_server_fails_at_once_naming_the_tls_handsha
             port = int(address.rsplit(":", 1)[1].strip("/"))
             with pytest.raises(trio.BrokenResourceError) as caught:
                 await client.get(f"https://127.0.0.1:{port}/")
-            assert_names_the_tls_handshake(caught.value, port)
-            assert "does the server speak TLS" in str(caught.value)
+            assert_names_the_tls_handshake(caught.value)
             assert client.pool.open_connections() == 0
 
 
@@ -109,7 +108,7 @@ async def test_https_to_a_server_that_hangs_up_fails_at_once_naming_the_tls_hand
         async with duplex.Client() as client:
             with pytest.raises(trio.BrokenResourceError) as caught:
                 await client.get(f"https://127.0.0.1:{server.port}/")
-            assert_names_the_tls_handshake(caught.value, server.port)
+            assert_names_the_tls_handshake(caught.value)
             assert client.pool.open_connections() == 0
 
 
@@ -127,7 +126,7 @@ async def test_https_to_duplex_serving_plain_http_fails_at_once_naming_the_tls_h
         async with duplex.Client(limits=limits) as client:
             with pytest.raises(trio.BrokenResourceError) as caught:
                 await client.get(url(server, scheme="https"))
-            assert_names_the_tls_handshake(caught.value, server.port)
+            assert_names_the_tls_handshake(caught.value)
 
 
 async def test_https_echoes_a_large_bytes_body_whole(

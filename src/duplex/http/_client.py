@@ -25,6 +25,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from .._body import Buffered, BytesLike, Readable
 from .._errors import ProtocolError, Timeout
+from .._foreign import translate
 from .._version import __version__
 from ._limits import ClientLimits
 from ._models import Headers, HeadersLike
@@ -358,9 +359,9 @@ class Client:
 
         Raises ``duplex.ProtocolError`` if the server breaks HTTP or the connection,
         ``duplex.Timeout`` naming the phase, ``OSError`` if the server cannot be
-        reached, ``trio.BrokenResourceError`` naming the TLS handshake if that fails
-        (the ``ssl`` error as ``__cause__``), ``TooManyRedirects``, and ``ValueError``
-        for a URL it cannot send to.
+        reached, ``duplex.ProtocolError`` naming the TLS handshake if that fails (the
+        ``ssl`` error as ``__cause__``), ``TooManyRedirects``, and ``ValueError`` for a
+        URL it cannot send to.
         """
         follow = self.follow_redirects if follow_redirects is None else follow_redirects
         method = method.upper()
@@ -414,7 +415,7 @@ class Client:
         try:
             request = h11.Request(method=method, target=target, headers=fields)
         except h11.LocalProtocolError as error:
-            raise client_error(error, "") from error
+            raise translate(error) from error
         for attempt in (1, 2):
             connection = await self._pool.acquire(origin)
             received_before = connection.http.bytes_received

@@ -12,8 +12,9 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._errors import Timeout
+from .._foreign import translate
 from ._limits import ClientLimits
-from .h1._client import HTTPConnection, tls_error
+from .h1._client import HTTPConnection
 
 __all__ = ["Origin", "Pool", "PooledConnection", "open_connection"]
 
@@ -32,7 +33,7 @@ async def open_connection(
 
     Raises ``duplex.Timeout("connect")`` (its message names the TLS handshake when that
     is what took too long), ``OSError`` if the server cannot be reached, and
-    ``trio.BrokenResourceError`` naming the TLS handshake if that fails (the
+    ``duplex.ProtocolError`` naming the TLS handshake if that fails (the
     ``ssl.SSLError`` as ``__cause__``).
     """
     scheme, host, port = origin
@@ -49,8 +50,8 @@ async def open_connection(
                 await tls.do_handshake()
             except BaseException as error:
                 await trio.aclose_forcefully(tcp)
-                if isinstance(error, trio.BrokenResourceError):
-                    raise tls_error(error, host, port) from error.__cause__
+                if isinstance(error, trio.BrokenResourceError) and error.__cause__:
+                    raise translate(error.__cause__) from error.__cause__
                 raise
             stream = tls
     if scope.cancelled_caught:

@@ -1,8 +1,9 @@
 """The client's side of an HTTP/1.1 connection: h11 over a ``Transport`` (one exchange
-at a time runs on it: see ``_client_exchange``).
+at a time runs on it: see ``_client_exchange``), and what a broken exchange raises.
 
-This module is also the one place where the client turns what others raise (the
-socket, the TLS layer, h11) into duplex's errors: ``client_error`` and ``tls_error``.
+Other libraries' exceptions (h11's, ssl's) become duplex's in ``duplex._foreign``, the
+one place for that; ``client_error`` adds what the client knows: which part of the
+exchange a connection broke in.
 """
 
 from __future__ import annotations
@@ -14,54 +15,28 @@ from typing import Any
 import h11
 import trio
 
-from ..._errors import ProtocolError, Timeout
+from ..._errors import ProtocolError
+from ..._foreign import translate
 from .._transport import Transport
 
-__all__ = ["HTTPConnection", "client_error", "tls_error"]
-
-# SSL error reasons that mean the server answered in something other than TLS.
-_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
-
-
-# -- errors: the one map from the socket's, TLS's and h11's exceptions to duplex's -----
+__all__ = ["HTTPConnection", "client_error"]
 
 
 def client_error(error: BaseException, during: str) -> BaseException:
-    """duplex's error for ``error``, raised by the socket, TLS or h11 ``during`` a part of
-    an exchange ("before the response arrived", ...).
-
-    h11's errors and a broken or closed connection become ``ProtocolError`` with the
-    original as ``__cause__`` (a TLS failure: the ``ssl.SSLError``); duplex's own errors
-    and anything else come back as they are.
+    """What an exchange raises for ``error``, met ``during`` a part of it ("before the
+    response arrived", ...): a broken or closed connection as ``ProtocolError`` (the
+    original, or the ``ssl.SSLError`` under it, as ``__cause__``); other libraries'
+    exceptions as ``duplex._foreign`` translates them; duplex's own as they are.
     """
-    if isinstance(error, ProtocolError | Timeout):
-        return error
-    if isinstance(error, h11.RemoteProtocolError):
-        mapped = ProtocolError(str(error), error.error_status_hint)
-    elif isinstance(error, h11.LocalProtocolError):
-        mapped = ProtocolError(f"cannot send this message: {error}", 500)
-    elif isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
-        cause = error.__cause__
-        if isinstance(cause, ssl.SSLError):
-            error = cause
-        reason = str(error)
+    if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError) and not (
+        isinstance(error, ProtocolError)
+    ):
+        cause = error.__cause__ if isinstance(error.__cause__, ssl.SSLError) else error
+        reason = str(cause)
         mapped = ProtocolError(f"the connection broke {during}" + (f": {reason}" if reason else ""))
-    else:
-        return error
-    mapped.__cause__ = error
-    return mapped
-
-
-def tls_error(error: trio.BrokenResourceError, host: str, port: int) -> trio.BrokenResourceError:
-    """A failed TLS handshake, said as such: a ``trio.BrokenResourceError`` naming it and
-    the server, with the ``ssl.SSLError`` as ``__cause__``."""
-    cause = error.__cause__ if error.__cause__ is not None else error
-    message = f"TLS handshake with {host}:{port} failed: {cause}"
-    if isinstance(cause, ssl.SSLEOFError) or getattr(cause, "reason", None) in _NOT_TLS:
-        message += " (does the server speak TLS on this port?)"
-    mapped = trio.BrokenResourceError(message)
-    mapped.__cause__ = cause
-    return mapped
+        mapped.__cause__ = cause
+        return mapped
+    return translate(error)
 
 
 # -- the connection --------------------------------------------------------------------
@@ -103,7 +78,7 @@ class HTTPConnection(Transport):
         try:
             return self.h11.next_event()
         except h11.RemoteProtocolError as error:
-            raise client_error(error, "") from error
+            raise translate(error) from error
 
     async def receive_data(self, timeout: float | None = None, phase: str = "read") -> bool:
         """Read once from the socket into h11; False at EOF.
@@ -116,7 +91,7 @@ class HTTPConnection(Transport):
         try:
             self.h11.receive_data(data)
         except h11.RemoteProtocolError as error:
-            raise client_error(error, "") from error
+            raise translate(error) from error
         return bool(data)
 
     def encode(self, event: Any) -> list[bytes]:
@@ -127,7 +102,7 @@ class HTTPConnection(Transport):
         try:
             pieces = self.h11.send_with_data_passthrough(event)
         except h11.LocalProtocolError as error:
-            raise client_error(error, "") from error
+            raise translate(error) from error
         return pieces or []
 
     async def send(self, event: Any) -> None:
