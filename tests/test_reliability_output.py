@@ -226,8 +226,9 @@ async def test_no_client_url_or_header_value_makes_the_server_see_another_field_
             await trio.to_thread.run_sync(example, server.port)
 
 
-@pytest.mark.parametrize("path", ["a\r\nX-Injected: 1", "a\nb", "a\x00b", "a b"])
-async def test_a_url_with_a_line_break_nul_or_space_is_refused_with_value_error(
+# (A space is percent-encoded, as browsers and httpx do: tests/test_client_urls.py.)
+@pytest.mark.parametrize("path", ["a\r\nX-Injected: 1", "a\nb", "a\x00b"])
+async def test_a_url_with_a_line_break_or_nul_is_refused_with_value_error(
     path: str,
 ) -> None:
     handler = SeenHeads()

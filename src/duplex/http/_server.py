@@ -21,6 +21,7 @@ from ._limits import Limits
 from ._models import Request, Response
 from ._parking import Parking, Watchers
 from ._platform import capabilities
+from ._transport import Transport
 from .h1._bodies import PeerGone
 from .h1._closing import answer_and_close
 from .h1._connection import ServerConnection
@@ -192,7 +193,7 @@ class Server:
             )
         if len(self._connections) >= self.limits.max_connections:
             # Over TLS too: a plain-text answer would only break the client's handshake.
-            await answer_and_close(transport, 503, "too many connections")
+            await answer_and_close(Transport(transport), 503, "too many connections")
             return
         try:
             client = stream.socket.getpeername()

@@ -7,6 +7,7 @@ trio's resource errors).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -300,13 +301,21 @@ class Transport:
         """
         await self.send_pieces([data])
 
-    async def send_pieces(self, pieces: list[Any]) -> None:
-        """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
+    async def _take_sending(self) -> None:
         while self._sending:
             if self._send_waiters is None:
                 self._send_waiters = trio.lowlevel.ParkingLot()
             await self._send_waiters.park()
         self._sending = True
+
+    def _release_sending(self) -> None:
+        self._sending = False
+        if self._send_waiters is not None:
+            self._send_waiters.unpark()
+
+    async def send_pieces(self, pieces: list[Any]) -> None:
+        """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
+        await self._take_sending()
         committed = bool(self._pending)
         if committed:
             pieces = self._pending + pieces
@@ -322,9 +331,7 @@ class Transport:
             else:
                 await self._send_to_socket(sock, pieces, committed)
         finally:
-            self._sending = False
-            if self._send_waiters is not None:
-                self._send_waiters.unpark()
+            self._release_sending()
 
     async def _send_through_stream(self, pieces: list[Any]) -> None:
         data = b"".join(pieces) if len(pieces) != 1 else pieces[0]
@@ -340,10 +347,10 @@ class Transport:
                 await self.stream.send_all(data)
         except BaseException:
             # How much of it went out cannot be told: nothing more may follow.
-            self.broken = True
+            self.cut()
             raise
         if scope.cancelled_caught:
-            self.broken = True
+            self.cut()
             raise Timeout("write", timeout)
 
     async def _send_to_socket(
@@ -359,7 +366,7 @@ class Transport:
             # Stopped part-way (cancelled, timed out, broken), or before bytes already
             # promised to the peer went out: what it holds is not a whole message.
             if pieces and (committed or self._partial):
-                self.broken = True
+                self.cut()
             raise
 
     async def _write_all(self, sock: trio.socket.SocketType, pieces: list[Any]) -> None:
@@ -386,6 +393,48 @@ class Transport:
                 pieces[0] = memoryview(pieces[0])[sent:]
         if not waited:
             await self.spend()
+
+    async def wait_writable(self) -> None:
+        """Return when a send might not block (the socket has room); a checkpoint.
+
+        On the portable path, or over TLS, the stream's own
+        ``wait_send_all_might_not_block``."""
+        sock = self._socket
+        if sock is None:
+            # trio's streams allow one sender at a time, waiting included.
+            await self._take_sending()
+            try:
+                await self.stream.wait_send_all_might_not_block()
+            finally:
+                self._release_sending()
+        elif self._pending:
+            await self.flush()
+        else:
+            self.yields += 1
+            await trio.lowlevel.wait_writable(sock)
+
+    async def send_eof(self) -> None:
+        """Shut the write side once what is being sent (and pending) has gone out."""
+        await self.send_pieces([])
+        await self._take_sending()
+        try:
+            stream = self.stream
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._release_sending()
+
+    def cut(self) -> None:
+        """End what is being sent without ending the message: nothing more is sent,
+        and the peer sees the connection end mid-message (its side of the socket is
+        shut for writing; reading goes on)."""
+        self.broken = True
+        sock = raw_socket(self.stream)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
 
     async def aclose(self) -> None:
         """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""

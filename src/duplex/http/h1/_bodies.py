@@ -158,9 +158,10 @@ class ResponseOutput(Writable):
     socket took the bytes. The queue of ``Writable`` stays empty; its rules hold:
 
     ``close_write()`` ends the response on the wire at once (the handler may still read
-    the request body); ``close_write(error)``, from any task, cuts the response and wakes
-    a blocked writer with ``trio.ClosedResourceError``. A write cancelled part-way (or
-    timed out) cuts the connection: the next write raises ``trio.BrokenResourceError``.
+    the request body), and so does ``close_write_nowait()`` from any task (a write
+    blocked meanwhile raises ``trio.ClosedResourceError``); ``close_write(error)`` cuts
+    the response at once. A write cancelled part-way (or timed out) cuts the connection:
+    the next write raises ``trio.BrokenResourceError``.
     """
 
     def __init__(self, connection: ServerConnection, exchange: H1Exchange) -> None:
@@ -175,12 +176,12 @@ class ResponseOutput(Writable):
         return self._write_error
 
     async def write(self, data: BytesLike) -> None:
-        """Send ``data`` as the next piece of the response body.
+        """Send ``data`` as the next piece of the response body; a checkpoint.
 
-        Raises ``trio.ClosedResourceError`` after ``close_write``,
-        ``trio.BrokenResourceError`` once the exchange failed or the peer left,
-        ``duplex.Timeout`` if the peer takes nothing within the write timeout, and
-        ``trio.BusyResourceError`` if another task is writing.
+        Raises ``trio.ClosedResourceError`` after ``close_write`` (also for a write it
+        interrupted), ``trio.BrokenResourceError`` once the exchange failed, the peer
+        left or a write was cut part-way, ``duplex.Timeout`` if the peer takes nothing
+        within the write timeout, and ``trio.BusyResourceError`` if another task writes.
         """
         self._enter_write_side()
         try:
@@ -190,10 +191,17 @@ class ResponseOutput(Writable):
                 return
             chunk = data if type(data) is bytes else bytes(data)
             connection = self._connection
-            with trio.CancelScope() as self._send_scope:
+            yields = connection.transport.yields
+            with trio.CancelScope() as scope:
+                self._send_scope = scope
                 await connection.send(connection.framer.frame(chunk))
-            if self._send_scope.cancelled_caught:
+            if scope.cancelled_caught:
+                # Closed from another task while the socket was full.
+                if self._write_error is None:
+                    self._end_soon()
                 raise trio.ClosedResourceError("the response was closed while being written")
+            if connection.transport.yields == yields:
+                await cancel_shielded_checkpoint()  # every write is a checkpoint
         finally:
             self._send_scope = None
             self._writing = False
@@ -201,7 +209,7 @@ class ResponseOutput(Writable):
     send_all = write
 
     async def wait_send_all_might_not_block(self) -> None:
-        """Return at once (a write waits for the socket itself); a checkpoint.
+        """Return when the socket has room for more; a checkpoint.
 
         Raises ``trio.ClosedResourceError`` after ``close_write`` and
         ``trio.BusyResourceError`` while another task writes."""
@@ -210,12 +218,15 @@ class ResponseOutput(Writable):
             await checkpoint_if_cancelled()
             if self._write_closed:
                 raise trio.ClosedResourceError("this body was closed for writing")
-            await cancel_shielded_checkpoint()
+            if self._read_closed:
+                await cancel_shielded_checkpoint()
+                return
+            await self._connection.transport.wait_writable()
         finally:
             self._writing = False
 
     async def close_write(self, error: BaseException | None = None) -> None:
-        """End the response: at once on the wire, or (with ``error``) by cutting it.
+        """End the response at once: on the wire, or (with ``error``) by cutting it.
 
         Idempotent; a checkpoint. Raises ``trio.BusyResourceError`` (without ``error``)
         while another task writes."""
@@ -228,13 +239,50 @@ class ResponseOutput(Writable):
         self._writing = True
         try:
             self._write_closed = True
-            await self._connection.end_response(self._exchange)
+            await checkpoint_if_cancelled()
+            yields = self._connection.transport.yields
+            await self._end()
+            if self._connection.transport.yields == yields:
+                await cancel_shielded_checkpoint()
         finally:
             self._writing = False
 
     def close_write_nowait(self, error: BaseException | None = None) -> None:
-        """Close for writing from any task. With ``error`` the response is cut; without,
-        it is ended by the server once the ``Streamable`` returns."""
+        """Close for writing from any task: with ``error`` the response is cut now;
+        without, it is ended now if the socket takes the end at once, else as soon as
+        it can be sent. A write blocked meanwhile raises ``trio.ClosedResourceError``."""
+        if self._write_closed:
+            return
         super().close_write_nowait(error)
-        if error is not None and self._send_scope is not None:
-            self._send_scope.cancel()
+        connection = self._connection
+        if error is not None:
+            connection.transport.cut()
+        if self._send_scope is not None:
+            self._send_scope.cancel()  # the writer ends (or has cut) the response
+        elif error is None:
+            self._end_soon()
+
+    def _end_soon(self) -> None:
+        """End the response now if the socket takes its end at once, else from a task
+        of the server's as soon as it can (nothing, if a cut write broke it)."""
+        connection = self._connection
+        if connection.transport.broken or connection.framer.response_ended:
+            return
+        pieces = connection.responder.ending()
+        sent = connection.transport.write_nowait(pieces)
+        if not sent:
+            # (None: nothing went out yet; False: part of it is pending.)
+            rest = pieces if sent is None else []
+            connection.nursery.start_soon(_send_quietly, connection, rest)
+
+    async def _end(self) -> None:
+        await self._connection.end_response(self._exchange)
+
+
+async def _send_quietly(connection: ServerConnection, pieces: list[bytes]) -> None:
+    """Send ``pieces`` (and what is pending) from a task of the server's: a peer that
+    is gone by then is the exchange's business, not the server's."""
+    try:
+        await connection.send(pieces)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+        log.debug("the end of a response could not be sent: %r", error)

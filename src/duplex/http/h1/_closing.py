@@ -9,57 +9,46 @@ from __future__ import annotations
 
 import trio
 
-from .._limits import Limits
+from ..._errors import Timeout
+from .._transport import Transport
 from ._framing import error_response
 
 __all__ = ["answer_and_close", "linger"]
 
 
-async def linger(stream: trio.abc.Stream, limits: Limits) -> None:
-    """Shut the write side, then read and drop what the peer still sends, for
-    ``linger_timeout`` and ``max_linger_size`` at most, so that a client that writes its
-    whole body before it reads (Python's ``http.client``) receives the response rather
-    than a reset. The caller closes the stream."""
-    with trio.move_on_after(limits.linger_timeout):
+async def linger(transport: Transport, *, seconds: float, max_size: int) -> None:
+    """Shut the write side (once what is being sent has gone), then read and drop what
+    the peer still sends, for ``seconds`` and ``max_size`` bytes at most, so that a
+    client that writes its whole body before it reads (Python's ``http.client``)
+    receives the response rather than a reset. The caller closes the transport."""
+    with trio.move_on_after(seconds):
         try:
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
+            await transport.send_eof()
             drained = 0
-            while drained < limits.max_linger_size:
-                data = await stream.receive_some(65536)
+            while drained < max_size:
+                data = await transport.read_some(max_bytes=65536)
                 if not data:
                     break
                 drained += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
             pass
 
 
 async def answer_and_close(
-    stream: trio.abc.Stream,
+    transport: Transport,
     status: int,
     message: str,
     *,
-    linger: float = 1.0,
-    max_drain: int = 65536,
+    seconds: float = 1.0,
+    max_size: int = 65536,
 ) -> None:
-    """Send an error response, then close so that the peer still reads it.
-
-    Closing a socket with unread input makes the kernel send a reset, which can destroy
-    the answer in flight; so the write side is shut first and what the peer still sends
-    is drained, for ``linger`` seconds and ``max_drain`` bytes at most.
-    """
+    """Send an error response, then linger (``seconds``, ``max_size``) and close, so
+    that the peer still reads it."""
     try:
-        with trio.move_on_after(linger):
-            await stream.send_all(error_response(status, message))
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
-            drained = 0
-            while drained < max_drain:
-                data = await stream.receive_some(16384)
-                if not data:
-                    break
-                drained += len(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        with trio.move_on_after(seconds):
+            await transport.send_pieces([error_response(status, message)])
+        await linger(transport, seconds=seconds, max_size=max_size)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
         pass
     finally:
-        await trio.aclose_forcefully(stream)
+        await transport.aclose()

@@ -177,14 +177,17 @@ class ServerConnection:
             if exchange is not None and exchange.error_status and not exchange.head_started:
                 status = exchange.error_status
                 await answer_and_close(
-                    self.transport.stream,
+                    self.transport,
                     status,
                     HTTPStatus(status).phrase,
-                    linger=self.limits.linger_timeout,
-                    max_drain=self.limits.max_linger_size,
+                    seconds=self.limits.linger_timeout,
+                    max_size=self.limits.max_linger_size,
                 )
             elif lingering:
-                await linger(self.transport.stream, self.limits)
+                limits = self.limits
+                await linger(
+                    self.transport, seconds=limits.linger_timeout, max_size=limits.max_linger_size
+                )
         finally:
             if self.parked is None:
                 await self.transport.aclose()
@@ -199,11 +202,11 @@ class ServerConnection:
             except ProtocolError as error:
                 log.debug("bad request from %s: %s", self.client, error)
                 await answer_and_close(
-                    self.transport.stream,
+                    self.transport,
                     error.status,
                     str(error),
-                    linger=self.limits.linger_timeout,
-                    max_drain=self.limits.max_linger_size,
+                    seconds=self.limits.linger_timeout,
+                    max_size=self.limits.max_linger_size,
                 )
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 log.debug("connection from %s ended: %r", self.client, error)

@@ -194,7 +194,7 @@ class Responder:
             pieces = [head]
             if body and not no_body:
                 pieces += framer.frame(body)
-            pieces += self._ending()
+            pieces += self.ending()
             await connection.send(pieces)
             return
         await connection.send([head])
@@ -219,7 +219,7 @@ class Responder:
             await self._send_iterable(body)
         await self.end(exchange)
 
-    def _ending(self) -> list[Any]:
+    def ending(self) -> list[Any]:
         """What ends the response on the wire, its trailers where the framing carries
         them (elsewhere they are dropped, as HTTP allows)."""
         framer = self._connection.framer
@@ -231,7 +231,7 @@ class Responder:
     async def end(self, exchange: Exchange) -> None:
         """End the response on the wire (once)."""
         if not self._connection.framer.response_ended:
-            await self._connection.send(self._ending())
+            await self._connection.send(self.ending())
         if exchange.state is State.RESPONDING:
             exchange.to(State.RESPONDED)
 
