@@ -17,7 +17,13 @@ import pytest
 from duplex.http._platform import force_portable
 
 #: Test modules run on both paths, by the start of their name.
-BOTH_PATHS_PREFIXES: tuple[str, ...] = ("test_client_",)
+BOTH_PATHS_PREFIXES: tuple[str, ...] = (
+    "test_client_",
+    "test_server_",
+    "test_channel_",
+    "test_group",
+    "test_sse",
+)
 
 PATHS = ["fast", "portable"]
 

@@ -8,7 +8,7 @@ never mistaken for a whole one, and the listener goes on serving.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -188,11 +188,13 @@ async def failing_writable(request: duplex.Request) -> duplex.Response:
     return duplex.Response(200, body=output)
 
 
-def respond_with(body: AsyncIterator[bytes] | duplex.Streamable) -> duplex.Handler:
+def respond_with(make: Callable[[], AsyncIterator[bytes] | duplex.Streamable]) -> duplex.Handler:
+    """A handler whose response body is made anew for each request."""
+
     async def handler(request: duplex.Request) -> duplex.Response:
         if request.target == "/next":
             return duplex.Response(200)
-        return duplex.Response(200, body=body)
+        return duplex.Response(200, body=make())
 
     return handler
 
@@ -200,8 +202,8 @@ def respond_with(body: AsyncIterator[bytes] | duplex.Streamable) -> duplex.Handl
 @pytest.mark.parametrize(
     "handler",
     [
-        respond_with(failing_chunks()),
-        respond_with(duplex.Streamable(failing_streamable)),
+        respond_with(failing_chunks),
+        respond_with(lambda: duplex.Streamable(failing_streamable)),
         failing_writable,
     ],
     ids=["async-iterable", "streamable", "writable"],
