@@ -112,11 +112,6 @@ async def test_https_to_a_server_that_hangs_up_fails_at_once_naming_the_tls_hand
             assert client.pool.open_connections() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13, server: bytes that cannot start a request line (a TLS ClientHello "
-    "starts with 0x16) wait for a whole head until header_timeout instead of a 400 at once",
-)
 async def test_https_to_duplex_serving_plain_http_fails_at_once_naming_the_tls_handshake(
     nursery: trio.Nursery,
 ) -> None:

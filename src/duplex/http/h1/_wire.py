@@ -42,6 +42,8 @@ _CONTENT_LENGTH_FIELD = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGN
 # Control characters that may not appear anywhere in a request head (CR and LF are
 # checked as line ends, HTAB is allowed in values).
 _HEAD_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The request method: a token (RFC 9110 §9.1), which the request line starts with.
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 # A chunk-size line without its CRLF: as h11's grammar (at most 20 hex digits, optional
 # whitespace), with extensions that hold no CR or NUL (h11 lets those through).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\x00]*)?[ \t]*")
@@ -216,6 +218,11 @@ class ServerWire:
         status to answer (400, 414, 431, 501).
         """
         data, pos = self._data, self._pos
+        method_end = _METHOD.match(data, pos).end()  # type: ignore[union-attr]
+        if method_end < len(data) and data[method_end] != 0x20:
+            # Not HTTP at all (a TLS handshake on a plain port, say): said at once, not
+            # once a whole line or the header timeout has gone by.
+            raise ProtocolError("not an HTTP request: the method is not a token")
         max_line = self.max_request_line
         line_end = data.find(b"\n", pos, pos + max_line + 2)
         if line_end < 0:
