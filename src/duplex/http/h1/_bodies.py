@@ -84,7 +84,13 @@ class RequestBody(Readable):
             self._wait.cancel()
 
     async def aclose(self, error: BaseException | None = None) -> None:
+        """The reader gives up: later reads raise ``trio.ClosedResourceError``, and the
+        rest of the body is dropped by the server (see ``H1Exchange.drain_soon``)."""
         self.close_read_nowait(error)
+        exchange = self.exchange
+        if exchange is not None and not self._ended:
+            exchange.abandoned = True
+            exchange.drain_soon()
         await checkpoint()
 
     async def _receive(self, max_bytes: int | None) -> bytes:
@@ -274,9 +280,15 @@ class ResponseOutput(Writable):
             # (None: nothing went out yet; False: part of it is pending.)
             rest = pieces if sent is None else []
             connection.nursery.start_soon(_send_quietly, connection, rest)
+        self._exchange.drain_soon()
 
     async def _end(self) -> None:
-        await self._connection.end_response(self._exchange)
+        # Closing never raises for a peer that has gone (as an in-memory Writable's
+        # close_write does not): the exchange learns of it anyway.
+        try:
+            await self._connection.end_response(self._exchange)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+            log.debug("the end of a response could not be sent: %r", error)
 
 
 async def _send_quietly(connection: ServerConnection, pieces: list[bytes]) -> None:

@@ -197,6 +197,8 @@ class ClientExchange:
         "_lease",
         "_linger_from",
         "_read_timeout",
+        "_reader",
+        "_reader_gone",
         "_received",
         "_response",
         "_sender",
@@ -214,6 +216,11 @@ class ClientExchange:
         self._sender = RequestSender(self)
         self._response = _HEAD
         self._dropper: trio.CancelScope | None = None
+        # The scope of a body read waiting on the socket, if one is: a close from
+        # another task cancels it, and the dropper waits until it has left (two tasks
+        # never wait on one socket).
+        self._reader: trio.CancelScope | None = None
+        self._reader_gone: trio.Event | None = None
         #: The response body's length, when its head says it (Content-Length).
         self.response_length: int | None = None
         self._received = 0
@@ -298,7 +305,7 @@ class ClientExchange:
             while True:
                 event = http.next_event()
                 if event is h11.NEED_DATA:
-                    await http.receive_data(timeout, "read")
+                    await self._read_more(timeout)
                     continue
                 if type(event) is h11.Data:
                     data = bytes(event.data)
@@ -310,8 +317,25 @@ class ClientExchange:
                     self.response_ended()
                     return b""
                 raise ProtocolError(f"unexpected {type(event).__name__} in a response body")
+        except _ReaderClosed:
+            raise
         except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
             raise self._fail(error, "in the middle of the response")  # noqa: B904
+
+    async def _read_more(self, timeout: float | None) -> None:
+        """Read once from the socket for the body's reader, in a scope that a close of
+        the body from another task cancels (then raises ``trio.ClosedResourceError``,
+        having taken nothing)."""
+        scope = self._reader = trio.CancelScope()
+        try:
+            with scope:
+                await self.http.receive_data(timeout, "read")
+        finally:
+            self._reader = None
+            if self._reader_gone is not None:
+                self._reader_gone.set()
+        if scope.cancelled_caught:
+            raise _ReaderClosed("the response body was closed while it was read")
 
     def _end_if_complete(self) -> None:
         # A body of known length read whole: its end is taken without reading more, so
@@ -342,6 +366,11 @@ class ClientExchange:
         ``error`` is why, for a request body that breaks."""
         if self.finished or self._response in (_ENDED, _DROPPED):
             return
+        if self._reader is not None:
+            # A read waits on the socket in another task: it raises ClosedResourceError,
+            # and whatever reads on (the dropper) waits for it to leave.
+            self._reader_gone = trio.Event()
+            self._reader.cancel()
         nursery = self._sender.nursery
         if self._sender.state != _SENDING or nursery is None or self.http.closed:
             self.abort(error)
@@ -367,6 +396,9 @@ class ClientExchange:
         http = self.http
         with self._dropper:
             try:
+                while self._reader is not None:
+                    assert self._reader_gone is not None
+                    await self._reader_gone.wait()
                 while (
                     self._linger_from < 0 or http.bytes_received - self._linger_from <= _LINGER_SIZE
                 ):
@@ -429,6 +461,11 @@ class ClientExchange:
         mapped = ProtocolError(f"the request body failed: {why}")
         mapped.__cause__ = why
         return mapped
+
+
+class _ReaderClosed(trio.ClosedResourceError):
+    """A body read waiting on the socket was woken by a close of the body: the
+    connection is fine, the reader's part in it over."""
 
 
 def _body_length(method: str, response: h11.Response) -> int | None:

@@ -138,7 +138,7 @@ class ServerConnection:
         ``Transport.broken``)."""
         await self.transport.send_pieces(pieces)
 
-    async def end_response(self, exchange: Exchange) -> None:
+    async def end_response(self, exchange: H1Exchange) -> None:
         """End the response on the wire now (a ``Streamable`` closing its output)."""
         await self.responder.end(exchange)
 
@@ -338,7 +338,10 @@ class ServerConnection:
             if self.parked is not None:
                 return False
             if not (exchange.request_complete or exchange.failed or exchange.detached):
-                await exchange.drain()
+                if exchange.draining is not None:
+                    await exchange.draining.wait()
+                else:
+                    await exchange.drain()
         finally:
             if self.parked is None:
                 self.in_flight = None

@@ -10,9 +10,10 @@ import trio
 
 from ..._body import EmptyBody
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange
+from .._exchange import Exchange, Watch
 from .._models import Request
 from ._bodies import PeerGone
+from ._closing import linger
 from ._wire import CONTINUE
 
 if TYPE_CHECKING:
@@ -28,8 +29,10 @@ class H1Exchange(Exchange):
     """An exchange as HTTP/1.1 frames it."""
 
     __slots__ = (
+        "abandoned",
         "connection",
         "continue_sent",
+        "draining",
         "error_status",
         "expects_continue",
         "http_10",
@@ -53,10 +56,48 @@ class H1Exchange(Exchange):
         #: The status the connection answers with if the request turns out bad before
         #: the response began (its body too large, malformed, too slow).
         self.error_status: int | None = None
+        #: True once the handler closed ``request.body`` itself (it reads no more).
+        self.abandoned = False
+        #: Set once a drain started by ``drain_soon`` has finished.
+        self.draining: trio.Event | None = None
 
     def fail(self, error: BaseException) -> None:
         self.keep_alive = False
         super().fail(error)
+
+    def drain_soon(self) -> None:
+        """Once the response has ended and the handler has given up the request body
+        while the exchange goes on (a ``Streamable`` still running), drop what is left
+        of the body from a task of the server's, so that the client is not held with
+        its body unread for as long as the exchange lasts: up to ``max_drain_size``,
+        then (the client cannot be told to stop but by closing) linger and close."""
+        connection = self.connection
+        if (
+            self.abandoned
+            and connection.framer.response_ended
+            and self.draining is None
+            and not self.request_complete
+            and not self.ended
+        ):
+            self.draining = trio.Event()
+            connection.nursery.start_soon(self._drain_in_background, self.draining)
+
+    async def _drain_in_background(self, done: trio.Event) -> None:
+        connection = self.connection
+        self.stop_watching()  # a watcher must not wait on the socket with us
+        self.watch = Watch.READER
+        try:
+            await self.drain()
+            if not self.request_complete:
+                limits = connection.limits
+                await linger(
+                    connection.transport,
+                    seconds=limits.linger_timeout,
+                    max_size=limits.max_linger_size,
+                )
+                await connection.transport.aclose()
+        finally:
+            done.set()
 
     async def drain(self) -> None:
         """Read and drop what the response left of the request body, up to

@@ -16,7 +16,7 @@ import trio
 from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
 from ..._stream import Stream
-from .._exchange import Exchange, State, Watch
+from .._exchange import State, Watch
 from .._models import HeadersLike, Request, Response, Streamable
 from .._takeover import ResponseControl, Takeover
 from ._bodies import PeerGone, ResponseOutput
@@ -228,12 +228,13 @@ class Responder:
             log.debug("trailers dropped: this response cannot carry them")
         return framer.end(trailers)
 
-    async def end(self, exchange: Exchange) -> None:
+    async def end(self, exchange: H1Exchange) -> None:
         """End the response on the wire (once)."""
         if not self._connection.framer.response_ended:
             await self._connection.send(self.ending())
         if exchange.state is State.RESPONDING:
             exchange.to(State.RESPONDED)
+        exchange.drain_soon()
 
     async def _run_takeover(
         self, exchange: H1Exchange, fn: Callable[[ResponseControl], Awaitable[object]]
