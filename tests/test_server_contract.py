@@ -39,23 +39,7 @@ from helpers import TIMEOUT, background
 # Every test here runs on Linux's fast I/O path and on the portable one (tests/conftest.py).
 pytestmark = pytest.mark.both_paths
 
-NOT_NOTICED_PORTABLE = (
-    "on the portable I/O path the server never notices a peer that sent a byte after its"
-    " request and left"
-)
-
-KNOWN_FAILURES: list[Expected] = [
-    Expected(
-        "test_a_peer_that_sends_a_byte_after_its_request_and_leaves_cancels_the_exchange",
-        ("portable",),
-        NOT_NOTICED_PORTABLE,
-    ),
-    Expected(
-        "test_a_peer_that_sends_a_byte_after_its_request_and_leaves_closes_its_channel",
-        ("portable",),
-        NOT_NOTICED_PORTABLE,
-    ),
-]
+KNOWN_FAILURES: list[Expected] = []
 
 
 @pytest.fixture(autouse=True)

@@ -248,3 +248,13 @@ async def test_a_handler_that_builds_an_injecting_response_gets_500() -> None:
             await client.expect_closed()
     assert response.status == 500
     assert response.header("x-injected") is None
+
+
+async def test_bytes_that_cannot_start_a_request_get_400_before_any_line_ends() -> None:
+    # A TLS ClientHello on a plain port: no line end comes, so only the first bytes tell.
+    with trio.fail_after(5):
+        async with serving(read_body) as server, await RawClient.connect(server.port) as client:
+            await client.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            response = await client.read_response()
+            await client.expect_closed()
+    assert response.status == 400

@@ -49,6 +49,8 @@ class Watched(Protocol):
 
     def peer_left(self, exchange: Exchange) -> None: ...
 
+    def stash(self, data: bytes) -> int: ...
+
     def resume(self, exchange: Exchange) -> Awaitable[None]: ...
 
 
@@ -115,7 +117,7 @@ async def _watch(connection: Watched, exchange: Exchange, scope: trio.CancelScop
     with scope:
         if exchange is not connection.in_flight or not exchange.running:
             return
-        await connection.transport.wait_peer_gone()
+        await connection.transport.wait_peer_gone(connection.stash)
         log.debug("the peer left mid-exchange: %r", exchange)
         connection.peer_left(exchange)
 

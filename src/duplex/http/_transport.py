@@ -78,6 +78,7 @@ class Transport:
 
     __slots__ = (
         "_budget",
+        "_fast",
         "_partial",
         "_pending",
         "_send_waiters",
@@ -102,7 +103,9 @@ class Transport:
         self.stream = stream
         self.read_size = read_size
         self.write_timeout = write_timeout
-        # The fast path (see _platform): the socket itself, read and written directly.
+        # The fast path (see _platform): the socket itself, read and written directly
+        # (plain TCP), and the peer's leaving seen through epoll (TLS too).
+        self._fast = direct_io
         self._socket = stream.socket if direct_io and type(stream) is trio.SocketStream else None
         self._budget = _BUDGET
         # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
@@ -227,22 +230,25 @@ class Transport:
         sock = self.socket()
         return -1 if sock is None else sock.fileno()
 
-    async def wait_peer_gone(self) -> None:
+    async def wait_peer_gone(self, stash: Callable[[bytes], int] | None = None) -> None:
         """Return once the peer has closed or reset the connection.
 
-        Reads nothing into memory: it peeks at the socket. Once unread data is waiting
-        (a pipelined request, or stray bytes), the peer closing its side is still seen on
-        the fast path (Linux's ``EPOLLRDHUP``); on the portable path it can no longer be
-        told, and this waits forever. Cancellation is checked before every look, so that
-        a watcher cancelled while it was being woken never waits on a socket that another
-        task reads by then.
+        It peeks at the socket. Once unread data is waiting (a pipelined request, or
+        stray bytes), the peer closing its side is still seen on the fast path (Linux's
+        ``EPOLLRDHUP``, reading nothing). On the portable path the data is read and
+        handed to ``stash``, which returns how many more bytes it takes (a bound: the
+        connection keeps them for the next request); once it takes no more, or without
+        a stash, or over TLS, this waits forever. Cancellation is checked before every
+        look, so that a watcher cancelled while it was being woken never waits on a
+        socket that another task reads by then.
         """
         sock = raw_socket(self.stream)
         if sock is None:
             await trio.sleep_forever()
             return
-        if self._socket is None:
-            await _wait_gone_portably(sock)
+        if not self._fast:
+            plain = type(self.stream) is trio.SocketStream
+            await _wait_gone_portably(sock, stash if plain else None)
             return
         while True:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -452,14 +458,20 @@ async def _wait_hangup(sock: trio.socket.SocketType) -> None:
         await trio.lowlevel.wait_readable(epoll.fileno())
 
 
-async def _wait_gone_portably(sock: trio.socket.SocketType) -> None:
-    """``wait_peer_gone`` with trio's socket alone: a peek once the socket is readable
-    (trio's sockets never block); forever once data waits unread."""
-    while True:
-        try:
-            data = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            return
-        if not data:
-            return
-        await trio.sleep_forever()
+async def _wait_gone_portably(
+    sock: trio.socket.SocketType, stash: Callable[[bytes], int] | None
+) -> None:
+    """``wait_peer_gone`` with trio's socket alone (which never blocks): a peek once the
+    socket is readable; then what waits unread is read into ``stash`` while it takes
+    any (``stash(b"")`` says how much it takes), and the end seen after it."""
+    try:
+        data = await sock.recv(1, socket.MSG_PEEK)
+        room = 0 if stash is None else stash(b"")
+        while data:
+            if room <= 0:
+                await trio.sleep_forever()
+            data = await sock.recv(room)
+            if data:
+                room = stash(data)  # type: ignore[misc]
+    except OSError:
+        return

@@ -362,6 +362,14 @@ class ServerConnection:
         """Have the server look at the exchange in flight once it has lasted a while."""
         self.server.watchers.watch_later(self)
 
+    def stash(self, data: bytes) -> int:
+        """Keep bytes a watcher read (the portable path: what the peer sent after its
+        request); how many more it may keep (``max_header_size`` buffered at most).
+        ``b""`` only asks."""
+        if data:
+            self.wire.feed(data)
+        return self.limits.max_header_size - self.wire.buffered
+
     def peer_left(self, exchange: Exchange) -> None:
         exchange.fail(PeerGone("the peer closed the connection"))
 
