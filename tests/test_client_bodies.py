@@ -263,3 +263,47 @@ async def test_a_response_given_up_is_cut_off_soon_after_its_request_has_gone_ou
             await server.request_ended.wait()
             await server.client_closed.wait()
             assert client.pool.open_connections() == 0
+
+
+async def test_a_response_body_closed_while_read_and_its_request_streams_hands_the_socket_over(
+    nursery: trio.Nursery,
+) -> None:
+    # The reader waits on the socket when another task closes the body while the request
+    # still streams: the reader wakes with ClosedResourceError, and only then does the
+    # task that drops the rest of the response wait on the socket (two waiters on one
+    # socket raise trio.BusyResourceError, which would crash the client's nursery).
+    request_ended = trio.Event()
+
+    async def answer_after_the_request(stream: trio.SocketStream) -> None:
+        received = await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while not received.endswith(b"0\r\n\r\n"):
+            received += await stream.receive_some(65536)
+        request_ended.set()
+        await stream.send_all(b"5\r\nafter\r\n0\r\n\r\n")
+        await read_head(stream)  # until the client closes or sends another request
+
+    with trio.fail_after(TIMEOUT):
+        server = await FakeServer.start(nursery, answer_after_the_request)
+        async with duplex.Client() as client:
+            output = duplex.Writable()
+            response = await client.post(server.url, body=output)
+            raised: list[BaseException] = []
+
+            async def reader() -> None:
+                try:
+                    await response.body.read()
+                except trio.ClosedResourceError as error:
+                    raised.append(error)
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await response.body.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(raised) == 1
+            await output.write(b"still going up")
+            await output.close_write()
+            await request_ended.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            # The rest was dropped and the exchange ended cleanly: the connection is kept.
+            assert client.pool.idle_connections() == 1
