@@ -10,7 +10,6 @@ import operator
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Iterable
-from types import TracebackType
 from typing import TypeAlias
 
 import trio
@@ -136,16 +135,6 @@ class Readable(trio.abc.ReceiveStream):
         and it closes even when cancelled.
         """
 
-    async def __aenter__(self) -> Readable:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class EmptyBody(Readable):

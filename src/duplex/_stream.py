@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
@@ -67,12 +65,7 @@ class Stream(trio.abc.HalfCloseableStream):
         Raises ``ValueError`` if ``max_bytes`` < 1, ``trio.ClosedResourceError`` after
         ``close_read``/``aclose``, and whatever the input raises (see ``Readable.read``).
         """
-        checked = check_max_bytes(max_bytes)
-        self._enter_read()
-        try:
-            return await self._readpartial(checked)
-        finally:
-            self._reading = False
+        return await self.receive_some(max_bytes)
 
     async def _readpartial(self, max_bytes: int | None) -> bytes:
         if self._buffer:
@@ -211,13 +204,3 @@ class Stream(trio.abc.HalfCloseableStream):
             if self.output is not None:
                 self.output.close_write_nowait()
 
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()

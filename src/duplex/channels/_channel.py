@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import trio
 
@@ -319,25 +319,27 @@ class Channel:
         return Response(self._status, body=Takeover(self._writer.run))
 
 
-def channel(
-    request: Request,
-    *,
-    on_open: Callback | None = None,
-    on_receive: Callback | None = None,
-    on_close: Callback | None = None,
-    after_open: HookArgument = None,
-    before_chunk: HookArgument = None,
-    before_close: HookArgument = None,
-    after_close: HookArgument = None,
-    status: int = 200,
-    headers: HeadersLike | None = None,
-    heartbeat: float | None = 15.0,
-    max_queue: int = 1024,
-    max_queue_bytes: int = 1 << 20,
-    when_full: WhenFull = "close",
-    max_message_size: int = 1 << 20,
-    ping_interval: float | None = 20.0,
-) -> Response:
+class ChannelOptions(TypedDict, total=False):
+    """What ``channel()`` passes on to ``Channel`` (see there for each)."""
+
+    on_open: Callback | None
+    on_receive: Callback | None
+    on_close: Callback | None
+    after_open: HookArgument
+    before_chunk: HookArgument
+    before_close: HookArgument
+    after_close: HookArgument
+    status: int
+    headers: HeadersLike | None
+    heartbeat: float | None
+    max_queue: int
+    max_queue_bytes: int
+    when_full: WhenFull
+    max_message_size: int
+    ping_interval: float | None
+
+
+def channel(request: Request, **options: Unpack[ChannelOptions]) -> Response:
     """Answer ``request`` with a channel; return the response for the handler to return.
 
     The transport follows the request: ``Upgrade: websocket`` → WebSocket; ``Accept:
@@ -352,21 +354,4 @@ def channel(
     takes and returns the list of chunks). ``max_queue`` and ``max_queue_bytes`` bound
     the queue; ``when_full`` says what ``offer`` does when it is full.
     """
-    return Channel(
-        request,
-        on_open=on_open,
-        on_receive=on_receive,
-        on_close=on_close,
-        after_open=after_open,
-        before_chunk=before_chunk,
-        before_close=before_close,
-        after_close=after_close,
-        status=status,
-        headers=headers,
-        heartbeat=heartbeat,
-        max_queue=max_queue,
-        max_queue_bytes=max_queue_bytes,
-        when_full=when_full,
-        max_message_size=max_message_size,
-        ping_interval=ping_interval,
-    ).response()
+    return Channel(request, **options).response()

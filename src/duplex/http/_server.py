@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import trio
 
@@ -233,22 +233,26 @@ class Server:
         await self._stopped.wait()
 
 
+class ServerOptions(TypedDict, total=False):
+    """The options ``serve`` passes on to ``Server``."""
+
+    limits: Limits | None
+    ssl_context: ssl.SSLContext | None
+    reuse_port: bool
+
+
 async def serve(
     handler: Handler,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    limits: Limits | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    reuse_port: bool = False,
     task_status: Any = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ServerOptions],
 ) -> None:
-    """Serve ``handler`` on ``host``:``port`` until cancelled or shut down.
+    """Serve ``handler`` on ``host``:``port`` until cancelled or shut down; ``options``
+    are ``Server``'s (``limits``, ``ssl_context``, ``reuse_port``).
 
     ``server = await nursery.start(duplex.serve, handler, "127.0.0.1", 0)`` hands back
     the ``Server``, already listening.
     """
-    server = Server(
-        handler, host, port, limits=limits, ssl_context=ssl_context, reuse_port=reuse_port
-    )
-    await server.serve(task_status=task_status)
+    await Server(handler, host, port, **options).serve(task_status=task_status)
