@@ -77,6 +77,7 @@ class Transport:
     """
 
     __slots__ = (
+        "_abortable",
         "_budget",
         "_fast",
         "_partial",
@@ -106,6 +107,8 @@ class Transport:
         # The fast path (see _platform): the socket itself, read and written directly
         # (plain TCP), and the peer's leaving seen through epoll (TLS too).
         self._fast = direct_io
+        # The scope of a send waiting for the socket, which ``abort_send`` cancels.
+        self._abortable: trio.CancelScope | None = None
         self._socket = stream.socket if direct_io and type(stream) is trio.SocketStream else None
         self._budget = _BUDGET
         # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
@@ -346,18 +349,22 @@ class Transport:
             return
         timeout = self.write_timeout
         try:
-            if timeout is None:
-                await self.stream.send_all(data)
-                return
-            with trio.move_on_after(timeout) as scope:
-                await self.stream.send_all(data)
+            with trio.CancelScope() as aborted:
+                self._abortable = aborted
+                with trio.move_on_after(inf if timeout is None else timeout) as timed_out:
+                    await self.stream.send_all(data)
         except BaseException:
             # How much of it went out cannot be told: nothing more may follow.
             self.cut()
             raise
-        if scope.cancelled_caught:
+        finally:
+            self._abortable = None
+        if aborted.cancelled_caught:
             self.cut()
-            raise Timeout("write", timeout)
+            raise trio.ClosedResourceError("the send was aborted")
+        if timed_out.cancelled_caught:
+            self.cut()
+            raise Timeout("write", 0.0 if timeout is None else timeout)
 
     async def _send_to_socket(
         self, sock: trio.socket.SocketType, pieces: list[Any], committed: bool
@@ -385,7 +392,13 @@ class Transport:
             try:
                 sent = os.writev(fd, pieces) if len(pieces) > 1 else os.write(fd, pieces[0])
             except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_writable, sock, self.write_timeout, "write")
+                # Only a send that waits can be aborted: the scope costs nothing otherwise.
+                with trio.CancelScope() as aborted:
+                    self._abortable = aborted
+                    await self._wait(trio.lowlevel.wait_writable, sock, self.write_timeout, "write")
+                self._abortable = None
+                if aborted.cancelled_caught:
+                    raise trio.ClosedResourceError("the send was aborted") from None
                 waited = True
                 continue
             except OSError as error:
@@ -404,20 +417,27 @@ class Transport:
         """Return when a send might not block (the socket has room); a checkpoint.
 
         On the portable path, or over TLS, the stream's own
-        ``wait_send_all_might_not_block``."""
+        ``wait_send_all_might_not_block``. ``abort_send`` wakes it with
+        ``trio.ClosedResourceError``."""
         sock = self._socket
-        if sock is None:
-            # trio's streams allow one sender at a time, waiting included.
-            await self._take_sending()
-            try:
-                await self.stream.wait_send_all_might_not_block()
-            finally:
-                self._release_sending()
-        elif self._pending:
+        if sock is not None and self._pending:
             await self.flush()
-        else:
-            self.yields += 1
-            await trio.lowlevel.wait_writable(sock)
+            return
+        with trio.CancelScope() as aborted:
+            self._abortable = aborted
+            if sock is not None:
+                self.yields += 1
+                await trio.lowlevel.wait_writable(sock)
+            else:
+                # trio's streams allow one sender at a time, waiting included.
+                await self._take_sending()
+                try:
+                    await self.stream.wait_send_all_might_not_block()
+                finally:
+                    self._release_sending()
+        self._abortable = None
+        if aborted.cancelled_caught:
+            raise trio.ClosedResourceError("the wait was aborted")
 
     async def send_eof(self) -> None:
         """Shut the write side once what is being sent (and pending) has gone out."""
@@ -431,6 +451,12 @@ class Transport:
                 await trio.lowlevel.checkpoint()
         finally:
             self._release_sending()
+
+    def abort_send(self) -> None:
+        """Wake a send that waits for the socket (from any task): it raises
+        ``trio.ClosedResourceError`` (cutting the connection if it sent part)."""
+        if self._abortable is not None:
+            self._abortable.cancel()
 
     def cut(self) -> None:
         """End what is being sent without ending the message: nothing more is sent,

@@ -8,6 +8,7 @@ write cancelled part-way cuts the connection rather than leave half a chunk behi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -174,7 +175,6 @@ class ResponseOutput(Writable):
         super().__init__(0)
         self._connection = connection
         self._exchange = exchange
-        self._send_scope: trio.CancelScope | None = None
 
     @property
     def error(self) -> BaseException | None:
@@ -198,18 +198,22 @@ class ResponseOutput(Writable):
             chunk = data if type(data) is bytes else bytes(data)
             connection = self._connection
             yields = connection.transport.yields
-            with trio.CancelScope() as scope:
-                self._send_scope = scope
+            try:
                 await connection.send(connection.framer.frame(chunk))
-            if scope.cancelled_caught:
+            except trio.ClosedResourceError:
+                if not self._write_closed:
+                    raise
                 # Closed from another task while the socket was full.
                 if self._write_error is None:
                     self._end_soon()
-                raise trio.ClosedResourceError("the response was closed while being written")
-            if connection.transport.yields == yields:
+                raise trio.ClosedResourceError(
+                    "the response was closed while being written"
+                ) from None
+            if self._write_closed and self._write_error is None:
+                self._end_soon()  # closed from another task while this went out
+            elif connection.transport.yields == yields:
                 await cancel_shielded_checkpoint()  # every write is a checkpoint
         finally:
-            self._send_scope = None
             self._writing = False
 
     send_all = write
@@ -227,7 +231,12 @@ class ResponseOutput(Writable):
             if self._read_closed:
                 await cancel_shielded_checkpoint()
                 return
-            await self._connection.transport.wait_writable()
+            with contextlib.suppress(trio.ClosedResourceError):
+                await self._connection.transport.wait_writable()
+            if self._write_closed:
+                if self._write_error is None:
+                    self._end_soon()  # closed from another task while this waited
+                raise trio.ClosedResourceError("this body was closed for writing")
         finally:
             self._writing = False
 
@@ -263,8 +272,8 @@ class ResponseOutput(Writable):
         connection = self._connection
         if error is not None:
             connection.transport.cut()
-        if self._send_scope is not None:
-            self._send_scope.cancel()  # the writer ends (or has cut) the response
+        if self._writing:
+            connection.transport.abort_send()  # the writer ends (or has cut) the response
         elif error is None:
             self._end_soon()
 

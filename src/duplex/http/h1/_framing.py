@@ -103,11 +103,14 @@ class ResponseFramer:
         length = 0
         lengths: list[bytes] = []
         codings: list[bytes] = []
+        dated = False
         for name, value in headers:
             if name == b"content-length":
                 lengths += [part.strip() for part in value.split(b",")]
             elif name == b"transfer-encoding":
                 codings += [part.strip().lower() for part in value.split(b",")]
+            elif name == b"date":
+                dated = True
         if status not in (204, 304):
             if codings:
                 if codings != [b"chunked"]:
@@ -141,7 +144,7 @@ class ResponseFramer:
         self._out_left = length
         self.response_ended = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        if not any(name == b"date" for name, _ in headers):
+        if not dated:
             lines.append(b"date: %s\r\n" % http_date())
         lines += [b"%s: %s\r\n" % item for item in headers]
         lines.append(b"\r\n")
