@@ -27,21 +27,21 @@ __all__ = ["Exchange", "ExchangeBody", "ExchangeTasks", "State", "Watch"]
 log = logging.getLogger("duplex.server")
 
 
-class State(enum.Enum):
-    """Where an exchange is in its life."""
+class State(enum.IntEnum):
+    """Where an exchange is in its life (an int, so that a move is checked by a bit)."""
 
     #: The handler runs; nothing of the response has been sent.
-    HANDLING = "handling"
+    HANDLING = 0
     #: The response head is out; its body is on its way.
-    RESPONDING = "responding"
+    RESPONDING = 1
     #: The response is complete (the request body may still be arriving).
-    RESPONDED = "responded"
+    RESPONDED = 2
     #: The connection was handed to another protocol (a WebSocket).
-    DETACHED = "detached"
+    DETACHED = 3
     #: The peer left, or the request or response broke: the exchange is cancelled.
-    FAILED = "failed"
+    FAILED = 4
     #: Over after a response: its tasks are cancelled, and the connection may go on.
-    OVER = "over"
+    OVER = 5
 
 
 #: Every move an exchange may make; any other is a bug in duplex.
@@ -54,6 +54,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FAILED: frozenset(),
     State.OVER: frozenset(),
 }
+# The table as one bit mask per state, for the check every move makes.
+_ALLOWED = [sum(1 << target for target in TRANSITIONS[state]) for state in State]
 
 
 class Watch(enum.Enum):
@@ -130,13 +132,13 @@ class Exchange:
         self.tasks: ExchangeTasks | None = None
 
     def __repr__(self) -> str:
-        return f"<Exchange {self.request.method} {self.request.target} {self.state.value}>"
+        return f"<Exchange {self.request.method} {self.request.target} {self.state.name}>"
 
     def to(self, state: State) -> None:
         """Move to ``state``; a move the table does not list is a bug (RuntimeError)."""
         if state is not self.state:
-            if state not in TRANSITIONS[self.state]:
-                raise RuntimeError(f"an exchange cannot go from {self.state} to {state}")
+            if not _ALLOWED[self.state] >> state & 1:
+                raise RuntimeError(f"an exchange cannot go from {self.state.name} to {state.name}")
             self.state = state
             if state is State.RESPONDING:
                 self.head_started = True
@@ -171,7 +173,7 @@ class Exchange:
     @property
     def ended(self) -> bool:
         """True once the exchange is in one of its final states."""
-        return not TRANSITIONS[self.state]
+        return not _ALLOWED[self.state]
 
     def end(self) -> None:
         """The exchange is over: cancel the tasks left in ``request.nursery``."""
@@ -212,7 +214,7 @@ class ExchangeTasks(ExchangeNursery):
         self._exchange = exchange
         self._nursery = nursery
         self._on_failure = on_failure
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes: set[trio.CancelScope] | None = None  # (made with the first task)
         self._done: trio.lowlevel.ParkingLot | None = None
         #: Tasks started and not yet finished.
         self.count = 0
@@ -236,7 +238,7 @@ class ExchangeTasks(ExchangeNursery):
         return await self._nursery.start(self._run, async_fn, args, name=name or async_fn)
 
     def cancel(self) -> None:
-        for scope in self._scopes:
+        for scope in self._scopes or ():
             scope.cancel()
 
     async def wait(self) -> None:
@@ -256,6 +258,8 @@ class ExchangeTasks(ExchangeNursery):
     ) -> None:
         exchange = self._exchange
         scope = trio.CancelScope()
+        if self._scopes is None:
+            self._scopes = set()
         self._scopes.add(scope)
         try:
             with scope:

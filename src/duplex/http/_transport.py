@@ -80,7 +80,6 @@ class Transport:
         "_abortable",
         "_budget",
         "_fast",
-        "_partial",
         "_pending",
         "_send_waiters",
         "_sending",
@@ -127,7 +126,6 @@ class Transport:
         #: Set when a send stopped part-way (cancelled, timed out, failed): the peer
         #: holds part of a message, so nothing more may be sent on this connection.
         self.broken = False
-        self._partial = False
 
     @property
     def direct(self) -> bool:
@@ -324,7 +322,10 @@ class Transport:
 
     async def send_pieces(self, pieces: list[Any]) -> None:
         """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
-        await self._take_sending()
+        if self._sending:
+            await self._take_sending()
+        else:
+            self._sending = True
         committed = bool(self._pending)
         if committed:
             pieces = self._pending + pieces
@@ -370,48 +371,49 @@ class Transport:
         self, sock: trio.socket.SocketType, pieces: list[Any], committed: bool
     ) -> None:
         pieces = [piece for piece in pieces if piece]
+        partial = False
+        waited = False
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             if len(pieces) > _MAX_PIECES:
                 pieces = [b"".join(pieces)]
-            await self._write_all(sock, pieces)
+            while pieces:
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError("the connection is closed")
+                try:
+                    sent = os.writev(fd, pieces) if len(pieces) > 1 else os.write(fd, pieces[0])
+                except BlockingIOError:
+                    await self._wait_to_send(sock)
+                    waited = True
+                    continue
+                except OSError as error:
+                    raise translate(error) from error
+                # Drop what the socket took; a partly written piece goes on as a view.
+                if sent:
+                    partial = True
+                while pieces and sent >= len(pieces[0]):
+                    sent -= len(pieces.pop(0))
+                if sent:
+                    pieces[0] = memoryview(pieces[0])[sent:]
         except BaseException:
             # Stopped part-way (cancelled, timed out, broken), or before bytes already
             # promised to the peer went out: what it holds is not a whole message.
-            if pieces and (committed or self._partial):
+            if pieces and (committed or partial):
                 self.cut()
             raise
-
-    async def _write_all(self, sock: trio.socket.SocketType, pieces: list[Any]) -> None:
-        self._partial = False
-        waited = False
-        while pieces:
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("the connection is closed")
-            try:
-                sent = os.writev(fd, pieces) if len(pieces) > 1 else os.write(fd, pieces[0])
-            except BlockingIOError:
-                # Only a send that waits can be aborted: the scope costs nothing otherwise.
-                with trio.CancelScope() as aborted:
-                    self._abortable = aborted
-                    await self._wait(trio.lowlevel.wait_writable, sock, self.write_timeout, "write")
-                self._abortable = None
-                if aborted.cancelled_caught:
-                    raise trio.ClosedResourceError("the send was aborted") from None
-                waited = True
-                continue
-            except OSError as error:
-                raise translate(error) from error
-            # Drop what the socket took; a partly written piece goes on as a view.
-            if sent:
-                self._partial = True
-            while pieces and sent >= len(pieces[0]):
-                sent -= len(pieces.pop(0))
-            if sent:
-                pieces[0] = memoryview(pieces[0])[sent:]
         if not waited:
             await self.spend()
+
+    async def _wait_to_send(self, sock: trio.socket.SocketType) -> None:
+        """Wait until ``sock`` takes more (within ``write_timeout``); only a send that
+        waits can be aborted, so the scope costs nothing to one that does not."""
+        with trio.CancelScope() as aborted:
+            self._abortable = aborted
+            await self._wait(trio.lowlevel.wait_writable, sock, self.write_timeout, "write")
+        self._abortable = None
+        if aborted.cancelled_caught:
+            raise trio.ClosedResourceError("the send was aborted")
 
     async def wait_writable(self) -> None:
         """Return when a send might not block (the socket has room); a checkpoint.

@@ -127,7 +127,16 @@ class ServerConnection:
     ) -> bool:
         """Read once more into the wire; False at EOF. The bytes are in the wire before
         this yields, so a cancelled fill loses nothing. Raises as ``read_some``."""
-        data = await self.transport.read_some(
+        transport = self.transport
+        if transport.direct:
+            # The socket may have it already: no coroutine more than that needs.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            data = transport.read_nowait(self.wire.fill_size)
+            if data is not None:
+                self.wire.feed(data)
+                await transport.spend()
+                return bool(data)
+        data = await transport.read_some(
             timeout, phase, deadline=deadline, max_bytes=self.wire.fill_size
         )
         self.wire.feed(data)
