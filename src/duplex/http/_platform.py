@@ -57,13 +57,15 @@ def capabilities() -> Capabilities:
     """What the fast path may use here, now."""
     if _portable_requested():
         return _PORTABLE
+    direct_io = (
+        hasattr(os, "writev")
+        and hasattr(socket, "MSG_DONTWAIT")
+        and hasattr(socket, "MSG_PEEK")
+        and hasattr(select, "poll")
+    )
     return Capabilities(
-        direct_io=(
-            hasattr(os, "writev")
-            and hasattr(socket, "MSG_DONTWAIT")
-            and hasattr(socket, "MSG_PEEK")
-            and hasattr(select, "poll")
-        ),
-        epoll=hasattr(select, "epoll"),
+        direct_io=direct_io,
+        # Parking peeks at parked sockets without waiting: it needs direct I/O too.
+        epoll=direct_io and hasattr(select, "epoll"),
         reuse_port=hasattr(socket, "SO_REUSEPORT"),
     )
