@@ -307,3 +307,39 @@ async def test_a_response_body_closed_while_read_and_its_request_streams_hands_t
             await trio.testing.wait_all_tasks_blocked()
             # The rest was dropped and the exchange ended cleanly: the connection is kept.
             assert client.pool.idle_connections() == 1
+
+
+async def test_a_response_given_up_is_read_to_its_end_when_its_server_still_owes_an_echo(
+    nursery: trio.Nursery,
+) -> None:
+    # Once the request has gone out, an echoing server may still owe the echo of all
+    # that the socket buffers on both sides held of it (several MiB on Linux): the client
+    # reads and drops as much as the request carried rather than reset the connection
+    # (which would lose the end of the request on its way), and keeps the connection.
+    size = 4 << 20
+    echoed = trio.Event()
+
+    async def echo_once_read(stream: trio.SocketStream) -> None:
+        received = bytearray(await read_head(stream))
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n")
+        while not received.endswith(b"0\r\n\r\n"):
+            received += await stream.receive_some(65536)
+        for _ in range(size // 65536):
+            await stream.send_all(b"10000\r\n" + bytes(65536) + b"\r\n")
+        await stream.send_all(b"0\r\n\r\n")
+        echoed.set()
+        await read_head(stream)  # until the client closes or sends another request
+
+    with trio.fail_after(TIMEOUT):
+        fake = await FakeServer.start(nursery, echo_once_read)
+        async with duplex.Client() as client:
+            output = duplex.Writable()
+            response = await client.post(fake.url, body=output)
+            assert await response.body.read() == b"half"
+            await response.body.aclose()
+            for _ in range(size // 65536):
+                await output.write(bytes(65536))
+            await output.close_write()
+            await echoed.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.pool.open_connections() == client.pool.idle_connections() == 1

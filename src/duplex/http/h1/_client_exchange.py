@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from math import inf
 from typing import Any, Protocol, TypeAlias
 
 import h11
@@ -34,7 +35,10 @@ _INLINE_SIZE = 65536
 
 #: Response bytes read and dropped, once the request has gone out, before a response
 #: its reader gave up is cut off: closing the socket at once, with response bytes
-#: unread, would reset the connection and lose the end of the request on its way.
+#: unread, would reset the connection and lose the end of the request on its way. This
+#: much more than the request body carried: a server that echoes may still owe the echo
+#: of all the request that the socket buffers on both sides held (Linux tunes them up to
+#: several MiB each).
 _LINGER_SIZE = 1 << 20
 
 # Where the request is: going out, out whole, or cut short (the connection is not reused).
@@ -65,7 +69,7 @@ class RequestSender:
     go out before the response is read; the rest of a larger body, and every streamed
     one, from a task. It tells its exchange how the request ended."""
 
-    __slots__ = ("_exchange", "http", "nursery", "scope", "state")
+    __slots__ = ("_exchange", "http", "nursery", "scope", "size", "state")
 
     def __init__(self, exchange: ClientExchange) -> None:
         self._exchange = exchange
@@ -76,6 +80,8 @@ class RequestSender:
         self.scope: trio.CancelScope | None = None
         #: Where that task runs.
         self.nursery: trio.Nursery | None = None
+        #: Bytes of request body handed to the connection so far.
+        self.size = 0
 
     async def send(self, request: h11.Request, body: RequestContent, nursery: trio.Nursery) -> None:
         """Send the request, or start sending it: returns once the response may be read.
@@ -91,6 +97,7 @@ class RequestSender:
             self._start(nursery, self._send_body, body)
             return
         if body:
+            self.size = len(body)
             pieces += http.encode(h11.Data(data=body))
         pieces += http.encode(h11.EndOfMessage())
         sent = http.write_nowait(pieces)
@@ -158,6 +165,7 @@ class RequestSender:
                         failure = error
                         exchange.abort(error)
                         return
+                    self.size += len(chunk)
                     await http.send(h11.Data(data=chunk))
                 await http.send(h11.EndOfMessage())
                 exchange.request_ended(_SENT)
@@ -195,7 +203,7 @@ class ClientExchange:
     __slots__ = (
         "_dropper",
         "_lease",
-        "_linger_from",
+        "_linger_until",
         "_read_timeout",
         "_reader",
         "_reader_gone",
@@ -225,7 +233,7 @@ class ClientExchange:
         self.response_length: int | None = None
         self._received = 0
         self._read_timeout: float | None = None
-        self._linger_from = -1
+        self._linger_until = inf
         #: True once the connection has been given back or closed.
         self.finished = False
         #: Why the exchange was aborted, if it was for a reason.
@@ -391,7 +399,8 @@ class ClientExchange:
     async def _drop_rest(self) -> None:
         """Read the response to its end, dropping it; runs in the client's nursery and
         never raises into it. Once the request has gone out, this goes on for at most
-        ``read_timeout`` and ``_LINGER_SIZE`` bytes; then the connection closes."""
+        ``read_timeout`` and ``_LINGER_SIZE`` bytes more than the request body carried;
+        then the connection closes."""
         assert self._dropper is not None
         http = self.http
         with self._dropper:
@@ -399,9 +408,7 @@ class ClientExchange:
                 while self._reader is not None:
                     assert self._reader_gone is not None
                     await self._reader_gone.wait()
-                while (
-                    self._linger_from < 0 or http.bytes_received - self._linger_from <= _LINGER_SIZE
-                ):
+                while http.bytes_received <= self._linger_until:
                     event = http.next_event()
                     if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
                         self.response_ended()
@@ -429,7 +436,7 @@ class ClientExchange:
         elif self._response == _DROPPED and self._sender.state == _SENT:
             # Read on to the response's end (then the connection is free), within
             # bounds: see _drop_rest.
-            self._linger_from = self.http.bytes_received
+            self._linger_until = self.http.bytes_received + _LINGER_SIZE + self._sender.size
             if self._dropper is not None and self._read_timeout is not None:
                 self._dropper.deadline = trio.current_time() + self._read_timeout
 
