@@ -20,7 +20,7 @@ import trio
 from .._errors import Timeout
 from .._foreign import translate
 
-__all__ = ["Transport", "peek_gone", "raw_socket"]
+__all__ = ["Receiver", "Transport", "peek_gone", "raw_socket"]
 
 
 def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -65,67 +65,30 @@ _BUDGET = 2
 _MAX_PIECES = 64
 
 
-class Transport:
-    """Reads and writes one trio stream, each operation bounded in time.
-
-    Writes are serialised here (one sender at a time, in order). On a plain TCP stream
-    the socket is read and written directly: an operation the socket can complete at
-    once costs no trip through trio's scheduler and no cancel scope; only one that must
-    wait enters a deadline and yields. (Each is still a cancellation point, and every
-    ``_BUDGET`` operations yield regardless.) Other transports (TLS) go through the
-    stream's own methods.
+class Receiver:
+    """One trio stream's receiving side, each read bounded in time, and the watch for its
+    peer leaving. On a plain TCP stream on the fast path the socket is read directly:
+    a read the socket can complete at once costs no trip through trio's scheduler and no
+    cancel scope; only one that must wait enters a deadline and yields. (Each is still a
+    cancellation point, and every ``_BUDGET`` operations yield regardless.) Other
+    streams (TLS, the portable path) go through the stream's own methods.
     """
 
-    __slots__ = (
-        "_abortable",
-        "_budget",
-        "_fast",
-        "_pending",
-        "_send_waiters",
-        "_sending",
-        "_socket",
-        "broken",
-        "bytes_received",
-        "read_size",
-        "stream",
-        "write_timeout",
-        "yields",
-    )
+    __slots__ = ("_budget", "_fast", "_socket", "bytes_received", "read_size", "stream", "yields")
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        read_size: int = 65536,
-        write_timeout: float | None = None,
-        direct_io: bool = True,
-    ) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, read_size: int, direct_io: bool) -> None:
         self.stream = stream
         self.read_size = read_size
-        self.write_timeout = write_timeout
         # The fast path (see _platform): the socket itself, read and written directly
         # (plain TCP), and the peer's leaving seen through epoll (TLS too).
         self._fast = direct_io
-        # The scope of a send waiting for the socket, which ``abort_send`` cancels.
-        self._abortable: trio.CancelScope | None = None
         self._socket = stream.socket if direct_io and type(stream) is trio.SocketStream else None
         self._budget = _BUDGET
-        # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
-        # would cost a trip through the scheduler on every send.
-        self._sending = False
-        # Made when a second sender must wait (most connections never have one).
-        self._send_waiters: trio.lowlevel.ParkingLot | None = None
-        # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
-        # out first with the next send (or ``flush``).
-        self._pending: list[Any] = []
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
         #: How often an operation yielded to trio's scheduler (so that a caller can
         #: tell whether it still owes its own caller a checkpoint).
         self.yields = 0
-        #: Set when a send stopped part-way (cancelled, timed out, failed): the peer
-        #: holds part of a message, so nothing more may be sent on this connection.
-        self.broken = False
 
     @property
     def direct(self) -> bool:
@@ -262,7 +225,44 @@ class Transport:
                 await _wait_hangup(sock)
                 return
 
-    # -- sending ----------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""
+        await trio.aclose_forcefully(self.stream)
+
+
+class Transport(Receiver):
+    """Reads and writes one trio stream, each operation bounded in time.
+
+    Writes are serialised here (one sender at a time, in order), and, like reads, go to
+    the socket directly on the fast path, waiting (within ``write_timeout``) only when
+    the socket is full. A write stopped part-way cuts the connection (``broken``).
+    """
+
+    __slots__ = ("_abortable", "_pending", "_send_waiters", "_sending", "broken", "write_timeout")
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        read_size: int = 65536,
+        write_timeout: float | None = None,
+        direct_io: bool = True,
+    ) -> None:
+        super().__init__(stream, read_size=read_size, direct_io=direct_io)
+        self.write_timeout = write_timeout
+        # The scope of a send waiting for the socket, which ``abort_send`` cancels.
+        self._abortable: trio.CancelScope | None = None
+        # A flag and a parking lot rather than a trio.Lock: the lock's own checkpoint
+        # would cost a trip through the scheduler on every send.
+        self._sending = False
+        # Made when a second sender must wait (most connections never have one).
+        self._send_waiters: trio.lowlevel.ParkingLot | None = None
+        # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
+        # out first with the next send (or ``flush``).
+        self._pending: list[Any] = []
+        #: Set when a send stopped part-way (cancelled, timed out, failed): the peer
+        #: holds part of a message, so nothing more may be sent on this connection.
+        self.broken = False
 
     def write_nowait(self, pieces: list[Any]) -> bool | None:
         """Write ``pieces`` without waiting, for a sender that must not block.
@@ -469,10 +469,6 @@ class Transport:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-
-    async def aclose(self) -> None:
-        """Close the transport (idempotent, a checkpoint, closes even if cancelled)."""
-        await trio.aclose_forcefully(self.stream)
 
 
 async def _wait_hangup(sock: trio.socket.SocketType) -> None:

@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
-from ..._body import EmptyBody
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange, ExchangeTasks, State
-from .._models import Headers, Request
+from .._exchange import Exchange, State
 from .._transport import Transport
-from ._bodies import PeerGone, RequestBody
+from ._bodies import PeerGone
 from ._closing import answer_and_close, linger
 from ._exchange import H1Exchange
 from ._framing import ResponseFramer
@@ -30,8 +28,6 @@ from ._respond import Responder
 from ._wire import (
     ServerWire,
     check_request,
-    comma_tokens,
-    request_body_length,
 )
 
 if TYPE_CHECKING:
@@ -246,7 +242,8 @@ class ServerConnection:
                 limits.max_requests_per_connection is not None
                 and self.served >= limits.max_requests_per_connection
             )
-            exchange = self._exchange(event, fields, last)
+            exchange = H1Exchange.from_head(self, event, fields, last)
+            self.watch_later()
             if not await self._run_exchange(exchange):
                 return self._unread(exchange)
             if self.parked:
@@ -299,44 +296,6 @@ class ServerConnection:
 
     # -- one exchange -----------------------------------------------------------------
 
-    def _exchange(
-        self, event: h11.Request, fields: list[tuple[bytes, bytes]], last: bool
-    ) -> H1Exchange:
-        """The exchange for a request head just read."""
-        length = request_body_length(fields, self.limits.max_body_size)
-        body: RequestBody | EmptyBody
-        if length == 0:
-            body = EmptyBody()
-        else:
-            body = RequestBody(self, length)
-            self.wire.begin_body(length)
-        http_10 = event.http_version == b"1.0"
-        request = Request(
-            event.method.decode("ascii"),
-            event.target.decode("latin-1"),
-            Headers.from_fields(fields),
-            body,
-            http_version="1.0" if http_10 else "1.1",
-            client=self.client,
-            scheme=self.scheme,
-        )
-        # A failed exchange ends its connection: the connection's scope is its scope.
-        exchange = H1Exchange(self, request, body, self.cancel_scope)
-        exchange.http_10 = http_10
-        closes = b"close" in comma_tokens(fields, b"connection")
-        exchange.keep_alive = not (last or http_10 or closes)
-        if length == 0:
-            exchange.request_complete = True
-        else:
-            assert isinstance(body, RequestBody)
-            body.exchange = exchange
-            exchange.expects_continue = not http_10 and b"100-continue" in comma_tokens(
-                fields, b"expect"
-            )
-        request.set_nursery(ExchangeTasks(exchange, self.nursery, _task_failed))
-        self.watch_later()
-        return exchange
-
     async def _run_exchange(self, exchange: H1Exchange) -> bool:
         """Answer ``exchange`` (or go on with it once parked); True if the connection
         may serve another request. Returns False, leaving everything as it is, when the
@@ -381,10 +340,3 @@ class ServerConnection:
 
     def peer_left(self, exchange: Exchange) -> None:
         exchange.fail(PeerGone("the peer closed the connection"))
-
-
-def _task_failed(exchange: Exchange) -> None:
-    """A task in ``request.nursery`` raised: an unfinished response cannot go on."""
-    if exchange.running and isinstance(exchange, H1Exchange):
-        exchange.keep_alive = False
-        exchange.to(State.FAILED)

@@ -6,18 +6,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import h11
 import trio
 
 from ..._body import EmptyBody
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange, Watch
-from .._models import Request
-from ._bodies import PeerGone
+from .._exchange import Exchange, ExchangeTasks, State, Watch
+from .._models import Headers, Request
+from ._bodies import PeerGone, RequestBody
 from ._closing import linger
-from ._wire import CONTINUE
+from ._wire import CONTINUE, comma_tokens, request_body_length
 
 if TYPE_CHECKING:
-    from ._bodies import RequestBody
     from ._connection import ServerConnection
 
 __all__ = ["H1Exchange"]
@@ -64,6 +64,49 @@ class H1Exchange(Exchange):
     def fail(self, error: BaseException) -> None:
         self.keep_alive = False
         super().fail(error)
+
+    @classmethod
+    def from_head(
+        cls,
+        connection: ServerConnection,
+        event: h11.Request,
+        fields: list[tuple[bytes, bytes]],
+        last: bool,
+    ) -> H1Exchange:
+        """The exchange for a request head ``connection`` just read (``last``: the
+        connection serves no more after it)."""
+        length = request_body_length(fields, connection.limits.max_body_size)
+        body: RequestBody | EmptyBody
+        if length == 0:
+            body = EmptyBody()
+        else:
+            body = RequestBody(connection, length)
+            connection.wire.begin_body(length)
+        http_10 = event.http_version == b"1.0"
+        request = Request(
+            event.method.decode("ascii"),
+            event.target.decode("latin-1"),
+            Headers.from_fields(fields),
+            body,
+            http_version="1.0" if http_10 else "1.1",
+            client=connection.client,
+            scheme=connection.scheme,
+        )
+        # A failed exchange ends its connection: the connection's scope is its scope.
+        exchange = cls(connection, request, body, connection.cancel_scope)
+        exchange.http_10 = http_10
+        closes = b"close" in comma_tokens(fields, b"connection")
+        exchange.keep_alive = not (last or http_10 or closes)
+        if length == 0:
+            exchange.request_complete = True
+        else:
+            assert isinstance(body, RequestBody)
+            body.exchange = exchange
+            exchange.expects_continue = not http_10 and b"100-continue" in comma_tokens(
+                fields, b"expect"
+            )
+        request.set_nursery(ExchangeTasks(exchange, connection.nursery, _task_failed))
+        return exchange
 
     def drain_soon(self) -> None:
         """Once the response has ended and the handler has given up the request body
@@ -159,3 +202,10 @@ class H1Exchange(Exchange):
             self.fail(error)
         else:
             self.fail(trio.BrokenResourceError(f"bad request body: {error}"))
+
+
+def _task_failed(exchange: Exchange) -> None:
+    """A task in ``request.nursery`` raised: an unfinished response cannot go on."""
+    if exchange.running and isinstance(exchange, H1Exchange):
+        exchange.keep_alive = False
+        exchange.to(State.FAILED)
