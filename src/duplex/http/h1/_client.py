@@ -87,7 +87,16 @@ class HTTPConnection(Transport):
         ``trio.BrokenResourceError`` if the connection broke and
         ``trio.ClosedResourceError`` if it was closed here.
         """
-        data = await self.read_some(timeout, phase)
+        return self._feed(await self.read_some(timeout, phase))
+
+    def receive_data_nowait(self) -> bool | None:
+        """Read once from the socket into h11 if that needs no wait (the fast path):
+        True if bytes came, False at EOF, None if it would block (or the transport is
+        not a plain socket). Raises as ``receive_data`` does."""
+        data = self.read_nowait()
+        return None if data is None else self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
         try:
             self.h11.receive_data(data)
         except h11.RemoteProtocolError as error:

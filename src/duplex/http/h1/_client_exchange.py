@@ -313,7 +313,8 @@ class ClientExchange:
             while True:
                 event = http.next_event()
                 if event is h11.NEED_DATA:
-                    await self._read_more(timeout)
+                    if http.receive_data_nowait() is None:
+                        await self._read_more(timeout)
                     continue
                 if type(event) is h11.Data:
                     data = bytes(event.data)
@@ -331,9 +332,10 @@ class ClientExchange:
             raise self._fail(error, "in the middle of the response")  # noqa: B904
 
     async def _read_more(self, timeout: float | None) -> None:
-        """Read once from the socket for the body's reader, in a scope that a close of
-        the body from another task cancels (then raises ``trio.ClosedResourceError``,
-        having taken nothing)."""
+        """Wait for the socket and read once for the body's reader, in a scope that a
+        close of the body from another task cancels (then raises
+        ``trio.ClosedResourceError``, having taken nothing). Only a read that must wait
+        pays for the scope: see ``receive_body``."""
         scope = self._reader = trio.CancelScope()
         try:
             with scope:
