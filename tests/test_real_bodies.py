@@ -72,22 +72,8 @@ run_here(test_writable, "make_pipe", "pipe")
 # Every test here runs on Linux's fast I/O path and on the portable one (tests/conftest.py).
 pytestmark = pytest.mark.both_paths
 
-CHECKERS = [
-    "test_a_streamable_and_a_client_exchange_pass_trios_half_closeable_stream_check",
-    "test_clogged_exchanges_pass_trios_half_closeable_stream_check",
-    "test_a_streamables_output_and_the_response_body_pass_trios_one_way_stream_check",
-]
-
-SERVER_OUTPUT = (
-    "the server's Streamable output cannot be clogged (a small send_all still goes"
-    " through once wait_send_all_might_not_block has blocked), and on the fast path its"
-    " close raises the BrokenResourceError of a peer that reset"
-)
-
-# The first checker passes: its streams are never clogged.
-KNOWN_FAILURES: list[Expected] = [
-    Expected(test, (path,), SERVER_OUTPUT) for test in CHECKERS[1:] for path in ("fast", "portable")
-]
+# Nothing fails today; a defect found later is listed here until it is fixed.
+KNOWN_FAILURES: list[Expected] = []
 
 NOT_APPLICABLE: list[Expected] = [
     Expected(

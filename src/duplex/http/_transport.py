@@ -238,7 +238,15 @@ class Transport(Receiver):
     the socket is full. A write stopped part-way cuts the connection (``broken``).
     """
 
-    __slots__ = ("_abortable", "_pending", "_send_waiters", "_sending", "broken", "write_timeout")
+    __slots__ = (
+        "_abortable",
+        "_pending",
+        "_send_waiters",
+        "_sending",
+        "broken",
+        "clogged",
+        "write_timeout",
+    )
 
     def __init__(
         self,
@@ -263,6 +271,8 @@ class Transport(Receiver):
         #: Set when a send stopped part-way (cancelled, timed out, failed): the peer
         #: holds part of a message, so nothing more may be sent on this connection.
         self.broken = False
+        #: Set while a wait for room in the socket has not seen it (see ``wait_writable``).
+        self.clogged = False
 
     def write_nowait(self, pieces: list[Any]) -> bool | None:
         """Write ``pieces`` without waiting, for a sender that must not block.
@@ -275,7 +285,7 @@ class Transport(Receiver):
         connection broke.
         """
         sock = self._socket
-        if sock is None or self._sending or self._pending:
+        if sock is None or self._sending or self._pending or self.clogged:
             return None
         fd = sock.fileno()
         if fd < 0:
@@ -353,6 +363,9 @@ class Transport(Receiver):
             with trio.CancelScope() as aborted:
                 self._abortable = aborted
                 with trio.move_on_after(inf if timeout is None else timeout) as timed_out:
+                    if self.clogged:
+                        await self.stream.wait_send_all_might_not_block()
+                        self.clogged = False
                     await self.stream.send_all(data)
         except BaseException:
             # How much of it went out cannot be told: nothing more may follow.
@@ -375,6 +388,10 @@ class Transport(Receiver):
         waited = False
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if self.clogged and pieces:
+                await self._wait_to_send(sock)
+                self.clogged = False
+                waited = True
             if len(pieces) > _MAX_PIECES:
                 pieces = [b"".join(pieces)]
             while pieces:
@@ -425,6 +442,10 @@ class Transport(Receiver):
         if sock is not None and self._pending:
             await self.flush()
             return
+        # Until the socket has room again, the next send waits for it first: the kernel
+        # takes a small write into a socket that does not report room yet, and a stream
+        # that said it may block must not then take a write at once.
+        self.clogged = True
         with trio.CancelScope() as aborted:
             self._abortable = aborted
             if sock is not None:
@@ -440,6 +461,7 @@ class Transport(Receiver):
         self._abortable = None
         if aborted.cancelled_caught:
             raise trio.ClosedResourceError("the wait was aborted")
+        self.clogged = False
 
     async def send_eof(self) -> None:
         """Shut the write side once what is being sent (and pending) has gone out."""

@@ -284,11 +284,17 @@ class ResponseOutput(Writable):
         if connection.transport.broken or connection.framer.response_ended:
             return
         pieces = connection.responder.ending()
-        sent = connection.transport.write_nowait(pieces)
-        if not sent:
-            # (None: nothing went out yet; False: part of it is pending.)
-            rest = pieces if sent is None else []
-            connection.nursery.start_soon(_send_quietly, connection, rest)
+        try:
+            sent = connection.transport.write_nowait(pieces)
+            if not sent:
+                # (None: nothing went out yet; False: part of it is pending.)
+                rest = pieces if sent is None else []
+                connection.nursery.start_soon(_send_quietly, connection, rest)
+        except (trio.BrokenResourceError, RuntimeError) as error:
+            # The peer has gone, or the server is closing (its nursery takes no task):
+            # closing never raises for that.
+            log.debug("the end of a response could not be sent: %r", error)
+            return
         self._exchange.drain_soon()
 
     async def _end(self) -> None:
