@@ -214,7 +214,7 @@ class ResponseBody(Readable):
         self._exchange.abort()
 
 
-class ClientResponse:
+class ClientResponse(trio.abc.AsyncResource):
     """A response whose head has arrived; its ``body`` streams as you read it.
 
     Read the body to the end to let the connection be reused. ``aclose()`` (or leaving
@@ -254,17 +254,6 @@ class ClientResponse:
         if isinstance(self.body, ResponseBody):
             self.body.close_exchange_nowait()
         await self.body.aclose()
-
-    async def __aenter__(self) -> ClientResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<ClientResponse {self.status} {self.method} {self.url}>"
