@@ -91,8 +91,6 @@ class Headers:
         headers._raw = raw
         return headers
 
-    _from_h11 = from_fields
-
     @property
     def raw(self) -> list[tuple[bytes, bytes]]:
         """The fields as ``(lower-case name, value)`` byte pairs, in order."""
