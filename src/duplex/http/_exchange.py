@@ -54,6 +54,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FAILED: frozenset(),
     State.OVER: frozenset(),
 }
+# Module-level names for the states and watchers: looking a member up through its Enum
+# class costs several times a global's, and an exchange makes a few dozen a request.
+HANDLING, RESPONDING, RESPONDED, DETACHED, FAILED, OVER = State
 # The table as one bit mask per state, for the check every move makes.
 _ALLOWED = [sum(1 << target for target in TRANSITIONS[state]) for state in State]
 
@@ -69,6 +72,9 @@ class Watch(enum.Enum):
     SELF = "self"
     #: A reader of the request body, which waits on the socket itself.
     READER = "reader"
+
+
+NO_WATCH, WATCH_TASK, WATCH_SELF, WATCH_READER = Watch
 
 
 class ExchangeBody(Protocol):
@@ -100,16 +106,27 @@ class Exchange:
         "scope",
         "started",
         "state",
+        "task_nursery",
         "tasks",
         "wake_pending",
         "watch",
         "watch_scope",
     )
 
-    def __init__(self, request: Request, body: ExchangeBody, scope: trio.CancelScope) -> None:
+    def __init__(
+        self,
+        request: Request,
+        body: ExchangeBody,
+        scope: trio.CancelScope,
+        nursery: trio.Nursery,
+    ) -> None:
         self.request = request
+        #: Where the tasks of ``request.nursery`` run (the server's nursery).
+        self.task_nursery = nursery
+        # (Made when the handler first asks for it: most exchanges start no task.)
+        request.set_nursery(self.make_tasks)
         self.request_body = body
-        self.state = State.HANDLING
+        self.state = HANDLING
         #: True once any of the response has been sent (whatever happened after).
         self.head_started = False
         self.started = trio.current_time()
@@ -119,7 +136,7 @@ class Exchange:
         self.response_body: Readable | None = None
         #: True once the request body has been read to its end.
         self.request_complete = False
-        self.watch = Watch.NONE
+        self.watch = NO_WATCH
         self.watch_scope: trio.CancelScope | None = None
         #: Called when the server starts shutting down while this exchange runs.
         self.on_server_closing: Callable[[], object] | None = None
@@ -140,29 +157,40 @@ class Exchange:
             if not _ALLOWED[self.state] >> state & 1:
                 raise RuntimeError(f"an exchange cannot go from {self.state.name} to {state.name}")
             self.state = state
-            if state is State.RESPONDING:
+            if state is RESPONDING:
                 self.head_started = True
 
     @property
     def failed(self) -> bool:
-        return self.state is State.FAILED
+        return self.state is FAILED
 
     @property
     def detached(self) -> bool:
-        return self.state is State.DETACHED
+        return self.state is DETACHED
 
     @property
     def running(self) -> bool:
         """True while the response is still being made (neither done nor broken)."""
-        return self.state is State.HANDLING or self.state is State.RESPONDING
+        return self.state is HANDLING or self.state is RESPONDING
 
     def stop_watching(self) -> None:
         """Cancel the watcher task, if one watches."""
         if self.watch_scope is not None:
             self.watch_scope.cancel()
             self.watch_scope = None
-        if self.watch is Watch.TASK:
-            self.watch = Watch.NONE
+        if self.watch is WATCH_TASK:
+            self.watch = NO_WATCH
+
+    def make_tasks(self) -> ExchangeTasks:
+        """``request.nursery``, made on first use."""
+        if self.tasks is None:
+            self.tasks = ExchangeTasks(self, self.task_nursery)
+        return self.tasks
+
+    def task_failed(self) -> None:
+        """A task in ``request.nursery`` raised: an unfinished response cannot go on."""
+        if self.running:
+            self.to(FAILED)
 
     def cancel(self) -> None:
         """Cancel the handler and the exchange's tasks."""
@@ -178,14 +206,14 @@ class Exchange:
     def end(self) -> None:
         """The exchange is over: cancel the tasks left in ``request.nursery``."""
         if not self.ended:
-            self.to(State.OVER)
+            self.to(OVER)
         if self.tasks is not None:
             self.tasks.cancel()
 
     def fail(self, error: BaseException) -> None:
         """The exchange cannot go on: wake both bodies with ``error`` and cancel."""
         if not self.ended:
-            self.to(State.FAILED)
+            self.to(FAILED)
         self.request_body.fail(error)
         response_body = self.response_body
         if response_body is not None:
@@ -199,21 +227,15 @@ class ExchangeTasks(ExchangeNursery):
     """``request.nursery``: its tasks run in a nursery of the server's, each in a scope
     the exchange cancels at its end (the exchange itself needs no nursery).
 
-    ``on_failure(exchange)`` is told when a task raises anything but trio's resource
-    errors; the exchange is then cancelled.
+    A task that raises anything but trio's resource errors is logged, the exchange told
+    (``Exchange.task_failed``) and cancelled.
     """
 
-    __slots__ = ("_done", "_exchange", "_on_failure", "_scopes", "count")
+    __slots__ = ("_done", "_exchange", "_scopes", "count")
 
-    def __init__(
-        self,
-        exchange: Exchange,
-        nursery: trio.Nursery,
-        on_failure: Callable[[Exchange], object],
-    ) -> None:
+    def __init__(self, exchange: Exchange, nursery: trio.Nursery) -> None:
         self._exchange = exchange
         self._nursery = nursery
-        self._on_failure = on_failure
         self._scopes: set[trio.CancelScope] | None = None  # (made with the first task)
         self._done: trio.lowlevel.ParkingLot | None = None
         #: Tasks started and not yet finished.
@@ -227,14 +249,12 @@ class ExchangeTasks(ExchangeNursery):
         self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
     ) -> None:
         self.count += 1
-        self._exchange.tasks = self
         self._nursery.start_soon(self._run, async_fn, args, name=name or async_fn)
 
     async def start(
         self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
     ) -> Any:
         self.count += 1
-        self._exchange.tasks = self
         return await self._nursery.start(self._run, async_fn, args, name=name or async_fn)
 
     def cancel(self) -> None:
@@ -263,7 +283,7 @@ class ExchangeTasks(ExchangeNursery):
         self._scopes.add(scope)
         try:
             with scope:
-                if exchange.state is State.FAILED or exchange.state is State.OVER:
+                if exchange.state is FAILED or exchange.state is OVER:
                     scope.cancel()
                 if task_status is trio.TASK_STATUS_IGNORED:
                     await async_fn(*args)
@@ -273,7 +293,7 @@ class ExchangeTasks(ExchangeNursery):
             log.debug("a task of the exchange stopped: %r", error)
         except Exception:
             log.exception("a task of %r failed", exchange)
-            self._on_failure(exchange)
+            exchange.task_failed()
             exchange.cancel()
         finally:
             self._scopes.discard(scope)

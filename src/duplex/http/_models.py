@@ -328,20 +328,24 @@ class Request:
         self.headers = headers
         self.body = body
         self.http_version = http_version
-        self._nursery = nursery
+        self._nursery: ExchangeNursery | Callable[[], ExchangeNursery] | None = nursery
         self.client = client
         self.scheme = scheme
 
-    def set_nursery(self, nursery: ExchangeNursery) -> None:
-        """Bind the request to its exchange's nursery (the server does, once)."""
+    def set_nursery(self, nursery: ExchangeNursery | Callable[[], ExchangeNursery]) -> None:
+        """Bind the request to its exchange's nursery, or to what makes it on first
+        use (the server does, once)."""
         self._nursery = nursery
 
     @property
     def nursery(self) -> ExchangeNursery:
         """Tasks bound to this exchange; cancelled when the peer goes away."""
-        if self._nursery is None:
+        nursery = self._nursery
+        if nursery is None:
             raise RuntimeError("this request is not part of a running exchange")
-        return self._nursery
+        if not isinstance(nursery, ExchangeNursery):
+            nursery = self._nursery = nursery()
+        return nursery
 
     @property
     def path(self) -> str:

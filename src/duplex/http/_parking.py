@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._exchange import Exchange, Watch
+from ._exchange import NO_WATCH, WATCH_TASK, Exchange
 from ._transport import Transport, peek_gone
 
 __all__ = ["WATCH_DELAY", "Parking", "Watchers"]
@@ -104,11 +104,11 @@ class Watchers:
         if (
             exchange is not connection.in_flight
             or not exchange.running
-            or exchange.watch is not Watch.NONE
+            or exchange.watch is not NO_WATCH
             or self.nursery is None
         ):
             return
-        exchange.watch = Watch.TASK
+        exchange.watch = WATCH_TASK
         exchange.watch_scope = scope = trio.CancelScope()
         self.nursery.start_soon(_watch, connection, exchange, scope)
 

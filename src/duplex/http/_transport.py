@@ -74,7 +74,16 @@ class Receiver:
     streams (TLS, the portable path) go through the stream's own methods.
     """
 
-    __slots__ = ("_budget", "_fast", "_socket", "bytes_received", "read_size", "stream", "yields")
+    __slots__ = (
+        "_budget",
+        "_fast",
+        "_socket",
+        "bytes_received",
+        "direct",
+        "read_size",
+        "stream",
+        "yields",
+    )
 
     def __init__(self, stream: trio.abc.Stream, *, read_size: int, direct_io: bool) -> None:
         self.stream = stream
@@ -83,17 +92,14 @@ class Receiver:
         # (plain TCP), and the peer's leaving seen through epoll (TLS too).
         self._fast = direct_io
         self._socket = stream.socket if direct_io and type(stream) is trio.SocketStream else None
+        #: True when the socket is read and written directly (plain TCP, fast path).
+        self.direct = self._socket is not None
         self._budget = _BUDGET
         #: Bytes received from the socket since the connection opened.
         self.bytes_received = 0
         #: How often an operation yielded to trio's scheduler (so that a caller can
         #: tell whether it still owes its own caller a checkpoint).
         self.yields = 0
-
-    @property
-    def direct(self) -> bool:
-        """True when the socket is read and written directly (plain TCP, not TLS)."""
-        return self._socket is not None
 
     # -- receiving --------------------------------------------------------------------
 
@@ -351,7 +357,9 @@ class Transport(Receiver):
             else:
                 await self._send_to_socket(sock, pieces, committed)
         finally:
-            self._release_sending()
+            self._sending = False
+            if self._send_waiters is not None:
+                self._send_waiters.unpark()
 
     async def _send_through_stream(self, pieces: list[Any]) -> None:
         data = b"".join(pieces) if len(pieces) != 1 else pieces[0]

@@ -17,7 +17,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from ..._body import BytesLike, Readable, Writable
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Watch
+from .._exchange import NO_WATCH, WATCH_READER
 
 if TYPE_CHECKING:
     from ._connection import ServerConnection
@@ -141,7 +141,7 @@ class RequestBody(Readable):
             return
         # Nothing to read yet: wait for it, in a scope that closing the body cancels.
         exchange.stop_watching()  # a watcher must not wait on the socket with us
-        exchange.watch = Watch.READER
+        exchange.watch = WATCH_READER
         self._wait = trio.CancelScope()
         try:
             with self._wait:
@@ -154,8 +154,8 @@ class RequestBody(Readable):
             exchange.fail(PeerGone("the peer closed the connection mid-body"))
         finally:
             self._wait = None
-            if exchange.watch is Watch.READER:
-                exchange.watch = Watch.NONE
+            if exchange.watch is WATCH_READER:
+                exchange.watch = NO_WATCH
                 connection.watch_later()
 
 
@@ -199,7 +199,7 @@ class ResponseOutput(Writable):
             connection = self._connection
             yields = connection.transport.yields
             try:
-                await connection.send(connection.framer.frame(chunk))
+                await connection.transport.send_pieces(connection.framer.frame(chunk))
             except trio.ClosedResourceError:
                 if not self._write_closed:
                     raise
@@ -310,6 +310,6 @@ async def _send_quietly(connection: ServerConnection, pieces: list[bytes]) -> No
     """Send ``pieces`` (and what is pending) from a task of the server's: a peer that
     is gone by then is the exchange's business, not the server's."""
     try:
-        await connection.send(pieces)
+        await connection.transport.send_pieces(pieces)
     except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
         log.debug("the end of a response could not be sent: %r", error)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 from math import inf
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h11
 import trio
 
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange, State
+from .._exchange import OVER, Exchange
 from .._transport import Transport
 from ._bodies import PeerGone
 from ._closing import answer_and_close, linger
@@ -138,11 +138,6 @@ class ServerConnection:
         self.wire.feed(data)
         return bool(data)
 
-    async def send(self, pieces: list[Any]) -> None:
-        """Write ``pieces`` (a write stopped part-way cuts the connection: see
-        ``Transport.broken``)."""
-        await self.transport.send_pieces(pieces)
-
     async def end_response(self, exchange: H1Exchange) -> None:
         """End the response on the wire now (a ``Streamable`` closing its output)."""
         await self.responder.end(exchange)
@@ -228,7 +223,7 @@ class ServerConnection:
             if self.parked:
                 return False
             self.wire.next_request()
-            self.framer.next_response()
+            self.framer.response_ended = False
         started = trio.current_time()
         while not self.closing:
             self.idle = True
@@ -250,7 +245,7 @@ class ServerConnection:
                 return False
             started = trio.current_time()
             self.wire.next_request()
-            self.framer.next_response()
+            self.framer.response_ended = False
         return False
 
     def _unread(self, exchange: H1Exchange) -> bool:
@@ -320,7 +315,7 @@ class ServerConnection:
             exchange.keep_alive
             and exchange.request_complete
             and self.framer.response_ended
-            and exchange.state is State.OVER
+            and exchange.state is OVER
             and not self.transport.broken
         )
 

@@ -11,7 +11,7 @@ import trio
 
 from ..._body import EmptyBody
 from ..._errors import ProtocolError, Timeout
-from .._exchange import Exchange, ExchangeTasks, State, Watch
+from .._exchange import WATCH_READER, Exchange
 from .._models import Headers, Request
 from ._bodies import PeerGone, RequestBody
 from ._closing import linger
@@ -45,8 +45,9 @@ class H1Exchange(Exchange):
         request: Request,
         body: RequestBody | EmptyBody,
         scope: trio.CancelScope,
+        nursery: trio.Nursery,
     ) -> None:
-        super().__init__(request, body, scope)
+        super().__init__(request, body, scope, nursery)
         self.connection = connection
         #: Whether the connection may serve another request after this one.
         self.keep_alive = True
@@ -64,6 +65,11 @@ class H1Exchange(Exchange):
     def fail(self, error: BaseException) -> None:
         self.keep_alive = False
         super().fail(error)
+
+    def task_failed(self) -> None:
+        if self.running:
+            self.keep_alive = False
+        super().task_failed()
 
     @classmethod
     def from_head(
@@ -93,7 +99,7 @@ class H1Exchange(Exchange):
             scheme=connection.scheme,
         )
         # A failed exchange ends its connection: the connection's scope is its scope.
-        exchange = cls(connection, request, body, connection.cancel_scope)
+        exchange = cls(connection, request, body, connection.cancel_scope, connection.nursery)
         exchange.http_10 = http_10
         closes = b"close" in comma_tokens(fields, b"connection")
         exchange.keep_alive = not (last or http_10 or closes)
@@ -105,7 +111,6 @@ class H1Exchange(Exchange):
             exchange.expects_continue = not http_10 and b"100-continue" in comma_tokens(
                 fields, b"expect"
             )
-        request.set_nursery(ExchangeTasks(exchange, connection.nursery, _task_failed))
         return exchange
 
     def drain_soon(self) -> None:
@@ -128,7 +133,7 @@ class H1Exchange(Exchange):
     async def _drain_in_background(self, done: trio.Event) -> None:
         connection = self.connection
         self.stop_watching()  # a watcher must not wait on the socket with us
-        self.watch = Watch.READER
+        self.watch = WATCH_READER
         try:
             await self.drain()
             if not self.request_complete:
@@ -180,7 +185,7 @@ class H1Exchange(Exchange):
         if self.head_started or wire.body_received or wire.buffered:
             return True
         try:
-            await self.connection.send([CONTINUE])
+            await self.connection.transport.send_pieces([CONTINUE])
         except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout):
             self.fail(PeerGone("the peer went away"))
             return False
@@ -202,10 +207,3 @@ class H1Exchange(Exchange):
             self.fail(error)
         else:
             self.fail(trio.BrokenResourceError(f"bad request body: {error}"))
-
-
-def _task_failed(exchange: Exchange) -> None:
-    """A task in ``request.nursery`` raised: an unfinished response cannot go on."""
-    if exchange.running and isinstance(exchange, H1Exchange):
-        exchange.keep_alive = False
-        exchange.to(State.FAILED)

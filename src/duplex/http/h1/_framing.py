@@ -72,11 +72,6 @@ class ResponseFramer:
         #: True once the response has ended (``end`` was called).
         self.response_ended = False
 
-    def next_response(self) -> None:
-        """Forget the last response's framing."""
-        self._out_mode = NONE
-        self.response_ended = False
-
     def response_head(
         self,
         status: int,

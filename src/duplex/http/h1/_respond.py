@@ -16,7 +16,7 @@ import trio
 from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
 from ..._stream import Stream
-from .._exchange import State, Watch
+from .._exchange import DETACHED, NO_WATCH, OVER, RESPONDED, RESPONDING, WATCH_SELF
 from .._models import HeadersLike, Request, Response, Streamable
 from .._takeover import ResponseControl, Takeover
 from ._bodies import PeerGone, ResponseOutput
@@ -59,7 +59,7 @@ class Responder:
             if resume is not None:
                 # A parked exchange goes on where it left off.
                 exchange.resume = None
-                exchange.watch = Watch.NONE
+                exchange.watch = NO_WATCH
                 await self._run_takeover(exchange, resume)
                 return
             try:
@@ -85,26 +85,26 @@ class Responder:
                 exc_info=error.__cause__,
             )
             exchange.fail(error)
-        except ProtocolError as error:
-            if error.status != 500:
-                raise
-            # A response HTTP cannot carry (a body longer than its Content-Length, say):
-            # the handler's bug, not the peer leaving.
-            log.exception("response to %s %s failed", request.method, request.target)
-            exchange.fail(error)
         except _PEER_ERRORS as error:
-            log.debug("could not finish the response to %s: %r", connection.client, error)
-            exchange.fail(PeerGone("the peer went away"))
+            if isinstance(error, ProtocolError) and error.status == 500:
+                # A response HTTP cannot carry (a body longer than its Content-Length,
+                # say): the handler's bug, not the peer leaving.
+                log.exception("response to %s %s failed", request.method, request.target)
+                exchange.fail(error)
+            else:
+                log.debug("could not finish the response to %s: %r", connection.client, error)
+                exchange.fail(PeerGone("the peer went away"))
         except Exception as error:
             log.exception("response to %s %s failed", request.method, request.target)
             exchange.fail(error)
         finally:
             if connection.parked is None:
-                if exchange.state is State.RESPONDING and connection.framer.response_ended:
-                    exchange.to(State.RESPONDED)
-                exchange.stop_watching()
+                if exchange.state is RESPONDING and connection.framer.response_ended:
+                    exchange.to(OVER if exchange.request_complete else RESPONDED)
+                if exchange.watch_scope is not None:
+                    exchange.stop_watching()
                 exchange.request_body.close_read_nowait()
-                if exchange.request_complete and exchange.state is State.RESPONDED:
+                if exchange.request_complete and exchange.state is RESPONDED:
                     exchange.end()
 
     def head(
@@ -139,15 +139,13 @@ class Responder:
                 interim = CONTINUE
             else:
                 keep_alive = False  # the body will not be read: say that we close
-        length = exchange.request_body.length
-        if (
-            keep_alive
-            and not may_read
-            and not exchange.request_complete
-            and length is not None
-            and length - wire.body_received > connection.limits.max_drain_size
-        ):
-            keep_alive = False  # more left unread than the connection would drain
+        if keep_alive and not may_read and not exchange.request_complete:
+            length = exchange.request_body.length
+            if (
+                length is not None
+                and length - wire.body_received > connection.limits.max_drain_size
+            ):
+                keep_alive = False  # more left unread than the connection would drain
         head, closes = connection.framer.response_head(
             status,
             reason,
@@ -158,7 +156,7 @@ class Responder:
         )
         if closes:
             exchange.keep_alive = False
-        exchange.to(State.RESPONDING)
+        exchange.to(RESPONDING)
         return interim + head if interim else head
 
     async def _send_response(self, exchange: H1Exchange, response: Response) -> None:
@@ -173,20 +171,21 @@ class Responder:
         status = response.status
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
         trailers = response.trailers.raw if response.trailers else None
+        readable = isinstance(body, Readable)
         if status not in _NO_BODY_STATUSES and not any(
             name == b"content-length" for name, _ in headers
         ):
             length = len(body) if isinstance(body, bytes) else None
-            if isinstance(body, Readable):
-                length = body.length
+            if readable:
+                length = body.length  # type: ignore[union-attr]
             # (Trailers need chunked framing: a response with some keeps it.)
             if length is not None and not trailers:
                 headers.append((b"content-length", b"%d" % length))
         # An exchange that failed meanwhile is cancelled here, before any byte goes out,
         # so that the connection may still answer it with its own status.
         await trio.lowlevel.checkpoint_if_cancelled()
-        if isinstance(body, Readable):
-            exchange.response_body = body
+        if readable:
+            exchange.response_body = body  # type: ignore[assignment]
         reason = response.reason or _REASONS.get(status, b"")
         head = self.head(exchange, status, reason, headers, may_read=not isinstance(body, bytes))
         self._trailers = trailers
@@ -195,10 +194,11 @@ class Responder:
             if body and not no_body:
                 pieces += framer.frame(body)
             pieces += self.ending()
-            await connection.send(pieces)
+            await connection.transport.send_pieces(pieces)
             return
-        await connection.send([head])
-        if isinstance(body, Readable):
+        await connection.transport.send_pieces([head])
+        if readable:
+            assert isinstance(body, Readable)
             if no_body:
                 await body.aclose()
             else:
@@ -231,9 +231,9 @@ class Responder:
     async def end(self, exchange: H1Exchange) -> None:
         """End the response on the wire (once)."""
         if not self._connection.framer.response_ended:
-            await self._connection.send(self.ending())
-        if exchange.state is State.RESPONDING:
-            exchange.to(State.RESPONDED)
+            await self._connection.transport.send_pieces(self.ending())
+        if exchange.state is RESPONDING:
+            exchange.to(RESPONDED)
         exchange.drain_soon()
 
     async def _run_takeover(
@@ -265,7 +265,7 @@ class Responder:
                     raise _body_error(error)  # noqa: B904 (the cause is set there)
                 if not chunk:
                     break
-                await connection.send(connection.framer.frame(chunk))
+                await connection.transport.send_pieces(connection.framer.frame(chunk))
         finally:
             with trio.CancelScope(shield=True):
                 await body.aclose()
@@ -281,7 +281,7 @@ class Responder:
             except Exception as error:
                 raise _body_error(error)  # noqa: B904 (the cause is set there)
             if chunk:
-                await connection.send(connection.framer.frame(chunk))
+                await connection.transport.send_pieces(connection.framer.frame(chunk))
 
 
 def _body_error(error: Exception) -> Exception:
@@ -345,12 +345,12 @@ class Control(ResponseControl):
         head = self._connection.responder.head(
             exchange, status, _REASONS.get(status, b""), list(response.headers.raw), may_read=True
         )
-        await self._connection.send([head])
+        await self._connection.transport.send_pieces([head])
 
     async def write(self, data: bytes) -> None:
         if data and self._exchange.request.method != "HEAD":
             connection = self._connection
-            await connection.send(connection.framer.frame(data))
+            await connection.transport.send_pieces(connection.framer.frame(data))
 
     async def end(self) -> None:
         await self._connection.responder.end(self._exchange)
@@ -387,12 +387,12 @@ class Control(ResponseControl):
             await trio.sleep_forever()
         exchange = self._exchange
         exchange.stop_watching()  # a watcher task may be peeking already
-        exchange.watch = Watch.SELF
+        exchange.watch = WATCH_SELF
         try:
             await self._connection.transport.wait_peer_gone()
         finally:
             # Busy again (writing, say): a watcher task looks after it meanwhile.
-            exchange.watch = Watch.NONE
+            exchange.watch = NO_WATCH
             self._connection.watch_later()
 
     @property
@@ -410,7 +410,7 @@ class Control(ResponseControl):
         exchange.wake_pending = False
         # The server watches a parked exchange itself: no watcher task for it.
         exchange.stop_watching()
-        exchange.watch = Watch.SELF
+        exchange.watch = WATCH_SELF
         self.parking = True
         return True
 
@@ -431,6 +431,6 @@ class Control(ResponseControl):
         # The connection's watcher peeks at the socket for the peer leaving; it must
         # stop before the new protocol reads from it.
         exchange.stop_watching()
-        exchange.to(State.DETACHED)
+        exchange.to(DETACHED)
         await trio.lowlevel.checkpoint()
         return self._connection.transport.stream, self._connection.wire.leftover()
