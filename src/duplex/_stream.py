@@ -65,7 +65,13 @@ class Stream(trio.abc.HalfCloseableStream):
         Raises ``ValueError`` if ``max_bytes`` < 1, ``trio.ClosedResourceError`` after
         ``close_read``/``aclose``, and whatever the input raises (see ``Readable.read``).
         """
-        return await self.receive_some(max_bytes)
+        # (receive_some's body, not a call to it: one coroutine less on every read.)
+        checked = check_max_bytes(max_bytes)
+        self._enter_read()
+        try:
+            return await self._readpartial(checked)
+        finally:
+            self._reading = False
 
     async def _readpartial(self, max_bytes: int | None) -> bytes:
         if self._buffer:
@@ -203,4 +209,3 @@ class Stream(trio.abc.HalfCloseableStream):
         finally:
             if self.output is not None:
                 self.output.close_write_nowait()
-

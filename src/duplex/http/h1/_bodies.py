@@ -129,7 +129,7 @@ class RequestBody(Readable):
     async def _fill(self, exchange: H1Exchange) -> None:
         """Read more of the body from the socket (in the reader's own task)."""
         connection = self._connection
-        if not await exchange.send_continue():
+        if exchange.expects_continue and not await exchange.send_continue():
             return
         try:
             if connection.fill_nowait() is not None:
@@ -189,9 +189,14 @@ class ResponseOutput(Writable):
         left or a write was cut part-way, ``duplex.Timeout`` if the peer takes nothing
         within the write timeout, and ``trio.BusyResourceError`` if another task writes.
         """
-        self._enter_write_side()
+        # (Writable's _enter_write_side and _check_writable, inlined: this runs once a
+        # chunk.)
+        if self._writing:
+            raise trio.BusyResourceError("another task is already writing to this body")
+        self._writing = True
         try:
-            self._check_writable()
+            if self._write_closed or self._read_closed:
+                self._check_writable()
             if not data:
                 await checkpoint()
                 return
