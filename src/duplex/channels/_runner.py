@@ -159,6 +159,11 @@ class Writer:
         self._queue.wake_senders()
         return True
 
+    def close_for_shutdown(self) -> None:
+        """``close`` for a server that starts shutting down (a bound method is all an
+        idle channel keeps for it)."""
+        self.close(SHUTDOWN)
+
     def fail(self, status: CloseStatus) -> None:
         """End the channel as ``ERRORED`` for the reason ``status``."""
         self._life.fail(status)
@@ -323,7 +328,7 @@ class Runner:
         close = self._writer.close
         await self._transport.open(channel, control, nursery, close)
         life.opened()
-        control.on_server_closing(lambda: close(SHUTDOWN))
+        control.on_server_closing(self._writer.close_for_shutdown)
         if nursery is not None:
             nursery.start_soon(self._receive)
         await self._run_hooks(control, (channel.on_open, *self._hooks.after_open))

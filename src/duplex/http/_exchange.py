@@ -124,7 +124,7 @@ class Exchange:
         #: Where the tasks of ``request.nursery`` run (the server's nursery).
         self.task_nursery = nursery
         # (Made when the handler first asks for it: most exchanges start no task.)
-        request.set_nursery(self.make_tasks)
+        request.set_nursery(self)
         self.request_body = body
         self.state = HANDLING
         #: True once any of the response has been sent (whatever happened after).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 from urllib.parse import unquote
 
 import trio
@@ -292,6 +292,12 @@ async def _ending_alone(
         _log.debug("a task of the exchange stopped: %r", error)
 
 
+class NurserySource(Protocol):
+    """What makes ``request.nursery`` when a handler first asks for it (its exchange)."""
+
+    def make_tasks(self) -> ExchangeNursery: ...
+
+
 class Request:
     """An HTTP request as a handler sees it.
 
@@ -328,11 +334,11 @@ class Request:
         self.headers = headers
         self.body = body
         self.http_version = http_version
-        self._nursery: ExchangeNursery | Callable[[], ExchangeNursery] | None = nursery
+        self._nursery: ExchangeNursery | NurserySource | None = nursery
         self.client = client
         self.scheme = scheme
 
-    def set_nursery(self, nursery: ExchangeNursery | Callable[[], ExchangeNursery]) -> None:
+    def set_nursery(self, nursery: ExchangeNursery | NurserySource) -> None:
         """Bind the request to its exchange's nursery, or to what makes it on first
         use (the server does, once)."""
         self._nursery = nursery
@@ -344,7 +350,7 @@ class Request:
         if nursery is None:
             raise RuntimeError("this request is not part of a running exchange")
         if not isinstance(nursery, ExchangeNursery):
-            nursery = self._nursery = nursery()
+            nursery = self._nursery = nursery.make_tasks()
         return nursery
 
     @property

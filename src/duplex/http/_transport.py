@@ -61,6 +61,9 @@ def peek_gone(sock: trio.socket.SocketType | None) -> bool | None:
 #: scheduler anyway, so that a peer that always has data ready cannot starve the others
 #: (two: a keep-alive connection yields once per request, as fair as trio's own streams).
 _BUDGET = 2
+# What a transport has pending while it has nothing pending: one list for all (never
+# changed in place), rather than one empty list per connection.
+_NOTHING_PENDING: list[Any] = []
 #: Pieces at most in one scatter-gather write (well under any system's IOV_MAX).
 _MAX_PIECES = 64
 
@@ -273,7 +276,7 @@ class Transport(Receiver):
         self._send_waiters: trio.lowlevel.ParkingLot | None = None
         # Bytes that ``write_nowait`` committed but the socket did not take yet: they go
         # out first with the next send (or ``flush``).
-        self._pending: list[Any] = []
+        self._pending: list[Any] = _NOTHING_PENDING
         #: Set when a send stopped part-way (cancelled, timed out, failed): the peer
         #: holds part of a message, so nothing more may be sent on this connection.
         self.broken = False
@@ -345,7 +348,7 @@ class Transport(Receiver):
         committed = bool(self._pending)
         if committed:
             pieces = self._pending + pieces
-            self._pending = []
+            self._pending = _NOTHING_PENDING
         try:
             if self.broken:
                 raise trio.BrokenResourceError(

@@ -314,8 +314,9 @@ async def _run_streamable(body: Streamable, stream: Stream) -> bool:
     return True
 
 
-class Control(ResponseControl):
-    """The server's side of a ``Takeover``: the exchange, handed to its function."""
+class Control:
+    """The server's side of a ``Takeover`` (a ``ResponseControl``): the exchange, handed
+    to its function."""
 
     __slots__ = ("_connection", "_exchange", "parking")
 
