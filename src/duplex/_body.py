@@ -136,7 +136,6 @@ class Readable(trio.abc.ReceiveStream):
         """
 
 
-
 class EmptyBody(Readable):
     """A body of length 0, complete from the start (a request without a body): reads
     give ``b""`` until the reader closes it."""
