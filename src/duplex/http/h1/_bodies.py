@@ -133,7 +133,8 @@ class RequestBody(Readable):
             return
         try:
             if connection.fill_nowait() is not None:
-                await connection.transport.spend()
+                # No budget spent here: the read this serves ends with a checkpoint of
+                # its own, the one trip through the scheduler it owes.
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("the peer left mid-body: %r", error)
