@@ -9,15 +9,10 @@ import email.utils
 import http.client
 import logging
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +20,7 @@ import trio
 import trio.testing
 
 import duplex
+from _client_support import echo_process
 from _real_body_support import Expected, Handoff, apply_expectations, deadlock_guard, url
 from _reliability_support import error_records, reset
 from _server_support import (
@@ -615,30 +611,6 @@ async def test_a_response_body_closed_with_an_error_cuts_the_response_and_logs_t
 
 
 # -- duplex.Client and duplex echo -------------------------------------------------------
-
-DUPLEX = [sys.executable, "-m", "duplex"]
-
-
-@asynccontextmanager
-async def echo_process() -> AsyncIterator[str]:
-    """``duplex echo`` in a subprocess on a free port; its URL once it serves."""
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(trio.run_process, [*DUPLEX, "echo", "--port", "0"], stdout=subprocess.PIPE)
-        )
-        assert process.stdout is not None
-        async with process.stdout:
-            try:
-                output = b""
-                while b"\n" not in output:
-                    chunk = await process.stdout.receive_some(4096)
-                    assert chunk, f"duplex echo exited before serving: {output!r}"
-                    output += chunk
-                line = output.decode().splitlines()[0]
-                assert "serving on " in line, line
-                yield line.split("serving on ", 1)[1].strip()
-            finally:
-                process.send_signal(signal.SIGINT)
 
 
 async def test_a_client_posting_8_mib_of_bytes_to_duplex_echo_gets_the_whole_echo() -> None:
