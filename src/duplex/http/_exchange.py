@@ -22,9 +22,14 @@ if TYPE_CHECKING:
     from .._body import Readable
     from ._takeover import ResponseControl
 
-__all__ = ["Exchange", "ExchangeBody", "ExchangeTasks", "State", "Watch"]
+__all__ = ["Exchange", "ExchangeBody", "ExchangeTasks", "PeerGone", "State", "Watch"]
 
 log = logging.getLogger("duplex.server")
+
+
+class PeerGone(trio.BrokenResourceError):
+    """The peer closed or reset the connection (or its stream) while the exchange was
+    in flight."""
 
 
 class State(enum.IntEnum):

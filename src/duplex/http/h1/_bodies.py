@@ -17,7 +17,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from ..._body import BytesLike, Readable, Writable
 from ..._errors import ProtocolError, Timeout
-from .._exchange import NO_WATCH, WATCH_READER
+from .._exchange import NO_WATCH, WATCH_READER, PeerGone
 
 if TYPE_CHECKING:
     from ._connection import ServerConnection
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["PeerGone", "RequestBody", "ResponseOutput"]
 
 log = logging.getLogger("duplex.server")
-
-
-class PeerGone(trio.BrokenResourceError):
-    """The peer closed or reset the connection while the exchange was in flight."""
 
 
 class RequestBody(Readable):

@@ -6,20 +6,28 @@ drives the exchange itself (``Control``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 from math import inf
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..._body import Readable
-from ..._errors import ProtocolError, Timeout
 from ..._stream import Stream
 from .._exchange import DETACHED, NO_WATCH, OVER, RESPONDED, RESPONDING, WATCH_SELF
 from .._models import HeadersLike, Request, Response, Streamable
+from .._respond import (
+    NO_BODY_STATUSES,
+    REASONS,
+    content_length,
+    handler_response,
+    run_streamable,
+    send_iterable,
+    send_readable,
+    why_failed,
+)
 from .._takeover import ResponseControl, Takeover
-from ._bodies import PeerGone, ResponseOutput
+from ._bodies import ResponseOutput
 from ._wire import CONTINUE
 
 if TYPE_CHECKING:
@@ -29,15 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["Control", "Responder"]
 
 log = logging.getLogger("duplex.server")
-
-_NO_BODY_STATUSES = frozenset({204, 304})
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
-#: What the peer's own leaving (or slowness) looks like from a send: logged at DEBUG.
-_PEER_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, Timeout)
-
-
-class ResponseBodyFailed(Exception):
-    """The response body's producer failed (not the peer): the response is cut."""
 
 
 class Responder:
@@ -53,7 +52,6 @@ class Responder:
     async def respond(self, exchange: H1Exchange) -> None:
         """Run the handler (or a parked exchange's sequel) and send its response."""
         connection = self._connection
-        request = exchange.request
         resume = exchange.resume
         try:
             if resume is not None:
@@ -62,41 +60,14 @@ class Responder:
                 exchange.watch = NO_WATCH
                 await self._run_takeover(exchange, resume)
                 return
-            try:
-                response = await connection.server.handler(request)
-                if not isinstance(response, Response):
-                    raise TypeError(f"the handler returned {response!r}, not a duplex.Response")
-            except Exception as error:
-                if exchange.failed:
-                    # The handler saw the exchange break under it (a request body cut or
-                    # timed out): the peer's doing, answered by the connection.
-                    log.debug("handler for %s stopped: %r", request.target, error)
-                    return
-                log.exception("handler failed for %s %s", request.method, request.target)
+            response, handler_failed = await handler_response(connection.server.handler, exchange)
+            if response is None:
+                return
+            if handler_failed:
                 exchange.keep_alive = False
-                response = Response(500, body="Internal Server Error")
             await self._send_response(exchange, response)
-        except ResponseBodyFailed as error:
-            log.error(
-                "the response body of %s %s failed: %r",
-                request.method,
-                request.target,
-                error.__cause__,
-                exc_info=error.__cause__,
-            )
-            exchange.fail(error)
-        except _PEER_ERRORS as error:
-            if isinstance(error, ProtocolError) and error.status == 500:
-                # A response HTTP cannot carry (a body longer than its Content-Length,
-                # say): the handler's bug, not the peer leaving.
-                log.exception("response to %s %s failed", request.method, request.target)
-                exchange.fail(error)
-            else:
-                log.debug("could not finish the response to %s: %r", connection.client, error)
-                exchange.fail(PeerGone("the peer went away"))
         except Exception as error:
-            log.exception("response to %s %s failed", request.method, request.target)
-            exchange.fail(error)
+            exchange.fail(why_failed(error, exchange, connection.client))
         finally:
             if connection.parked is None:
                 if exchange.state is RESPONDING and connection.framer.response_ended:
@@ -169,24 +140,16 @@ class Responder:
         headers = list(response.headers.raw)
         body = response.body
         status = response.status
-        no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
+        no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
         trailers = response.trailers.raw if response.trailers else None
         readable = isinstance(body, Readable)
-        if status not in _NO_BODY_STATUSES and not any(
-            name == b"content-length" for name, _ in headers
-        ):
-            length = len(body) if isinstance(body, bytes) else None
-            if readable:
-                length = body.length  # type: ignore[union-attr]
-            # (Trailers need chunked framing: a response with some keeps it.)
-            if length is not None and not trailers:
-                headers.append((b"content-length", b"%d" % length))
+        content_length(response, headers)
         # An exchange that failed meanwhile is cancelled here, before any byte goes out,
         # so that the connection may still answer it with its own status.
         await trio.lowlevel.checkpoint_if_cancelled()
         if readable:
             exchange.response_body = body  # type: ignore[assignment]
-        reason = response.reason or _REASONS.get(status, b"")
+        reason = response.reason or REASONS.get(status, b"")
         head = self.head(exchange, status, reason, headers, may_read=not isinstance(body, bytes))
         self._trailers = trailers
         if isinstance(body, bytes):
@@ -202,22 +165,21 @@ class Responder:
             if no_body:
                 await body.aclose()
             else:
-                await self._send_readable(body)
+                await send_readable(body, self._send_chunk)
         elif isinstance(body, Streamable):
             if not no_body:
                 # The stream writes straight to the connection from this task, and
                 # reads the request body straight from it: an echo is one task.
                 output = ResponseOutput(connection, exchange)
                 exchange.response_body = output
-                if not await _run_streamable(body, Stream(request.body, output)):
-                    raise trio.BrokenResourceError("the streamable failed") from output.error
-                if output.error is not None:
-                    # Its output closed with an error: whose, it says.
-                    error = output.error
-                    raise _body_error(error if isinstance(error, Exception) else Exception(error))
+                await run_streamable(body, Stream(request.body, output))
         elif not no_body:
-            await self._send_iterable(body)
+            await send_iterable(body, self._send_chunk)
         await self.end(exchange)
+
+    async def _send_chunk(self, chunk: bytes) -> None:
+        connection = self._connection
+        await connection.transport.send_pieces(connection.framer.frame(chunk))
 
     def ending(self) -> list[Any]:
         """What ends the response on the wire, its trailers where the framing carries
@@ -255,64 +217,6 @@ class Responder:
         elif not connection.framer.response_ended:
             raise trio.BrokenResourceError("the response was left unfinished")
 
-    async def _send_readable(self, body: Readable) -> None:
-        connection = self._connection
-        try:
-            while True:
-                try:
-                    chunk = await body.read()
-                except Exception as error:
-                    raise _body_error(error)  # noqa: B904 (the cause is set there)
-                if not chunk:
-                    break
-                await connection.transport.send_pieces(connection.framer.frame(chunk))
-        finally:
-            with trio.CancelScope(shield=True):
-                await body.aclose()
-
-    async def _send_iterable(self, body: AsyncIterable[bytes]) -> None:
-        connection = self._connection
-        iterator = aiter(body)
-        while True:
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                break
-            except Exception as error:
-                raise _body_error(error)  # noqa: B904 (the cause is set there)
-            if chunk:
-                await connection.transport.send_pieces(connection.framer.frame(chunk))
-
-
-def _body_error(error: Exception) -> Exception:
-    """What a response body's failure means: the peer's doing when the producer failed
-    because the peer left (its error is one of trio's resource errors, or a timeout),
-    else the handler's (``ResponseBodyFailed``, logged as an error)."""
-    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
-    if isinstance(cause, _PEER_ERRORS) or (cause is None and isinstance(error, _PEER_ERRORS)):
-        return error
-    failed = ResponseBodyFailed("the response body failed")
-    failed.__cause__ = cause
-    return failed
-
-
-async def _run_streamable(body: Streamable, stream: Stream) -> bool:
-    """Run the user's ``fn(stream)``; the response ends when it returns. False if it
-    raised (logged here: at DEBUG when the peer's leaving made it fail)."""
-    try:
-        await body.fn(stream)
-    except Exception as error:
-        if isinstance(error, _PEER_ERRORS):
-            log.debug("streamable %r stopped: %r", body.fn, error)  # the peer, not a bug
-        else:
-            log.exception("streamable %r failed", body.fn)
-        if stream.output is not None:
-            stream.output.close_write_nowait(error)
-        await stream.close_read()
-        return False
-    await stream.aclose()
-    return True
-
 
 class Control:
     """The server's side of a ``Takeover`` (a ``ResponseControl``): the exchange, handed
@@ -344,7 +248,7 @@ class Control:
         response = Response(status, headers)
         # A takeover reads the request body as it likes (a channel's on_receive).
         head = self._connection.responder.head(
-            exchange, status, _REASONS.get(status, b""), list(response.headers.raw), may_read=True
+            exchange, status, REASONS.get(status, b""), list(response.headers.raw), may_read=True
         )
         await self._connection.transport.send_pieces([head])
 
