@@ -43,6 +43,8 @@ def bench(session: nox.Session) -> None:
         "trio",
         "uvicorn[standard]",
         "hypercorn[trio]",
+        "granian",
+        "h2",
         "aiohttp",
         "httpx",
     )

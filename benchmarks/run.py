@@ -1,6 +1,6 @@
 """Run duplex's benchmarks against its peers, on this machine, in one go.
 
-    python benchmarks/run.py [--quick] [--only small,echo,idle,broadcast,client]
+    python benchmarks/run.py [--quick] [--only small,echo,idle,broadcast,client,h2]
                              [--baseline REV]
                              [--output docs/benchmarks.md] [--json results.json]
 
@@ -58,7 +58,7 @@ SERVER_CPU = "0"
 LOAD_CPU = "1"
 MIB = 1 << 20
 GIB = 1 << 30
-BENCHMARKS = ("small", "echo", "idle", "broadcast", "client")
+BENCHMARKS = ("small", "echo", "idle", "broadcast", "client", "h2")
 SETTLE_SECONDS = 5.0
 
 
@@ -121,6 +121,15 @@ def _uvicorn(http: str, loop: str) -> Callable[[int], list[str]]:
     return argv
 
 
+def _granian(port: int) -> list[str]:
+    return [
+        PY, "-m", "granian", "--interface", "asgi", "--http", "2",
+        "--workers", "1", "--runtime-threads", "1", "--no-ws",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--backlog", "1024", "asgi_app:app",
+    ]  # fmt: skip
+
+
 SERVER_SPECS = {
     spec.name: spec
     for spec in [
@@ -167,6 +176,13 @@ SERVER_SPECS = {
             "uvicorn-httptools",
             "`uvicorn --http httptools --loop uvloop` + the same ASGI app (reference)",
             _uvicorn("httptools", "uvloop"),
+        ),
+        Server(
+            "granian",
+            "`granian --interface asgi --http 2 --workers 1 --runtime-threads 1` + the same "
+            "ASGI app (HTTP/2 only; Rust, a reference; CPU counts its worker process too)",
+            _granian,
+            {"PYTHONPATH": str(SERVERS)},
         ),
         Server(
             "trio-raw-echo",
@@ -310,6 +326,19 @@ def free_port() -> int:
         return port
 
 
+def proc_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server that runs its work in child processes)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    todo += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -371,7 +400,12 @@ class RunningServer:
         return ""
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """CPU time of the server process and of any child processes it runs."""
+        total = 0.0
+        for pid in proc_tree(self.pid):
+            with contextlib.suppress(OSError, ValueError):
+                total += proc_cpu_seconds(pid)
+        return total
 
     def rss_kib(self) -> int:
         return proc_rss_kib(self.pid)
@@ -730,12 +764,126 @@ def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
     return results
 
 
+H2_SERVERS = ["duplex", "hypercorn-trio", "granian"]
+#: The HTTP/1.1 echo row measured in the same rounds, for the h2/HTTP/1.1 ratio.
+H1_ECHO_ROW = "duplex (HTTP/1.1)"
+
+
+def parse_h2load(output: str) -> dict[str, Any]:
+    finished = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", output)
+    counts = re.search(
+        r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        output,
+    )
+    if finished is None or counts is None:
+        raise RuntimeError(f"cannot read h2load's output:\n{output[-800:]}")
+    return {
+        "requests": int(counts[3]),
+        "rps": float(finished[3]),
+        "errors": int(counts[4]) + int(counts[5]) + int(counts[6]),
+    }
+
+
+def h2load(url: str, requests: int, timeout: float) -> dict[str, Any]:
+    """``requests`` requests over 10 connections of 10 streams each. A count rather than
+    a duration (``-D``): hypercorn's trio worker crashes when h2load cuts its
+    connections with streams in flight at the end of a timed run."""
+    argv = pinned(["h2load", "-c10", "-m10", f"-n{requests}", url])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    result = parse_h2load(done.stdout)
+    if not result["requests"]:
+        raise RuntimeError(f"h2load: no request succeeded: {done.stdout.strip()[-300:]}")
+    return result
+
+
+def h2_small(server: RunningServer, sizes: Sizes) -> dict[str, Any]:
+    """Small requests over h2c: a warm-up of 2,000 requests gives the rate, from which
+    the measured run's count is sized to last about ``sizes.wrk_seconds``."""
+    url = server.url + "/"
+    warm = h2load(url, 2000, timeout=60)
+    count = min(max(int(warm["rps"] * sizes.wrk_seconds), 2000), 3_000_000)
+    cpu0 = server.cpu_seconds()
+    result = h2load(url, count, timeout=sizes.wrk_seconds * 6 + 60)
+    cpu = server.cpu_seconds() - cpu0
+    result["server_cpu_s"] = cpu
+    result["req_per_cpu_s"] = result["requests"] / cpu if cpu else math.nan
+    return result
+
+
+def h2_echo(server: RunningServer, sizes: Sizes, mode: str) -> dict[str, Any]:
+    """The streaming echo over one connection (``mode``: ``h2`` or ``http``); a run that
+    broke before it sent anything is tried once more (a peer that resets a fresh
+    connection now and then)."""
+    client = str(CLIENTS / "echo_client.py")
+    base = [PY, client, "--mode", mode, "--timeout", "120", "--stall", "10"]
+    port = ["--port", str(server.port)]
+    run_json([*base, *port, "--total", str(4 * MIB)], timeout=60)  # warm-up
+    for attempt in range(2):
+        cpu0 = server.cpu_seconds()
+        result = run_json([*base, *port, "--total", str(sizes.echo_bytes)], 180)
+        cpu = server.cpu_seconds() - cpu0
+        if result["outcome"] == "ok" or result["sent"] or attempt:
+            break
+    echoed = result["echoed"]
+    result["server_cpu_s"] = cpu
+    result["cpu_s_per_gib"] = cpu / (echoed / GIB) if echoed else math.nan
+    return result
+
+
+def bench_h2(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
+    """HTTP/2 with prior knowledge (h2c): small requests by h2load, the streaming echo by
+    echo_client.py's h2 mode; duplex's HTTP/1.1 echo in the same rounds for the ratio."""
+    results: dict[str, Any] = {"small": {}, "echo": {}}
+    if shutil.which("h2load") is None:
+        results["small"]["_skipped"] = "h2load is not installed (apt-get install nghttp2-client)"
+    small: dict[str, list[dict[str, Any]]] = {name: [] for name in H2_SERVERS}
+    echo: dict[str, list[dict[str, Any]]] = {name: [] for name in [*H2_SERVERS, H1_ECHO_ROW]}
+    for repeat in range(sizes.repeats):
+        for name in [*H2_SERVERS, H1_ECHO_ROW]:
+            h1 = name == H1_ECHO_ROW
+            try:
+                with running("duplex" if h1 else name, logdir) as server:
+                    if not h1 and "_skipped" not in results["small"]:
+                        try:
+                            result = h2_small(server, sizes)
+                            small[name].append(result)
+                            log(
+                                f"h2 small {name} #{repeat + 1}: {result['rps']:.0f} req/s, "
+                                f"{result['req_per_cpu_s']:.0f} req/CPU-s, "
+                                f"{result['errors']} errors"
+                            )
+                        except Exception as error:
+                            small[name].append({"error": str(error)})
+                            log(f"h2 small {name}: ERROR {error}")
+                    result = h2_echo(server, sizes, "http" if h1 else "h2")
+                    echo[name].append(result)
+                    log(
+                        f"h2 echo {name} #{repeat + 1}: {result['outcome']}, "
+                        f"{result['mib_per_s']:.1f} MiB/s, "
+                        f"{result['cpu_s_per_gib']:.2f} CPU-s/GiB"
+                        + (f" ({result['detail']})" if "detail" in result else "")
+                    )
+            except Exception as error:
+                echo[name].append({"error": str(error)})
+                log(f"h2 {name}: ERROR {error}")
+    for name, found in small.items():
+        if found:
+            results["small"][name] = _medians(found, ("req_per_cpu_s", "rps", "server_cpu_s"))
+    for name, found in echo.items():
+        results["echo"][name] = _medians(found, ("mib_per_s", "cpu_s_per_gib"))
+    return results
+
+
 RUNNERS = {
     "small": bench_small,
     "echo": bench_echo,
     "idle": bench_idle,
     "broadcast": bench_broadcast,
     "client": bench_client,
+    "h2": bench_h2,
 }
 
 
@@ -896,6 +1044,23 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             _ratio(d, h),
             f"{_fmt(d, 0)} / {_fmt(h, 0)}",
         )
+    h2 = results.get("h2", {})
+    d = _get(h2, "small", "duplex", "req_per_cpu_s")
+    p = _get(h2, "small", "hypercorn-trio", "req_per_cpu_s")
+    at_least(
+        "h2: small req per server CPU-s vs hypercorn-trio (h2c)",
+        3.0,
+        _ratio(d, p),
+        f"{_fmt(d, 0)} / {_fmt(p, 0)}",
+    )
+    d = _get(h2, "echo", "duplex", "mib_per_s")
+    p = _get(h2, "echo", H1_ECHO_ROW, "mib_per_s")
+    at_least(
+        "h2: echo MiB/s vs duplex's own HTTP/1.1 echo",
+        0.7,
+        _ratio(d, p),
+        f"{_fmt(d)} / {_fmt(p)} MiB/s",
+    )
     stream = client.get("stream", {})
     h = _get(stream, "httpx/updown", "mib_per_s")
     for route, label in (("echo", "full duplex"), ("updown", "upload then download")):
@@ -1380,6 +1545,83 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
                 "MiB up / down",
                 "first byte back, ms",
                 "client CPU-s",
+            ],
+            rows,
+        )
+        out.append("")
+    if "h2" in results:
+        h2 = results["h2"]
+        out += [
+            "## 6. HTTP/2",
+            "",
+            "HTTP/2 with prior knowledge (h2c), the same apps as above. Small requests:",
+            "`h2load -c10 -m10 -nN` (10 connections, 10 streams each), N sized from a",
+            f"2,000-request warm-up to last about {sizes.wrk_seconds} s. Echo: "
+            f"{sizes.echo_bytes // MIB} MiB over one "
+            "stream by benchmarks/clients/echo_client.py `--mode h2` (its receive window opened",
+            "wide, so the server's flow control alone paces the upload); duplex's HTTP/1.1",
+            f"echo in the same rounds for comparison. Medians of {sizes.repeats} run(s).",
+            "",
+        ]
+        small = h2.get("small", {})
+        if "_skipped" in small:
+            out += [f"Small requests skipped: {small['_skipped']}", ""]
+        else:
+            rows = []
+            for name in H2_SERVERS:
+                r = small.get(name, {"error": "not run"})
+                error = _cell_error(r)
+                if error:
+                    rows.append([name, *error, "", "", "", ""])
+                    continue
+                rows.append(
+                    [
+                        name,
+                        _fmt(r["rps"], 0),
+                        _fmt(r["server_cpu_s"], 2),
+                        _fmt(r["req_per_cpu_s"], 0),
+                        _spread(r, 0),
+                        _fmt(r["errors"]),
+                    ]
+                )
+            out += _table(
+                [
+                    "server (h2c)",
+                    "req/s",
+                    "server CPU-s",
+                    "req per server CPU-s",
+                    "(runs: min to max)",
+                    "errors",
+                ],
+                rows,
+            )
+            out.append("")
+        rows = []
+        for name in [*H2_SERVERS, H1_ECHO_ROW]:
+            r = h2.get("echo", {}).get(name, {"error": "not run"})
+            error = _cell_error(r)
+            if error:
+                rows.append([name, *error, "", "", "", ""])
+                continue
+            first = r.get("first_byte_seconds")
+            rows.append(
+                [
+                    name,
+                    r["outcome"],
+                    _fmt(r["mib_per_s"]),
+                    _spread(r, 1),
+                    _fmt(r["cpu_s_per_gib"], 2),
+                    _fmt(None if first is None else first * 1000, 1),
+                ]
+            )
+        out += _table(
+            [
+                "server",
+                "outcome",
+                "MiB/s",
+                "(runs: min to max)",
+                "server CPU-s per GiB",
+                "first echoed byte, ms",
             ],
             rows,
         )

@@ -3,7 +3,10 @@
 A small trio program on a raw socket. In ``http`` mode it sends ``POST /echo`` with a
 chunked body of ``--total`` bytes in ``--chunk``-byte chunks while another task reads
 the response, decoding the chunked framing (or Content-Length) and counting payload
-bytes. In ``raw`` mode it sends and reads the bytes as they are (a TCP echo).
+bytes. In ``h2`` mode it does the same over HTTP/2 with prior knowledge (h2c): one
+stream, DATA frames as the server's window allows, its own receive window opened wide
+(so that only the server's flow control paces the upload). In ``raw`` mode it sends and
+reads the bytes as they are (a TCP echo).
 
 Prints one JSON object: bytes sent and echoed, seconds from the first byte sent to the
 last echoed byte, time to first echoed byte, and whether it stalled (no progress
@@ -16,6 +19,10 @@ import argparse
 import json
 import time
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import trio
 
 
@@ -60,14 +67,91 @@ class ChunkedCounter:
         return got
 
 
+class H2Echo:
+    """The ``h2`` mode's one stream: sends through ``send_chunk``, counts echoed payload
+    in ``receive``; the socket is shared by both (writes under one lock)."""
+
+    def __init__(self, stream: trio.SocketStream, host: str, port: int) -> None:
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self.stream = stream
+        self.lock = trio.Lock()
+        self.window_changed = trio.Event()
+        self.stream_id = 1
+        self.ended = False
+        self.authority = f"{host}:{port}".encode()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            data = self.conn.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+
+    async def open(self) -> None:
+        conn = self.conn
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+        conn.increment_flow_control_window((1 << 31) - 1 - 65535)
+        conn.send_headers(
+            self.stream_id,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":authority", self.authority),
+                (b":path", b"/echo"),
+                (b"content-type", b"application/octet-stream"),
+            ],
+        )
+        await self.flush()
+
+    async def send_chunk(self, payload: bytes) -> None:
+        conn, view = self.conn, memoryview(payload)
+        while view:
+            window = min(
+                conn.local_flow_control_window(self.stream_id), conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                self.window_changed = trio.Event()
+                await self.window_changed.wait()
+                continue
+            conn.send_data(self.stream_id, bytes(view[:window]))
+            view = view[window:]
+            await self.flush()
+
+    async def finish(self) -> None:
+        self.conn.end_stream(self.stream_id)
+        await self.flush()
+
+    def receive(self, data: bytes) -> int:
+        """Feed bytes from the socket; the payload bytes they held."""
+        got = 0
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                got += len(event.data or b"")
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers or []).get(b":status")
+                if status != b"200":
+                    raise RuntimeError(f"unexpected response: {status!r}")
+            elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                self.window_changed.set()
+            elif isinstance(event, h2.events.StreamEnded):
+                self.ended = True
+            elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                raise trio.BrokenResourceError(f"the server ended the stream: {event}")
+        return got
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
+    if args.mode == "h2":
+        return await run_h2(args)
     total, chunk_size = args.total, args.chunk
     chunks = total // chunk_size
     payload = bytes(range(256)) * (chunk_size // 256)
     http = args.mode == "http"
     frame = f"{chunk_size:x}\r\n".encode() + payload + b"\r\n" if http else payload
     stream = await trio.open_tcp_stream(args.host, args.port)
-    state: dict[str, float | int | None] = {
+    state: dict[str, float | int | str | None] = {
         "sent": 0,
         "echoed": 0,
         "first": None,
@@ -145,8 +229,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     nursery.start_soon(sender)
                     await receiver()
                     nursery.cancel_scope.cancel()
-            except* trio.BrokenResourceError:
+            except* trio.BrokenResourceError as group:
                 outcome = "connection broken"
+                state["detail"] = repr(group.exceptions[0])
         if scope.cancelled_caught:
             outcome = "timeout"
         if state.get("stalled"):
@@ -165,6 +250,91 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "first_byte_seconds": None if first is None else float(first) - start,
         "sent_at_first_echo": state["sent_at_first"],
         "mib_per_s": echoed / (1 << 20) / (end - start) if echoed else 0.0,
+        **({"detail": state["detail"]} if "detail" in state else {}),
+    }
+
+
+async def run_h2(args: argparse.Namespace) -> dict[str, object]:
+    total, chunk_size = args.total, args.chunk
+    chunks = total // chunk_size
+    payload = bytes(range(256)) * (chunk_size // 256)
+    stream = await trio.open_tcp_stream(args.host, args.port)
+    echo = H2Echo(stream, args.host, args.port)
+    state: dict[str, float | int | str | None] = {
+        "sent": 0,
+        "echoed": 0,
+        "first": None,
+        "sent_at_first": None,
+        "last": None,
+        "progress": time.perf_counter(),
+    }
+    start = 0.0
+
+    async def sender() -> None:
+        await echo.open()
+        for _ in range(chunks):
+            await echo.send_chunk(payload)
+            state["sent"] = int(state["sent"] or 0) + chunk_size
+            state["progress"] = time.perf_counter()
+        await echo.finish()
+
+    async def receiver() -> None:
+        while not echo.ended and int(state["echoed"] or 0) < total:
+            data = await stream.receive_some(262144)
+            if not data:
+                return
+            now = time.perf_counter()
+            state["progress"] = now
+            got = echo.receive(data)
+            await echo.flush()  # window updates, settings acknowledgements
+            if got:
+                if state["first"] is None:
+                    state["first"] = now
+                    state["sent_at_first"] = state["sent"]
+                state["last"] = now
+                state["echoed"] = int(state["echoed"] or 0) + got
+
+    async def watchdog(cancel: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(0.25)
+            if time.perf_counter() - float(state["progress"] or 0) > args.stall:
+                state["stalled"] = 1
+                cancel.cancel()
+                return
+
+    outcome = "ok"
+    async with stream:
+        with trio.move_on_after(args.timeout) as scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    start = time.perf_counter()
+                    state["progress"] = start
+                    nursery.start_soon(watchdog, nursery.cancel_scope)
+                    nursery.start_soon(sender)
+                    await receiver()
+                    nursery.cancel_scope.cancel()
+            except* trio.BrokenResourceError as group:
+                outcome = "connection broken"
+                state["detail"] = repr(group.exceptions[0])
+        if scope.cancelled_caught:
+            outcome = "timeout"
+        if state.get("stalled"):
+            outcome = "stalled"
+    echoed = int(state["echoed"] or 0)
+    end = float(state["last"] or time.perf_counter())
+    first = state["first"]
+    if echoed < total and outcome == "ok":
+        outcome = "short"
+    return {
+        "mode": args.mode,
+        "outcome": outcome,
+        "sent": state["sent"],
+        "echoed": echoed,
+        "seconds": end - start,
+        "first_byte_seconds": None if first is None else float(first) - start,
+        "sent_at_first_echo": state["sent_at_first"],
+        "mib_per_s": echoed / (1 << 20) / (end - start) if echoed else 0.0,
+        **({"detail": state["detail"]} if "detail" in state else {}),
     }
 
 
@@ -172,7 +342,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=["http", "raw"], default="http")
+    parser.add_argument("--mode", choices=["http", "h2", "raw"], default="http")
     parser.add_argument("--total", type=int, default=256 << 20)
     parser.add_argument("--chunk", type=int, default=65536)
     parser.add_argument("--timeout", type=float, default=120.0)
