@@ -58,9 +58,6 @@ NONE, LENGTH, CHUNKED, CLOSE = range(4)
 # Where a chunked request body is: before a size line, in data, before the CRLF that
 # ends the data, in the trailers, done.
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
-# The bytes of framing around a chunk's data: its CRLF, a size line of up to 16 hex
-# digits and its CRLF, with room to spare.
-_FRAMING_SLACK = 32
 
 # Control characters other than HTAB: h11 lets all but NUL through in field values.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -129,6 +126,7 @@ class ServerWire:
     __slots__ = (
         "_chunk_left",
         "_chunk_state",
+        "_chunked_read_size",
         "_data",
         "_in_mode",
         "_pos",
@@ -153,6 +151,9 @@ class ServerWire:
         self.max_request_line = max_request_line
         self.max_body_size = inf if max_body_size is None else max_body_size
         self.read_size = read_size
+        # One chunk of read_size bytes as it comes on the wire: the CRLF that ends the
+        # chunk before it, its size line (hex digits and CRLF) and its data.
+        self._chunked_read_size = read_size + len(b"%x" % read_size) + 4
         # Received and not yet consumed: self._data[self._pos:].
         self._data = b""
         self._pos = 0
@@ -200,10 +201,11 @@ class ServerWire:
             # Only body data: it reaches the reader as the very bytes read, uncopied.
             return min(self.read_size, self._chunk_left)
         if self._in_mode == CHUNKED:
-            # A little over read_size, so that a peer sending chunks of read_size has
-            # each one's framing and all its data arrive in one read, not the data's
-            # last few bytes in a read (and an echoed chunk) of their own.
-            return self.read_size + _FRAMING_SLACK
+            # Exactly one chunk of read_size with its framing, so that a peer sending
+            # chunks of read_size has each one arrive whole in one read: a byte more
+            # would take the next chunk's first bytes, which then reach the reader
+            # (and an echo) as a short chunk of their own, one chunk in two.
+            return self._chunked_read_size
         return None
 
     # -- request heads ----------------------------------------------------------------
