@@ -30,9 +30,10 @@ from .._version import __version__
 from ._limits import ClientLimits
 from ._models import Headers, HeadersLike
 from ._platform import capabilities
-from ._pool import Origin, Pool, PooledConnection
+from ._pool import HTTP2, Origin, Pool, PooledConnection
 from .h1._client import client_error
 from .h1._client_exchange import ClientExchange, RequestContent
+from .h2client import H2ClientConnection, H2Exchange, H2ResponseBody, StreamRefused
 
 __all__ = ["Client", "ClientResponse", "RequestBody", "TooManyRedirects"]
 
@@ -95,6 +96,40 @@ def _host_header(origin: Origin) -> bytes:
     if port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
     return host.encode("idna" if not host.isascii() else "ascii")
+
+
+# Fields that belong to one HTTP/1.1 connection, never sent over HTTP/2 (RFC 9113 §8.2.2).
+_HOP_BY_HOP = frozenset(
+    {b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+def _h2_fields(
+    method: str, scheme: str, target: str, fields: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The request's HTTP/2 header block: pseudo-fields first (``:authority`` from the
+    Host field ``_request_fields`` put first), then the others but the hop-by-hop ones."""
+    authority = fields[0][1]
+    block = [
+        (b":method", method.encode("ascii")),
+        (b":scheme", scheme.encode("ascii")),
+        (b":authority", authority),
+        (b":path", target.encode("ascii")),
+    ]
+    for name, value in fields:
+        if name in _HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
+            continue
+        block.append((name, value))
+    return block
+
+
+def _h2_body_length(method: str, status: int, fields: list[tuple[bytes, bytes]]) -> int | None:
+    if method == "HEAD" or status in (204, 304):
+        return 0
+    for name, value in fields:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
 
 
 def _request_fields(
@@ -251,7 +286,7 @@ class ClientResponse(trio.abc.AsyncResource):
     async def aclose(self) -> None:
         """Close the body and end the exchange: a request body still streaming breaks,
         and a connection not free already closes. Idempotent, a checkpoint."""
-        if isinstance(self.body, ResponseBody):
+        if isinstance(self.body, ResponseBody | H2ResponseBody):
             self.body.close_exchange_nowait()
         await self.body.aclose()
 
@@ -263,7 +298,7 @@ class ClientResponse(trio.abc.AsyncResource):
 
 
 class Client:
-    """An HTTP/1.1 client with a keep-alive pool per origin, used as
+    """An HTTP/1.1 and HTTP/2 client with a keep-alive pool per origin, used as
     ``async with duplex.Client() as client``.
 
     Request bodies that do not go out at once are sent by a task the client owns, so
@@ -271,6 +306,15 @@ class Client:
     going out. Leaving the block closes every connection, those of responses still
     unread too. The client checks once, when it is made, which fast paths the platform
     offers (see ``duplex.http._platform``).
+
+    ``http2``: ``False`` (the default) speaks HTTP/1.1 only. ``True`` offers HTTP/2 by
+    ALPN on https (``["h2", "http/1.1"]``, set on ``ssl_context`` if one is given) and
+    speaks it when the server picks it, HTTP/1.1 otherwise; plain http stays HTTP/1.1.
+    ``"prior-knowledge"`` speaks HTTP/2 from the first byte: h2c on http, and h2 on https
+    without falling back (``duplex.ProtocolError`` if the server will not). Over HTTP/2
+    the requests to one origin share one connection as concurrent streams (see
+    ``duplex.http._pool``), each full duplex as over HTTP/1.1, and
+    ``response.http_version`` is ``"2"``.
     """
 
     def __init__(
@@ -282,7 +326,10 @@ class Client:
         headers: HeadersLike | None = None,
         follow_redirects: bool = False,
         max_redirects: int = 20,
+        http2: HTTP2 = False,
     ) -> None:
+        if http2 not in (False, True, "prior-knowledge"):
+            raise ValueError(f"http2 must be False, True or 'prior-knowledge', not {http2!r}")
         self.base_url = base_url
         self.limits = limits or ClientLimits()
         self.headers = Headers(headers)
@@ -290,7 +337,8 @@ class Client:
             self.headers.add("user-agent", _USER_AGENT)
         self.follow_redirects = follow_redirects
         self.max_redirects = max_redirects
-        self._pool = Pool(self.limits, ssl_context, direct_io=capabilities().direct_io)
+        self.http2 = http2
+        self._pool = Pool(self.limits, ssl_context, direct_io=capabilities().direct_io, http2=http2)
         self._exit_stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -298,6 +346,7 @@ class Client:
     async def __aenter__(self) -> Client:
         stack = AsyncExitStack()
         self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._pool.nursery = self._nursery
         self._exit_stack = stack
         self._token = trio.lowlevel.current_trio_token()
         return self
@@ -405,8 +454,24 @@ class Client:
             request = h11.Request(method=method, target=target, headers=fields)
         except h11.LocalProtocolError as error:
             raise translate(error) from error
-        for attempt in (1, 2):
-            connection = await self._pool.acquire(origin)
+        replayable = body is None or isinstance(body, bytes)
+        for attempt in (1, 2, 3):
+            pool = self._pool
+            lease = await (
+                pool.acquire_stream(origin) if pool.speaks_http2(origin) else pool.acquire(origin)
+            )
+            if isinstance(lease, H2ClientConnection):
+                try:
+                    block = _h2_fields(method, origin[0], target, fields)
+                    return await self._exchange_h2(lease, method, block, body, url)
+                except StreamRefused:
+                    # Never processed by the server (GOAWAY, REFUSED_STREAM): safe to
+                    # send again on another connection when the body is ours to send.
+                    if attempt == 3 or not replayable:
+                        raise
+                    log.debug("retrying %s %s on a new connection", method, url)
+                    continue
+            connection = lease
             received_before = connection.http.bytes_received
             try:
                 return await self._exchange(connection, request, body, url)
@@ -417,7 +482,7 @@ class Client:
                 retry = (
                     attempt == 1
                     and connection.reused
-                    and (body is None or isinstance(body, bytes))
+                    and replayable
                     and connection.http.bytes_received == received_before
                 )
                 if not retry:
@@ -444,6 +509,36 @@ class Client:
             Headers.from_fields(list(head.headers)),
             head.http_version.decode("ascii"),
             ResponseBody(exchange, limits.read_timeout),
+            url,
+            method,
+        )
+
+    async def _exchange_h2(
+        self,
+        connection: H2ClientConnection,
+        method: str,
+        block: list[tuple[bytes, bytes]],
+        body: RequestContent,
+        url: str,
+    ) -> ClientResponse:
+        assert self._nursery is not None and self._token is not None
+        limits = self.limits
+        exchange = H2Exchange(connection, self._token, limits.write_timeout)
+        try:
+            await exchange.send_request(block, body, self._nursery)
+        except BaseException as error:
+            if not exchange.stream_id:
+                connection.unreserve()
+            exchange.abort()
+            raise client_error(error, "before the response arrived")  # noqa: B904
+        status, fields = await exchange.receive_response(limits.read_timeout)
+        length = _h2_body_length(method, status, fields)
+        return ClientResponse(
+            status,
+            "",
+            Headers.from_fields(fields),
+            "2",
+            H2ResponseBody(exchange, limits.read_timeout, length),
             url,
             method,
         )

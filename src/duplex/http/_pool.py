@@ -1,25 +1,37 @@
 """The client's connections: opened per origin (TCP, then TLS for https), kept alive
 between exchanges, bounded in number, and never reused after an exchange that did not
-finish cleanly."""
+finish cleanly.
+
+With HTTP/2 on, requests to an origin share one connection as concurrent streams, up to
+the server's ``SETTINGS_MAX_CONCURRENT_STREAMS``; beyond it another connection opens,
+within ``max_connections_per_origin``, and beyond that a request waits for a free
+stream (``pool_timeout``). A connection the server sent GOAWAY takes no new stream and
+closes once its last one ends; a dead one leaves the pool at once.
+"""
 
 from __future__ import annotations
 
 import ssl
 from math import inf
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import trio
 from trio.lowlevel import ParkingLot
 
-from .._errors import Timeout
+from .._errors import ProtocolError, Timeout
 from .._foreign import translate
 from ._limits import ClientLimits
 from .h1._client import HTTPConnection
+from .h2client import H2ClientConnection
 
-__all__ = ["Origin", "Pool", "PooledConnection", "open_connection"]
+__all__ = ["HTTP2", "Origin", "Pool", "PooledConnection", "open_connection", "open_stream"]
 
 #: Where a connection goes: (scheme, host, port).
 Origin: TypeAlias = tuple[str, str, int]
+
+#: Whether a client speaks HTTP/2: not at all, when the server picks it by ALPN (https
+#: only), or from the first byte (h2c on http; h2 on https, never falling back).
+HTTP2: TypeAlias = "bool | Literal['prior-knowledge']"
 
 
 async def open_connection(
@@ -36,6 +48,31 @@ async def open_connection(
     ``duplex.ProtocolError`` naming the TLS handshake if that fails (the
     ``ssl.SSLError`` as ``__cause__``).
     """
+    return _http1(
+        await open_stream(origin, limits=limits, ssl_context=ssl_context), limits, direct_io
+    )
+
+
+def _http1(stream: trio.abc.Stream, limits: ClientLimits, direct_io: bool) -> HTTPConnection:
+    return HTTPConnection(
+        stream,
+        max_head_size=limits.max_response_header_size,
+        read_size=limits.read_size,
+        write_timeout=limits.write_timeout,
+        direct_io=direct_io,
+    )
+
+
+async def open_stream(
+    origin: Origin,
+    *,
+    limits: ClientLimits,
+    ssl_context: ssl.SSLContext | None,
+    alpn: list[str] | None = None,
+) -> trio.abc.Stream:
+    """The TCP (or, for https, TLS) stream to ``origin``, open within
+    ``connect_timeout``; TLS offers the ``alpn`` protocols, if given. Raises as
+    ``open_connection`` does."""
     scheme, host, port = origin
     timeout = limits.connect_timeout
     handshaking = False
@@ -45,6 +82,8 @@ async def open_connection(
         if scheme == "https":
             handshaking = True
             context = ssl_context or ssl.create_default_context()
+            if alpn is not None:
+                context.set_alpn_protocols(alpn)
             tls = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
             try:
                 await tls.do_handshake()
@@ -59,13 +98,7 @@ async def open_connection(
         if handshaking:
             expired.args = (f"TLS handshake with {host}:{port} timed out after {timeout:g} s",)
         raise expired
-    return HTTPConnection(
-        stream,
-        max_head_size=limits.max_response_header_size,
-        read_size=limits.read_size,
-        write_timeout=limits.write_timeout,
-        direct_io=direct_io,
-    )
+    return stream
 
 
 class PooledConnection:
@@ -107,11 +140,23 @@ class Pool:
     """
 
     def __init__(
-        self, limits: ClientLimits, ssl_context: ssl.SSLContext | None, *, direct_io: bool
+        self,
+        limits: ClientLimits,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        direct_io: bool,
+        http2: HTTP2 = False,
     ) -> None:
         self.limits = limits
         self._ssl_context = ssl_context
         self._direct_io = direct_io
+        self.http2 = http2
+        #: Where HTTP/2 connections run their reader and writer (the client's nursery).
+        self.nursery: trio.Nursery | None = None
+        self._h2: dict[Origin, list[H2ClientConnection]] = {}
+        self._h2_origins: dict[H2ClientConnection, Origin] = {}
+        self._h1_only: set[Origin] = set()
+        self._connecting: set[Origin] = set()
         self._idle: dict[Origin, list[PooledConnection]] = {}
         self._busy: set[PooledConnection] = set()
         self._detached: set[PooledConnection] = set()
@@ -125,6 +170,99 @@ class Pool:
         if origin is None:
             return sum(self._open.values())
         return self._open.get(origin, 0)
+
+    def http2_connections(self, origin: Origin | None = None) -> int:
+        """HTTP/2 connections open, to ``origin`` or in all."""
+        if origin is None:
+            return sum(len(connections) for connections in self._h2.values())
+        return len(self._h2.get(origin, ()))
+
+    def speaks_http2(self, origin: Origin) -> bool:
+        """Whether requests to ``origin`` try HTTP/2 (before ALPN may say otherwise)."""
+        if not self.http2 or origin in self._h1_only:
+            return False
+        return origin[0] == "https" or self.http2 == "prior-knowledge"
+
+    async def acquire_stream(self, origin: Origin) -> H2ClientConnection | PooledConnection:
+        """A stream reserved on an HTTP/2 connection to ``origin`` (one under way with a
+        free stream, else a new one), or an HTTP/1.1 connection if the server chose
+        HTTP/1.1 by ALPN. Raises as ``acquire`` does, and ``duplex.ProtocolError`` when
+        HTTP/2 was required (``"prior-knowledge"``) and the server chose otherwise."""
+        limits = self.limits
+        deadline = trio.current_time() + (
+            inf if limits.pool_timeout is None else limits.pool_timeout
+        )
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("the client is closed")
+            for connection in self._h2.get(origin, ()):
+                if connection.reserve():
+                    return connection
+            if origin in self._h1_only:
+                return await self.acquire(origin)
+            if (
+                origin not in self._connecting
+                and self._open.get(origin, 0) < limits.max_connections_per_origin
+            ):
+                return await self._connect_h2(origin)
+            with trio.move_on_at(deadline) as scope:
+                await self._waiters.setdefault(origin, ParkingLot()).park()
+            if scope.cancelled_caught:
+                raise Timeout("pool", limits.pool_timeout or 0.0)
+
+    async def _connect_h2(self, origin: Origin) -> H2ClientConnection | PooledConnection:
+        if self.nursery is None:
+            raise RuntimeError("use the client as `async with duplex.Client() as client:`")
+        prior_knowledge = self.http2 == "prior-knowledge"
+        self._open[origin] = self._open.get(origin, 0) + 1
+        self._connecting.add(origin)
+        try:
+            stream = await open_stream(
+                origin,
+                limits=self.limits,
+                ssl_context=self._ssl_context,
+                alpn=["h2"] if prior_knowledge else ["h2", "http/1.1"],
+            )
+        except BaseException:
+            self._connecting.discard(origin)
+            self._forget(origin)
+            raise
+        self._connecting.discard(origin)
+        if isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() != "h2":
+            if prior_knowledge:
+                self._forget(origin)
+                await trio.aclose_forcefully(stream)
+                raise ProtocolError(f"{origin[1]}:{origin[2]} did not agree to HTTP/2 (ALPN)")
+            self._h1_only.add(origin)
+            self._wake(origin)
+            pooled = PooledConnection(self, origin, _http1(stream, self.limits, self._direct_io))
+            self._busy.add(pooled)
+            return pooled
+        connection = H2ClientConnection(
+            stream,
+            max_header_list_size=self.limits.max_response_header_size,
+            read_size=self.limits.read_size,
+            on_change=self._h2_changed,
+        )
+        self._h2.setdefault(origin, []).append(connection)
+        self._h2_origins[connection] = origin
+        self.nursery.start_soon(connection.run)
+        connection.reserve()
+        self._wake(origin)
+        return connection
+
+    def _h2_changed(self, connection: H2ClientConnection) -> None:
+        """An HTTP/2 connection freed a stream, or ended: wake who waits for one."""
+        origin = self._h2_origins.get(connection)
+        if origin is None:
+            return
+        if connection.closed:
+            del self._h2_origins[connection]
+            self._h2[origin].remove(connection)
+            self._forget(origin)
+        else:
+            self._wake(origin)
 
     def idle_connections(self, origin: Origin | None = None) -> int:
         """Connections open and waiting for an exchange, to ``origin`` or in all."""
@@ -253,5 +391,7 @@ class Pool:
             idle.clear()
         for connection in connections:
             self.discard(connection)
+        for h2_connection in [c for each in self._h2.values() for c in each]:
+            h2_connection.close()
         for waiters in self._waiters.values():
             waiters.unpark_all()
