@@ -1,7 +1,7 @@
 """The one place where other libraries' exceptions become duplex's.
 
 What the peer or the network does reaches a duplex user as trio's resource errors and
-duplex's own (``ProtocolError``, ``Timeout``), never as h11's, wsproto's, ssl's,
+duplex's own (``ProtocolError``, ``Timeout``), never as h11's, h2's, wsproto's, ssl's,
 coredis's or the OS's exceptions: those are translated here, once, with the original as
 ``__cause__``. The table matches by the exception's module and class name along its MRO,
 so that an optional library (coredis) is never imported to be matched.
@@ -31,6 +31,10 @@ def _tls_failed(error: BaseException) -> BaseException:
     return ProtocolError(f"the TLS handshake failed: {error}", 400)
 
 
+def _stream_gone(error: BaseException) -> BaseException:
+    return trio.BrokenResourceError(f"the stream is gone: {error}")
+
+
 def _connection_broke(error: BaseException) -> BaseException:
     return trio.BrokenResourceError(f"the connection broke: {error}")
 
@@ -43,6 +47,8 @@ def _server_broke(error: BaseException) -> BaseException:
 _TABLE: dict[tuple[str, str], Callable[[BaseException], BaseException]] = {
     ("h11", "RemoteProtocolError"): _peer_broke,
     ("h11", "LocalProtocolError"): _cannot_send,
+    ("h2", "StreamClosedError"): _stream_gone,
+    ("h2", "ProtocolError"): _cannot_send,
     ("wsproto", "RemoteProtocolError"): _peer_broke,
     ("wsproto", "LocalProtocolError"): _cannot_send,
     ("ssl", "SSLError"): _tls_failed,

@@ -41,7 +41,7 @@ class State(enum.IntEnum):
     RESPONDING = 1
     #: The response is complete (the request body may still be arriving).
     RESPONDED = 2
-    #: The connection was handed to another protocol (a WebSocket).
+    #: The connection (or HTTP/2 stream) was handed to another protocol (a WebSocket).
     DETACHED = 3
     #: The peer left, or the request or response broke: the exchange is cancelled.
     FAILED = 4
@@ -52,7 +52,8 @@ class State(enum.IntEnum):
 #: Every move an exchange may make; any other is a bug in duplex.
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.HANDLING: frozenset({State.RESPONDING, State.DETACHED, State.FAILED, State.OVER}),
-    State.RESPONDING: frozenset({State.RESPONDED, State.FAILED, State.OVER}),
+    # (HTTP/2 hands a stream over once its 200 is out: a WebSocket, RFC 8441.)
+    State.RESPONDING: frozenset({State.RESPONDED, State.DETACHED, State.FAILED, State.OVER}),
     State.RESPONDED: frozenset({State.FAILED, State.OVER}),
     # The last three are where an exchange ends.
     State.DETACHED: frozenset(),

@@ -48,6 +48,24 @@ class Limits:
     #: Bytes asked of the socket in one read (between the chunks of a chunked request
     #: body, 32 more: the framing of a chunk of ``read_size`` bytes, so it arrives whole).
     read_size: int = 65536
+    #: HTTP/2: streams a connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    #: a stream beyond it is refused.
+    max_concurrent_streams: int = 100
+    #: HTTP/2: the flow-control window of each request body (SETTINGS_INITIAL_WINDOW_SIZE):
+    #: what a stream buffers at most while its handler does not read. The connection's
+    #: window is this times ``max_concurrent_streams``, so that streams a handler does
+    #: not read never hold back the others.
+    stream_window_size: int = 65535
+    #: HTTP/2: the decoded header block of a request (SETTINGS_MAX_HEADER_LIST_SIZE);
+    #: None: ``max_header_size``.
+    max_header_list_size: int | None = None
+
+    @property
+    def header_list_size(self) -> int:
+        """``max_header_list_size``, or ``max_header_size`` where it is None."""
+        if self.max_header_list_size is None:
+            return self.max_header_size
+        return min(self.max_header_list_size, self.max_header_size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,22 @@
 """The server: listen, accept, and shut down gracefully.
 
-Each accepted connection is served by its protocol's driver (HTTP/1.1: ``h1``); an
-exchange that lasts is watched for its peer leaving, and one with nothing to do may
-park (``_parking``). What the fast Linux path may use is asked of ``_platform`` when
-the server starts.
+Each accepted connection is served by its protocol's driver: HTTP/1.1 (``h1``), or
+HTTP/2 (``h2``) when TLS's ALPN selects ``h2`` or a cleartext connection opens with the
+HTTP/2 preface (which the HTTP/1.1 driver notices as it reads its first head, and hands
+over). An HTTP/1.1 exchange that lasts is watched for its peer leaving, and one with
+nothing to do may park (``_parking``). What the fast Linux path may use is asked of
+``_platform`` when the server starts.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack
 
 import trio
 
@@ -25,6 +28,7 @@ from ._transport import Transport
 from .h1._bodies import PeerGone
 from .h1._closing import answer_and_close
 from .h1._connection import ServerConnection
+from .h2._connection import H2ServerConnection
 
 __all__ = ["Handler", "PeerGone", "Server", "serve"]
 
@@ -40,11 +44,23 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _IGNORED_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
+class Connection(Protocol):
+    """A connection as the server sees it, whatever its protocol."""
+
+    def shutdown(self) -> None:
+        """Begin a graceful close (HTTP/2: GOAWAY); idle, close at once."""
+
+
 class Server:
-    """An HTTP/1.1 server that runs ``handler`` for every request.
+    """An HTTP/1.1 and HTTP/2 server that runs ``handler`` for every request.
 
     Start it with ``server = await nursery.start(server.serve)`` (or ``duplex.serve``);
     ``port`` is then the bound port. ``shutdown()`` stops it gracefully.
+
+    ``http2`` (on by default) serves HTTP/2: over TLS it offers ALPN ``h2`` and
+    ``http/1.1`` on ``ssl_context`` (setting them on the context given), and a cleartext
+    connection that opens with the HTTP/2 preface speaks h2c (prior knowledge;
+    ``Upgrade: h2c`` is ignored).
     """
 
     def __init__(
@@ -56,6 +72,7 @@ class Server:
         limits: Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        http2: bool = True,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -63,9 +80,12 @@ class Server:
         self.limits = limits or Limits()
         self.ssl_context = ssl_context
         self.reuse_port = reuse_port
+        self.http2 = http2
+        if ssl_context is not None and http2:
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         self.listeners: list[trio.SocketListener] = []
         self.shutting_down = False
-        self._connections: set[ServerConnection] = set()
+        self._connections: set[Connection] = set()
         self._connections_changed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
         self._serve_scope = trio.CancelScope()
@@ -199,11 +219,48 @@ class Server:
             client = stream.socket.getpeername()
         except OSError:
             client = None
+        if isinstance(transport, trio.SSLStream) and self.http2:
+            if not await self._handshake(transport):
+                return
+            if transport.selected_alpn_protocol() == "h2":
+                await self._serve_h2(self._transport(transport), client)
+                return
         connection = ServerConnection(self, transport, client, direct_io=self._direct_io)
         self._connections.add(connection)
         await connection.run()
+        if connection.handover is not None:
+            await self._serve_h2(connection.transport, client, connection.handover)
 
-    def connection_closed(self, connection: ServerConnection) -> None:
+    def _transport(self, stream: trio.abc.Stream) -> Transport:
+        limits = self.limits
+        return Transport(
+            stream,
+            read_size=limits.read_size,
+            write_timeout=limits.write_timeout,
+            direct_io=self._direct_io,
+        )
+
+    async def _handshake(self, stream: trio.SSLStream[trio.SocketStream]) -> bool:
+        """Complete the TLS handshake (within ``header_timeout``), so that ALPN has
+        chosen the protocol; False, having closed the stream, if it failed."""
+        timeout = self.limits.header_timeout
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            try:
+                await stream.do_handshake()
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                log.debug("TLS handshake failed: %r", error)
+        await trio.aclose_forcefully(stream)
+        return False
+
+    async def _serve_h2(
+        self, transport: Transport, client: tuple[str, int] | None, received: bytes = b""
+    ) -> None:
+        connection = H2ServerConnection(self, transport, client, received)
+        self._connections.add(connection)
+        await connection.run()
+
+    def connection_closed(self, connection: Connection) -> None:
         """A connection has closed (its driver says so, once)."""
         self._connections.discard(connection)
         self._connections_changed.unpark_all()
@@ -239,6 +296,7 @@ class ServerOptions(TypedDict, total=False):
     limits: Limits | None
     ssl_context: ssl.SSLContext | None
     reuse_port: bool
+    http2: bool
 
 
 async def serve(
@@ -250,7 +308,7 @@ async def serve(
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve ``handler`` on ``host``:``port`` until cancelled or shut down; ``options``
-    are ``Server``'s (``limits``, ``ssl_context``, ``reuse_port``).
+    are ``Server``'s (``limits``, ``ssl_context``, ``reuse_port``, ``http2``).
 
     ``server = await nursery.start(duplex.serve, handler, "127.0.0.1", 0)`` hands back
     the ``Server``, already listening.

@@ -47,6 +47,7 @@ class ServerConnection:
         "closing",
         "failed_exchange",
         "framer",
+        "handover",
         "idle",
         "in_flight",
         "limits",
@@ -96,6 +97,9 @@ class ServerConnection:
         self.served = 0
         #: The exchange parked (ResponseControl.park): the connection then has no task.
         self.parked: Exchange | None = None
+        #: What the peer sent, when it opened with the HTTP/2 preface: the server then
+        #: speaks HTTP/2 on the transport (h2c with prior knowledge).
+        self.handover: bytes | None = None
         self.responder = Responder(self)
 
     def __repr__(self) -> str:
@@ -190,7 +194,8 @@ class ServerConnection:
                 )
         finally:
             if self.parked is None:
-                await self.transport.aclose()
+                if self.handover is None:
+                    await self.transport.aclose()
                 self.server.connection_closed(self)
 
     async def _run(self, resumed: Exchange | None) -> bool:
@@ -229,6 +234,10 @@ class ServerConnection:
             self.idle = True
             event = await self._read_head(started, first=self.served == 0)
             if event is None:
+                return False
+            if event.method == b"PRI" and not self.served and self.server.http2:
+                # The HTTP/2 preface's first part: the rest of the connection is HTTP/2's.
+                self.handover = b"PRI * HTTP/2.0\r\n\r\n" + self.wire.leftover()
                 return False
             self.idle = False
             self.served += 1

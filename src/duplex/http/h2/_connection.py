@@ -1,0 +1,443 @@
+"""The trio driver of one HTTP/2 server connection.
+
+One task reads the socket and feeds h2, acting on its events at once (no awaits
+between them): a request's HEADERS make an exchange whose handler runs in a task of
+the server's, DATA goes to that stream's request body, RST_STREAM fails its exchange,
+WINDOW_UPDATE wakes its sender. After each batch of events what h2 has to send goes
+out before the next read, so that a peer that does not read stops being read: the
+outbound buffer never grows without bound. Everything h2 sends goes through
+``flush`` (one ``Transport``, its writes in order); acknowledgements of request body
+bytes read by a handler are flushed by a small task of the connection's
+(``flush_soon``), since a read must never wait on the socket's write side.
+
+Where the hardening goes: ``_on_events`` sees every event before it is acted on
+(counts of resets, settings, pings, empty frames per interval would go there), and
+``_open_stream`` every new stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from math import inf
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from ..._body import EmptyBody
+from ..._errors import ProtocolError, Timeout
+from .._exchange import PeerGone
+from .._models import Headers, Request, validate_field_value
+from .._respond import PEER_ERRORS, REASONS
+from .._transport import Transport
+from ._bodies import StreamBody
+from ._exchange import H2Exchange
+from ._respond import respond
+
+if TYPE_CHECKING:
+    from .._server import Server
+
+__all__ = ["PREFACE", "H2ServerConnection"]
+
+log = logging.getLogger("duplex.server")
+
+#: What a client speaking HTTP/2 with prior knowledge sends first.
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: The window HTTP/2 opens for a connection before any WINDOW_UPDATE.
+_DEFAULT_WINDOW = 65535
+
+
+class H2ServerConnection:
+    """One HTTP/2 connection of a ``Server``: its streams until it ends."""
+
+    __slots__ = (
+        "_flush_wanted",
+        "_flusher",
+        "_goaway",
+        "_idle",
+        "_idle_deadline",
+        "cancel_scope",
+        "client",
+        "closing",
+        "h2",
+        "limits",
+        "received",
+        "scheme",
+        "server",
+        "streams",
+        "streams_opened",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        transport: Transport,
+        client: tuple[str, int] | None,
+        received: bytes = b"",
+    ) -> None:
+        self.server = server
+        self.limits = limits = server.limits
+        self.transport = transport
+        self.client = client
+        self.scheme = "https" if server.ssl_context is not None else "http"
+        #: What was read before the connection knew it speaks HTTP/2 (the preface).
+        self.received = received
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True
+        )
+        self.h2 = h2.connection.H2Connection(config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_list_size,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            },
+        )
+        # (h2 applies the header list limit to its decoder only once acknowledged.)
+        self.h2.decoder.max_header_list_size = limits.header_list_size
+        #: The exchanges of the streams open, by stream id.
+        self.streams: dict[int, H2Exchange] = {}
+        #: Streams opened so far (a counter for the attack hardening to build on).
+        self.streams_opened = 0
+        #: True once GOAWAY went out (or came in): no new stream is served.
+        self.closing = False
+        self.cancel_scope = trio.CancelScope()
+        # The reader's wait for the socket, whose deadline is the idle timeout (or the
+        # header timeout, before the first request).
+        self._idle: trio.CancelScope | None = None
+        self._idle_deadline = inf
+        self._flush_wanted = False
+        self._flusher = trio.lowlevel.ParkingLot()
+        # A GOAWAY to send with the next flush (h2 itself would refuse every frame after
+        # one, and streams in flight must still be answered).
+        self._goaway = b""
+
+    def __repr__(self) -> str:
+        return f"<HTTP/2 connection from {self.client}>"
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """Where the streams' handlers run: the server's nursery."""
+        return self.server.nursery
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Send what h2 has queued. Shielded from cancellation: frames h2 has counted
+        as sent must reach the wire whole (HPACK state, flow-control windows), and each
+        wait for the socket is bounded by the write timeout.
+
+        Raises ``PeerGone`` if the connection broke, ``duplex.Timeout`` if the peer
+        took nothing within the write timeout (the connection then closes either way).
+        """
+        data = self.h2.data_to_send()
+        if self._goaway:
+            data, self._goaway = data + self._goaway, b""
+        if not data:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await self.transport.send_pieces([data])
+        except PEER_ERRORS as error:
+            log.debug("connection from %s: a send failed: %r", self.client, error)
+            self.cancel_scope.cancel()
+            if isinstance(error, Timeout):
+                raise
+            raise PeerGone("the connection broke") from error
+
+    def flush_soon(self) -> None:
+        """Have the connection's flusher send what h2 has queued, from any task."""
+        if not self._flush_wanted:
+            self._flush_wanted = True
+            self._flusher.unpark()
+
+    async def _flush_when_asked(self) -> None:
+        while True:
+            while not self._flush_wanted:
+                await self._flusher.park()
+            self._flush_wanted = False
+            try:
+                await self.flush()
+            except PEER_ERRORS:
+                return
+
+    def acknowledge(self, exchange: H2Exchange, size: int) -> None:
+        """A handler read ``size`` bytes of its request body (or they were dropped):
+        give them back to the peer's windows."""
+        try:
+            self.h2.acknowledge_received_data(size, exchange.stream_id)
+        except h2.exceptions.ProtocolError as error:  # the connection is closed
+            log.debug("no window update for stream %d: %r", exchange.stream_id, error)
+            return
+        self.flush_soon()
+
+    # -- the connection's life ------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Begin a graceful close: GOAWAY now, the streams in flight go on (told with
+        ``on_server_closing``), and the connection ends once they have."""
+        if self.closing:
+            return
+        self.closing = True
+        frame = GoAwayFrame(
+            stream_id=0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=0
+        )
+        self._goaway = frame.serialize()
+        self.flush_soon()
+        for exchange in list(self.streams.values()):
+            if exchange.on_server_closing is not None:
+                exchange.on_server_closing()
+        self._check_idle()
+
+    async def run(self) -> None:
+        """Serve the connection until it ends."""
+        try:
+            with self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flush_when_asked)
+                    await self._serve()
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("unexpected error serving %s over HTTP/2", self.client)
+        finally:
+            for exchange in list(self.streams.values()):
+                exchange.peer_reset(PeerGone("the connection closed"))
+            self.transport.cut()
+            self.transport.abort_send()
+            await self.transport.aclose()
+            self.server.connection_closed(self)
+
+    async def _serve(self) -> None:
+        h2_connection = self.h2
+        limits = self.limits
+        h2_connection.initiate_connection()
+        extra = limits.stream_window_size * limits.max_concurrent_streams - _DEFAULT_WINDOW
+        if extra > 0:
+            h2_connection.increment_flow_control_window(extra)
+        if limits.header_timeout is not None:
+            self._idle_deadline = trio.current_time() + limits.header_timeout
+        if self.server.shutting_down:
+            self.shutdown()
+        data, self.received = self.received, b""
+        try:
+            await self.flush()
+            while True:
+                if data:
+                    try:
+                        events = h2_connection.receive_data(data)
+                    except h2.exceptions.ProtocolError as error:
+                        # h2 has queued its GOAWAY: send it, then close.
+                        log.debug("HTTP/2 protocol error from %s: %r", self.client, error)
+                        await self.flush()
+                        return
+                    self._on_events(events)
+                    await self.flush()
+                if self.closing and not self.streams:
+                    return
+                data = await self._read()
+                if not data:
+                    return
+        except Timeout as error:
+            log.debug("connection from %s ended: %r", self.client, error)
+            if error.phase == "read":
+                # Idle, or no request in time: say so with GOAWAY.
+                self.shutdown()
+                await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.debug("connection from %s ended: %r", self.client, error)
+
+    async def _read(self) -> bytes:
+        """Read once; raises ``duplex.Timeout("read")`` once the connection was idle
+        (or had not sent a request) too long."""
+        with trio.CancelScope(deadline=self._idle_deadline) as self._idle:
+            return await self.transport.read_some(max_bytes=self.limits.read_size)
+        raise Timeout("read", 0.0)
+
+    def _check_idle(self) -> None:
+        """Arm the idle deadline when no stream is open (or end a closing connection)."""
+        if self.streams:
+            return
+        if self.closing:
+            self._set_idle_deadline(-inf)
+            return
+        timeout = self.limits.keep_alive_timeout
+        if timeout is not None and self.streams_opened:
+            self._set_idle_deadline(trio.current_time() + timeout)
+
+    def _set_idle_deadline(self, deadline: float) -> None:
+        self._idle_deadline = deadline
+        if self._idle is not None:
+            self._idle.deadline = deadline
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _on_events(self, events: list[h2.events.Event]) -> None:
+        streams = self.streams
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                exchange = streams.get(event.stream_id)
+                size = event.flow_controlled_length
+                if exchange is None:
+                    self.h2.acknowledge_received_data(size, event.stream_id)
+                else:
+                    self._data(exchange, event.data, size)
+            elif isinstance(event, h2.events.RequestReceived):
+                self._open_stream(event)
+            elif isinstance(event, h2.events.StreamEnded):
+                exchange = streams.get(event.stream_id)
+                if exchange is not None and isinstance(exchange.request_body, StreamBody):
+                    exchange.request_body.end()
+            elif isinstance(event, h2.events.WindowUpdated):
+                if event.stream_id:
+                    exchange = streams.get(event.stream_id)
+                    if exchange is not None:
+                        exchange.wake_sender()
+                else:
+                    self._wake_senders()
+            elif isinstance(event, h2.events.StreamReset):
+                exchange = streams.get(event.stream_id)
+                if exchange is not None:
+                    exchange.peer_reset(
+                        PeerGone(f"the peer reset the stream ({event.error_code!r})")
+                    )
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self._wake_senders()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                # h2 sends nothing after a GOAWAY: what is in flight cannot finish.
+                self.closing = True
+                for exchange in list(streams.values()):
+                    exchange.peer_reset(PeerGone("the peer closed the connection (GOAWAY)"))
+
+    def _wake_senders(self) -> None:
+        for exchange in self.streams.values():
+            exchange.wake_sender()
+
+    def _data(self, exchange: H2Exchange, data: bytes, size: int) -> None:
+        exchange.received += len(data)
+        limit = self.limits.max_body_size
+        if limit is not None and exchange.received > limit:
+            self.h2.acknowledge_received_data(size, exchange.stream_id)
+            exchange.body_failed(ProtocolError("the request body is too large", 413))
+            return
+        body = exchange.request_body
+        if isinstance(body, StreamBody):
+            body.feed(data, size)
+        else:
+            self.h2.acknowledge_received_data(size, exchange.stream_id)
+
+    def _open_stream(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if self.closing:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.streams_opened += 1
+        self._set_idle_deadline(inf)
+        try:
+            request, length = self._request(event)
+        except ValueError as error:
+            log.debug("bad request on stream %d from %s: %s", stream_id, self.client, error)
+            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self._check_idle()
+            return
+        exchange = H2Exchange(self, stream_id, request, request.body)  # type: ignore[arg-type]
+        if isinstance(request.body, StreamBody):
+            request.body.bind(exchange)
+        else:
+            exchange.request_complete = True
+        limit = self.limits.max_body_size
+        if length is not None and limit is not None and length > limit:
+            exchange.body_failed(ProtocolError("the request body is too large", 413))
+        self.streams[stream_id] = exchange
+        self.nursery.start_soon(self._run_stream, exchange)
+
+    def _request(self, event: h2.events.RequestReceived) -> tuple[Request, int | None]:
+        """The request of a stream's HEADERS, and its body's declared length. Raises
+        ``ValueError`` for a request duplex refuses (a control character in a value)."""
+        method = path = authority = protocol = b""
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in event.headers or ():
+            assert isinstance(name, bytes) and isinstance(value, bytes)
+            if name.startswith(b":"):
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                elif name == b":protocol":
+                    protocol = value
+                continue
+            fields.append((name, validate_field_value(value)))
+        if authority and not any(name == b"host" for name, _ in fields):
+            fields.insert(0, (b"host", validate_field_value(authority)))
+        if protocol:
+            # An extended CONNECT (RFC 8441) reaches the handler as an upgrade would.
+            fields.append((b"upgrade", validate_field_value(protocol)))
+        length: int | None = None
+        for name, value in fields:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else None
+        body: StreamBody | EmptyBody
+        if event.stream_ended is not None:
+            body = EmptyBody()
+            length = 0
+        else:
+            body = StreamBody(None, length, self.limits.read_timeout)
+        request = Request(
+            method.decode("ascii"),
+            (path or authority).decode("latin-1"),
+            Headers.from_fields(fields),
+            body,
+            http_version="2",
+            client=self.client,
+            scheme=self.scheme,
+        )
+        return request, length
+
+    # -- a stream's task --------------------------------------------------------------
+
+    async def _run_stream(self, exchange: H2Exchange) -> None:
+        try:
+            with exchange.scope:
+                await respond(exchange)
+            status = exchange.error_status
+            if status is not None and not exchange.head_started and not exchange.closed:
+                await self._answer(exchange, status)
+        except PEER_ERRORS as error:
+            log.debug("stream %d of %s ended: %r", exchange.stream_id, self.client, error)
+        except Exception:
+            log.exception("unexpected error on stream %d of %s", exchange.stream_id, self.client)
+        finally:
+            exchange.request_body.close_read_nowait()
+            if not exchange.out_ended:
+                # A response left unfinished (failed, cancelled) is cut.
+                exchange.reset(ErrorCodes.INTERNAL_ERROR)
+            elif not exchange.closed and not exchange.request_complete:
+                # Answered before its request ended: the peer need send no more.
+                exchange.reset(ErrorCodes.NO_ERROR)
+            exchange.end()
+            if exchange.tasks is not None:
+                await exchange.tasks.wait()
+            self.streams.pop(exchange.stream_id, None)
+            self._check_idle()
+
+    async def _answer(self, exchange: H2Exchange, status: int) -> None:
+        """Answer a stream whose request turned out bad with ``status``."""
+        body = f"{status} {REASONS.get(status, b'').decode()}\n".encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        with trio.move_on_after(self.limits.linger_timeout):
+            await exchange.start(status, headers)
+            await exchange.send(body, end=True)

@@ -1,0 +1,240 @@
+"""An exchange as HTTP/2 carries it: one stream, its response sent as HEADERS and DATA
+within the stream's flow-control window, ended by END_STREAM or cut by RST_STREAM."""
+
+from __future__ import annotations
+
+import logging
+from math import inf
+from typing import TYPE_CHECKING
+
+import trio
+from h2.errors import ErrorCodes
+
+from ..._errors import ProtocolError, Timeout
+from ..._foreign import mapped
+from .._exchange import HANDLING, RESPONDED, RESPONDING, Exchange, PeerGone
+from .._models import Request
+from ..h1._framing import http_date
+
+if TYPE_CHECKING:
+    from ..._body import EmptyBody
+    from ._bodies import StreamBody
+    from ._connection import H2ServerConnection
+
+__all__ = ["CONNECTION_HEADERS", "H2Exchange"]
+
+log = logging.getLogger("duplex.server")
+
+#: Fields that speak of one HTTP/1.1 connection: never in an HTTP/2 response.
+CONNECTION_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+class H2Exchange(Exchange):
+    """One stream of an HTTP/2 connection and the exchange it carries.
+
+    The sending methods raise ``PeerGone`` (a ``trio.BrokenResourceError``) once the
+    stream or the connection is gone, ``duplex.Timeout`` when the peer opens no window
+    within the write timeout (the stream is then reset), and ``ProtocolError`` (500)
+    for a response HTTP/2 cannot carry.
+    """
+
+    __slots__ = (
+        "closed",
+        "connection",
+        "error_status",
+        "interrupted",
+        "out_ended",
+        "received",
+        "stream_id",
+        "trailers",
+        "window",
+    )
+
+    def __init__(
+        self,
+        connection: H2ServerConnection,
+        stream_id: int,
+        request: Request,
+        body: StreamBody | EmptyBody,
+    ) -> None:
+        super().__init__(request, body, trio.CancelScope(), connection.nursery)
+        self.connection = connection
+        self.stream_id = stream_id
+        #: True once the stream is closed for sending: END_STREAM or RST_STREAM went out,
+        #: or the peer reset it.
+        self.out_ended = False
+        #: True once the stream is gone (reset either way, or the connection closed).
+        self.closed = False
+        #: Request body bytes received so far (for ``max_body_size``).
+        self.received = 0
+        #: The status the stream is answered with if its request turns out bad before
+        #: the response began (413, 408).
+        self.error_status: int | None = None
+        # Set when the peer opens the flow-control window (made by a sender that waits).
+        self.window: trio.Event | None = None
+        #: Set by ``interrupt``: a send waiting for the window raises.
+        self.interrupted = False
+        #: The trailers that end the response, if it has some.
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+
+    # -- the peer's side ----------------------------------------------------------------
+
+    def complete_request(self) -> None:
+        """The request body has been read to its end."""
+        self.request_complete = True
+
+    def body_failed(self, error: ProtocolError | Timeout) -> None:
+        """The request body turned out bad: answer with its status if still possible."""
+        status = 408 if isinstance(error, Timeout) else error.status
+        log.debug("bad request body on stream %d: %s", self.stream_id, error)
+        if self.error_status is None:
+            self.error_status = status
+        self.fail(error if isinstance(error, Timeout) else trio.BrokenResourceError(str(error)))
+
+    def peer_reset(self, error: BaseException) -> None:
+        """The stream is gone (the peer reset it, or the connection closed)."""
+        self.closed = self.out_ended = True
+        self.wake_sender()
+        self.fail(error)
+
+    def interrupt(self) -> None:
+        """Make a send waiting for the window raise ``trio.ClosedResourceError``."""
+        self.interrupted = True
+        self.wake_sender()
+
+    def wake_sender(self) -> None:
+        """Wake a sender waiting for the flow-control window."""
+        window = self.window
+        if window is not None:
+            self.window = None
+            window.set()
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed or self.out_ended:
+            raise PeerGone("the stream is closed")
+
+    async def start(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, end: bool = False
+    ) -> None:
+        """Send the response head (with END_STREAM when ``end``): ``headers`` are valid
+        fields; those HTTP/2 forbids (connection-specific ones) are dropped."""
+        if not 200 <= status <= 999:
+            raise ProtocolError(f"cannot send this message: a response with {status}", 500)
+        self._check_open()
+        fields = [(b":status", b"%d" % status)]
+        if not any(name == b"date" for name, _ in headers):
+            fields.append((b"date", http_date()))
+        fields += [field for field in headers if field[0] not in CONNECTION_HEADERS]
+        connection = self.connection
+        with mapped():
+            connection.h2.send_headers(self.stream_id, fields, end_stream=end)
+        if self.state is HANDLING:
+            self.to(RESPONDING)
+        else:
+            self.head_started = True  # (a failed exchange answered by the server)
+        if end:
+            self._ended()
+        await connection.flush()
+
+    async def send(self, data: bytes, *, end: bool = False) -> None:
+        """Send ``data`` as DATA frames as the peer's window allows (END_STREAM on the
+        last when ``end``); each wait for the window is bounded by the write timeout."""
+        connection = self.connection
+        h2 = connection.h2
+        stream_id = self.stream_id
+        view = memoryview(data)
+        while True:
+            self._check_open()
+            with mapped():
+                room = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+            if room <= 0 and view:
+                await self._wait_window()
+                if self.interrupted:
+                    self.interrupted = False
+                    raise trio.ClosedResourceError("the send was interrupted")
+                continue
+            piece, view = view[:room], view[room:]
+            last = end and not view
+            with mapped():
+                h2.send_data(stream_id, piece.tobytes(), end_stream=last)
+            if last:
+                self._ended()
+            await connection.flush()
+            if not view:
+                return
+
+    async def _wait_window(self) -> None:
+        """Wait for the peer to open the window (send what is queued meanwhile)."""
+        connection = self.connection
+        await connection.flush()
+        window = self.window = trio.Event()
+        timeout = connection.limits.write_timeout
+        with trio.move_on_after(inf if timeout is None else timeout) as scope:
+            await window.wait()
+        if scope.cancelled_caught:
+            self.reset(ErrorCodes.CANCEL)
+            raise Timeout("write", 0.0 if timeout is None else timeout)
+
+    async def wait_window(self) -> None:
+        """Return once the stream's window has room (or the stream is gone)."""
+        h2 = self.connection.h2
+        while not (self.closed or self.out_ended):
+            with mapped():
+                if h2.local_flow_control_window(self.stream_id) > 0:
+                    break
+            await self._wait_window()
+        await trio.lowlevel.checkpoint()
+
+    async def finish(self) -> None:
+        """End the response: its ``trailers`` (if any) with END_STREAM, else an empty
+        DATA frame with it. Once only; nothing for a stream already ended."""
+        if self.out_ended:
+            await trio.lowlevel.checkpoint()
+            return
+        self.end_nowait()
+        await self.connection.flush()
+
+    def end_nowait(self) -> None:
+        """Queue the end of the response (sent by the next flush); from any task."""
+        if self.out_ended:
+            return
+        h2 = self.connection.h2
+        trailers = self.trailers
+        with mapped():
+            if trailers:
+                fields = [field for field in trailers if field[0] not in CONNECTION_HEADERS]
+                h2.send_headers(self.stream_id, fields, end_stream=True)
+            else:
+                h2.end_stream(self.stream_id)
+        self._ended()
+
+    def end_soon(self) -> None:
+        """End the response now, from any task, without raising for a gone peer."""
+        try:
+            self.end_nowait()
+        except trio.BrokenResourceError as error:
+            log.debug("the end of a response could not be sent: %r", error)
+            return
+        self.connection.flush_soon()
+
+    def _ended(self) -> None:
+        self.out_ended = True
+        if self.state is RESPONDING:
+            self.to(RESPONDED)
+
+    def reset(self, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """Reset the stream (RST_STREAM with ``code``), from any task; sent soon."""
+        if self.closed:
+            return
+        self.closed = self.out_ended = True
+        self.wake_sender()
+        try:
+            self.connection.h2.reset_stream(self.stream_id, code)
+        except Exception as error:  # the stream (or the connection) is gone already
+            log.debug("stream %d could not be reset: %r", self.stream_id, error)
+            return
+        self.connection.flush_soon()

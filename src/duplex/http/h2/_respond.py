@@ -1,0 +1,190 @@
+"""How an HTTP/2 stream is answered: the handler's ``Response`` (every body kind
+HTTP/1.1 sends, through the shared ``http._respond``) or a ``Takeover`` that drives the
+stream itself (``H2Control``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from math import inf
+
+import trio
+
+from ..._body import Readable
+from ..._stream import Stream
+from .._exchange import DETACHED
+from .._models import Headers, HeadersLike, Request, Response, Streamable
+from .._respond import (
+    NO_BODY_STATUSES,
+    content_length,
+    handler_response,
+    run_streamable,
+    send_iterable,
+    send_readable,
+    why_failed,
+)
+from .._takeover import ResponseControl, Takeover
+from ._bodies import StreamBody, StreamOutput
+from ._exchange import H2Exchange
+
+__all__ = ["H2Control", "respond"]
+
+log = logging.getLogger("duplex.server")
+
+
+async def respond(exchange: H2Exchange) -> None:
+    """Run the handler and send its response on the exchange's stream."""
+    connection = exchange.connection
+    try:
+        response, _ = await handler_response(connection.server.handler, exchange)
+        if response is not None:
+            await _send_response(exchange, response)
+    except Exception as error:
+        exchange.fail(why_failed(error, exchange, connection.client))
+
+
+async def _send_response(exchange: H2Exchange, response: Response) -> None:
+    body = response.body
+    if isinstance(body, Takeover):
+        await _run_takeover(exchange, body.fn)
+        return
+    request = exchange.request
+    status = response.status
+    headers = list(response.headers.raw)
+    content_length(response, headers)
+    no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
+    trailers = response.trailers.raw if response.trailers and not no_body else None
+    # An exchange that failed meanwhile is cancelled here, before any byte goes out,
+    # so that the connection may still answer it with its own status.
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if isinstance(body, Readable):
+        exchange.response_body = body
+    exchange.trailers = trailers
+    if isinstance(body, bytes):
+        ends = no_body or not (body or trailers)
+        await exchange.start(status, headers, end=ends)
+        if not ends:
+            await exchange.send(body, end=not trailers)
+            await exchange.finish()
+        return
+    await exchange.start(status, headers, end=no_body)
+    if isinstance(body, Readable):
+        if no_body:
+            await body.aclose()
+        else:
+            await send_readable(body, exchange.send)
+    elif isinstance(body, Streamable):
+        if not no_body:
+            output = StreamOutput(exchange)
+            exchange.response_body = output
+            await run_streamable(body, Stream(request.body, output))
+    elif not no_body:
+        await send_iterable(body, exchange.send)
+    await exchange.finish()
+
+
+async def _run_takeover(
+    exchange: H2Exchange, fn: Callable[[ResponseControl], Awaitable[object]]
+) -> None:
+    control = H2Control(exchange)
+    await fn(control)
+    if exchange.detached:
+        return
+    if not exchange.head_started:
+        await control.start(500, {"content-type": "text/plain; charset=utf-8"})
+        await control.write(b"the response ended before it began\n")
+        await control.end()
+    elif not exchange.out_ended:
+        raise trio.BrokenResourceError("the response was left unfinished")
+
+
+class H2Control:
+    """The server's side of a ``Takeover`` (a ``ResponseControl``) on an HTTP/2 stream.
+
+    It cannot park (a stream's exchange keeps its task), and watching for the peer
+    leaving needs no task: the connection's reader sees the stream reset or the
+    connection close, and cancels the exchange.
+    """
+
+    __slots__ = ("_exchange",)
+
+    def __init__(self, exchange: H2Exchange) -> None:
+        self._exchange = exchange
+
+    @property
+    def request(self) -> Request:
+        return self._exchange.request
+
+    @property
+    def gone(self) -> bool:
+        return self._exchange.failed
+
+    @property
+    def server_closing(self) -> trio.Event:
+        return self._exchange.connection.server.closing
+
+    async def start(self, status: int, headers: HeadersLike | None = None) -> None:
+        exchange = self._exchange
+        if exchange.head_started:
+            raise RuntimeError("the response has already started")
+        await exchange.start(status, list(Headers(headers).raw))
+
+    async def write(self, data: bytes) -> None:
+        if data and self._exchange.request.method != "HEAD":
+            await self._exchange.send(data)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def end(self) -> None:
+        await self._exchange.finish()
+
+    def write_nowait(self, data: bytes) -> bool | None:
+        return None
+
+    async def flush(self) -> None:
+        await self._exchange.connection.flush()
+
+    @property
+    def write_timeout(self) -> float | None:
+        return self._exchange.connection.limits.write_timeout
+
+    @property
+    def can_watch(self) -> bool:
+        return False
+
+    async def wait_peer_gone(self) -> None:
+        await trio.sleep_forever()
+
+    @property
+    def can_park(self) -> bool:
+        return False
+
+    def park(
+        self, resume: Callable[[ResponseControl], Awaitable[object]], deadline: float = inf
+    ) -> bool:
+        return False
+
+    def wake(self) -> None:
+        pass
+
+    def on_server_closing(self, callback: Callable[[], object]) -> None:
+        exchange = self._exchange
+        if exchange.connection.closing or exchange.connection.server.closing.is_set():
+            callback()
+        else:
+            exchange.on_server_closing = callback
+
+    async def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        """The stream itself as a ``trio.abc.HalfCloseableStream``: its request body in,
+        DATA out (answered ``200`` first unless a head went out already). Reads wait
+        for the peer without a read timeout from then on."""
+        exchange = self._exchange
+        if not exchange.head_started:
+            await exchange.start(200, [])
+        exchange.to(DETACHED)
+        body = exchange.request.body
+        if isinstance(body, StreamBody):
+            body.timeout = None
+        output = StreamOutput(exchange)
+        exchange.response_body = output
+        return Stream(body, output), b""
