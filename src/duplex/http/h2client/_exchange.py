@@ -334,7 +334,7 @@ class H2Exchange:
                     await self._reader.park()
             if scope.cancelled_caught:
                 raise Timeout("read", timeout or 0.0)
-            if self._response == _BROKEN:
+            if self._response == _BROKEN and not self._status:
                 assert self.error is not None
                 raise self.error
         except BaseException as error:

@@ -1,0 +1,509 @@
+"""The client over HTTP/2 (DESIGN §5): h2 by ALPN on https with a fallback to HTTP/1.1,
+h2c with prior knowledge, one connection shared by concurrent streams, and each stream
+full duplex exactly as over HTTP/1.1, with flow control as back-pressure.
+
+Against hypercorn (TLS with a trustme certificate, and h2c), and against a raw HTTP/2
+server the test drives frame by frame through h2.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+import trio
+import trio.testing
+import trustme
+
+import duplex
+from _h2_client_support import H2Peer, RawH2Server, hypercorn_h2, tls_contexts
+
+TIMEOUT = 10.0
+"""Seconds any one test may take: only a hang ever comes close."""
+
+
+@pytest.fixture
+def tls() -> tuple[trustme.CA, ssl.SSLContext]:
+    """A certificate authority, and a client context of this test's own (an HTTP/2
+    client sets its ALPN protocols)."""
+    return tls_contexts()
+
+
+async def read_at_least(body: duplex.Readable, size: int) -> bytes:
+    """Read chunks until ``size`` bytes have come (a peer may split or merge them)."""
+    received = b""
+    while len(received) < size:
+        chunk = await body.read()
+        assert chunk, f"the body ended after {len(received)} bytes"
+        received += chunk
+    return received
+
+
+# -- against hypercorn -----------------------------------------------------------------
+
+
+async def test_a_get_over_tls_speaks_http2_when_the_server_picks_it_by_alpn(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+            response = await client.get(server.url + "/")
+            assert response.status == 200
+            assert response.http_version == "2"
+            assert await response.read() == b"hello over h2"
+            assert server.http_versions == ["2"]
+
+
+async def test_a_post_over_h2c_with_prior_knowledge() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with hypercorn_h2() as server, duplex.Client(http2="prior-knowledge") as client:
+            response = await client.post(server.url + "/echo", body=b"ping")
+            assert response.http_version == "2"
+            assert await response.read() == b"ping"
+
+
+async def test_http2_true_keeps_plain_http_on_http11() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with hypercorn_h2() as server, duplex.Client(http2=True) as client:
+            response = await client.get(server.url + "/")
+            assert response.http_version == "1.1"
+            assert await response.read() == b"hello over h2"
+
+
+async def test_the_default_client_speaks_http11_over_tls(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with hypercorn_h2(ca) as server, duplex.Client(ssl_context=context) as client:
+            response = await client.get(server.url + "/")
+            assert response.http_version == "1.1"
+            await response.read()
+
+
+async def test_falls_back_to_http11_when_the_server_offers_only_http11(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca, alpn=["http/1.1"]) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+            for _ in range(2):
+                response = await client.post(server.url + "/echo", body=b"over 1.1")
+                assert response.http_version == "1.1"
+                assert await response.read() == b"over 1.1"
+            assert client.pool.http2_connections() == 0
+            assert len(server.client_ports) == 1
+
+
+async def test_prior_knowledge_over_tls_fails_clearly_when_the_server_will_not_speak_h2(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca, alpn=["http/1.1"]) as server,
+            duplex.Client(ssl_context=context, http2="prior-knowledge") as client,
+        ):
+            with pytest.raises(duplex.ProtocolError, match="HTTP/2"):
+                await client.get(server.url + "/")
+            assert client.pool.open_connections() == 0
+
+
+async def test_a_4_mib_upload_is_echoed_whole(tls: tuple[trustme.CA, ssl.SSLContext]) -> None:
+    ca, context = tls
+    data = bytes(range(256)) * (4 * 4096)
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+            response = await client.post(server.url + "/echo", body=data)
+            assert await response.read() == data
+
+
+async def test_a_streamed_upload_is_echoed_as_it_goes(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+            output = duplex.Writable()
+            response = await client.post(server.url + "/echo", body=output)
+            for chunk in (b"one", b"two", b"three"):
+                await output.write(chunk)
+                assert await read_at_least(response.body, len(chunk)) == chunk
+            await output.close_write()
+            assert await response.body.read() == b""
+
+
+async def test_concurrent_requests_share_one_connection(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    results: dict[int, bytes] = {}
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+
+            async def post(index: int) -> None:
+                response = await client.post(server.url + "/echo", body=b"%d" % index * 1000)
+                results[index] = await response.read()
+
+            async with trio.open_nursery() as nursery:
+                for index in range(20):
+                    nursery.start_soon(post, index)
+            assert results == {index: b"%d" % index * 1000 for index in range(20)}
+            assert len(server.client_ports) == 1
+            assert client.pool.open_connections() == 1
+            assert client.pool.http2_connections() == 1
+
+
+# -- against a raw HTTP/2 server -------------------------------------------------------
+
+
+async def test_reads_the_echo_of_each_chunk_before_writing_the_next(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                await peer.echo()
+
+            nursery.start_soon(serve)
+            output = duplex.Writable()
+            response = await client.post(server.url + "/", body=output)
+            assert response.http_version == "2"
+            stream = duplex.Stream(response.body, output)
+            for chunk in (b"chunk one", b"chunk two", b"chunk three"):
+                await stream.write(chunk)
+                assert await stream.read_exactly(len(chunk)) == chunk
+            await stream.close_write()
+            assert await stream.read() == b""
+
+
+async def test_the_stream_window_is_given_back_only_as_the_caller_reads(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+            peers: trio.MemorySendChannel[H2Peer]
+            peers, peer_taken = trio.open_memory_channel[H2Peer](1)
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                window = peer.h2.local_flow_control_window(request.stream_id)
+                for _ in range(window // 16384):
+                    peer.h2.send_data(request.stream_id, b"x" * 16384)
+                peer.h2.send_data(request.stream_id, b"x" * (window % 16384))
+                await peer.send()
+                await peers.send(peer)
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            peer = await peer_taken.receive()
+            sid = 1
+            assert peer.h2.local_flow_control_window(sid) == 0
+            updates: list[int] = []
+            updated = trio.Event()
+
+            async def watch_updates() -> None:
+                updates.append((await peer.next(h2.events.WindowUpdated, sid)).delta)
+                updated.set()
+
+            nursery.start_soon(watch_updates)
+            # The client holds a full window unread: nothing may come back for it.
+            await trio.testing.wait_all_tasks_blocked()
+            assert updates == []
+            read = await read_at_least(response.body, 16384)
+            await updated.wait()
+            assert updates == [len(read)]
+
+
+async def test_a_stream_reset_breaks_the_response_body(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"partial")
+                peer.h2.reset_stream(request.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            # As a Writable closed with an error: what was queued is dropped.
+            with pytest.raises(trio.BrokenResourceError, match="INTERNAL_ERROR"):
+                await response.body.read()
+            with pytest.raises(trio.BrokenResourceError):
+                await response.body.read()
+
+
+async def test_a_reset_stream_leaves_the_connection_to_the_other_streams(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                first = await peer.next(h2.events.RequestReceived)
+                peer.h2.reset_stream(first.stream_id, h2.errors.ErrorCodes.CANCEL)
+                await peer.send()
+                second = await peer.next(h2.events.RequestReceived)
+                peer.respond(second.stream_id)
+                peer.h2.send_data(second.stream_id, b"fine", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            with pytest.raises(duplex.ProtocolError, match="CANCEL"):
+                await client.get(server.url + "/")
+            response = await client.get(server.url + "/")
+            assert await response.read() == b"fine"
+            assert server.connections == 1
+
+
+async def test_streams_above_a_goaways_last_id_go_again_on_a_new_connection(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def first_connection() -> None:
+                peer = await server.accept()
+                nursery.start_soon(second_connection)
+                one = await peer.next(h2.events.RequestReceived)
+                await peer.next(h2.events.RequestReceived)
+                peer.h2.close_connection(last_stream_id=one.stream_id)
+                # h2 sends nothing after its GOAWAY; the stream it kept goes on.
+                peer.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+                peer.respond(one.stream_id)
+                peer.h2.send_data(one.stream_id, b"first", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            async def second_connection() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"second", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(first_connection)
+            answers: list[bytes] = []
+
+            async def get() -> None:
+                response = await client.get(server.url + "/")
+                answers.append(await response.read())
+
+            async with trio.open_nursery() as requests:
+                requests.start_soon(get)
+                await trio.testing.wait_all_tasks_blocked()
+                requests.start_soon(get)
+            assert sorted(answers) == [b"first", b"second"]
+            assert server.connections == 2
+            assert client.pool.http2_connections() == 1
+
+
+async def test_a_streamed_request_above_a_goaways_last_id_fails_clearly(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                await peer.next(h2.events.RequestReceived)
+                peer.h2.close_connection(last_stream_id=0)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            with pytest.raises(duplex.ProtocolError, match="GOAWAY"):
+                await client.post(server.url + "/", body=duplex.Writable())
+            assert client.pool.open_connections() == 0
+
+
+async def test_a_dead_connection_leaves_the_pool(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.stream.aclose()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            with pytest.raises(duplex.ProtocolError):
+                await response.body.read()
+            assert client.pool.open_connections() == 0
+
+
+async def test_a_hundred_concurrent_streams_come_back_intact(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                await peer.echo()
+
+            nursery.start_soon(serve)
+            results: dict[int, bytes] = {}
+
+            async def post(index: int) -> None:
+                response = await client.post(server.url + "/", body=b"%03d" % index * 2000)
+                results[index] = await response.read()
+
+            async with trio.open_nursery() as requests:
+                for index in range(100):
+                    requests.start_soon(post, index)
+            assert results == {index: b"%03d" % index * 2000 for index in range(100)}
+            assert server.connections == 1
+
+
+async def test_requests_beyond_the_servers_stream_limit_wait_for_a_free_stream(
+    nursery: trio.Nursery,
+) -> None:
+    limits = duplex.ClientLimits(max_connections_per_origin=1)
+    settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2}
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery, settings)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                async with trio.open_nursery() as streams:
+                    for _ in range(5):
+                        request = await peer.next(h2.events.RequestReceived)
+                        peer.respond(request.stream_id)
+                        peer.h2.send_data(request.stream_id, b"ok", end_stream=True)
+                        await peer.send()
+                    await peer.closed.wait()
+                    streams.cancel_scope.cancel()
+
+            nursery.start_soon(serve)
+            bodies: list[bytes] = []
+
+            async def get() -> None:
+                response = await client.get(server.url + "/")
+                bodies.append(await response.read())
+
+            async with trio.open_nursery() as requests:
+                for _ in range(5):
+                    requests.start_soon(get)
+            assert bodies == [b"ok"] * 5
+            assert server.connections == 1
+
+
+async def test_an_8_mib_bytes_body_against_an_echo_never_deadlocks(nursery: trio.Nursery) -> None:
+    data = bytes(range(256)) * (8 * 4096)
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                await peer.echo()
+
+            nursery.start_soon(serve)
+            response = await client.post(server.url + "/", body=data)
+            assert await response.read() == data
+
+
+async def test_two_reads_at_once_raise_busy_resource_error(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            async with trio.open_nursery() as readers:
+                readers.start_soon(response.body.read)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio.BusyResourceError):
+                    await response.body.read()
+                readers.cancel_scope.cancel()
+
+
+async def test_a_silent_stream_raises_a_read_timeout(nursery: trio.Nursery) -> None:
+    limits = duplex.ClientLimits(read_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+            resets: list[int] = []
+            reset = trio.Event()
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                resets.append((await peer.next(h2.events.StreamReset)).error_code)
+                reset.set()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            with pytest.raises(duplex.Timeout) as caught:
+                await response.body.read()
+            assert caught.value.phase == "read"
+            await reset.wait()
+            assert resets == [h2.errors.ErrorCodes.CANCEL]
+
+
+async def test_closing_the_response_resets_the_stream(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+            reset = trio.Event()
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.next(h2.events.StreamReset, request.stream_id)
+                reset.set()
+
+            nursery.start_soon(serve)
+            response = await client.post(server.url + "/", body=duplex.Writable())
+            await response.aclose()
+            await reset.wait()
