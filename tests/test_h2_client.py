@@ -2,13 +2,15 @@
 h2c with prior knowledge, one connection shared by concurrent streams, and each stream
 full duplex exactly as over HTTP/1.1, with flow control as back-pressure.
 
-Against hypercorn (TLS with a trustme certificate, and h2c), and against a raw HTTP/2
-server the test drives frame by frame through h2.
+Against hypercorn (TLS with a trustme certificate, and h2c), a raw HTTP/2 server the
+test drives frame by frame through h2, and duplex's own server.
 """
 
 from __future__ import annotations
 
+import random
 import ssl
+from typing import Literal
 
 import h2.errors
 import h2.events
@@ -19,6 +21,7 @@ import trio.testing
 import trustme
 
 import duplex
+from _client_support import DUPLEX, SUBPROCESS_TIMEOUT, echo, echo_process, start_duplex, url
 from _h2_client_support import H2Peer, RawH2Server, hypercorn_h2, tls_contexts
 
 TIMEOUT = 10.0
@@ -507,3 +510,85 @@ async def test_closing_the_response_resets_the_stream(nursery: trio.Nursery) -> 
             response = await client.post(server.url + "/", body=duplex.Writable())
             await response.aclose()
             await reset.wait()
+
+
+# -- against duplex's own server -------------------------------------------------------
+
+
+async def duplex_echo_url(nursery: trio.Nursery, ca: trustme.CA | None = None) -> str:
+    """duplex's server running the echo ``Streamable`` (h2 by ALPN with a certificate
+    from ``ca``, else cleartext with h2c by prior knowledge); its URL."""
+    if ca is None:
+        return url(await start_duplex(nursery, echo))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return url(await start_duplex(nursery, echo, ssl_context=context), scheme="https")
+
+
+@pytest.mark.parametrize("transport", ["h2c", "tls"])
+async def test_full_duplex_against_duplexs_own_server(
+    nursery: trio.Nursery, tls: tuple[trustme.CA, ssl.SSLContext], transport: str
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        address = await duplex_echo_url(nursery, ca if transport == "tls" else None)
+        http2: bool | Literal["prior-knowledge"] = transport == "tls" or "prior-knowledge"
+        async with duplex.Client(ssl_context=context, http2=http2) as client:
+            output = duplex.Writable()
+            response = await client.post(address, body=output)
+            assert response.http_version == "2"
+            stream = duplex.Stream(response.body, output)
+            for chunk in (b"chunk one", b"chunk two", b"chunk three"):
+                await stream.write(chunk)
+                assert await stream.read_exactly(len(chunk)) == chunk
+            await stream.close_write()
+            assert await stream.read() == b""
+
+
+@pytest.mark.parametrize("transport", ["h2c", "tls"])
+async def test_an_8_mib_bytes_post_to_duplexs_echo_comes_back_whole(
+    nursery: trio.Nursery, tls: tuple[trustme.CA, ssl.SSLContext], transport: str
+) -> None:
+    ca, context = tls
+    data = random.Random(8).randbytes(8 << 20)
+    with trio.fail_after(4 * TIMEOUT):
+        address = await duplex_echo_url(nursery, ca if transport == "tls" else None)
+        http2: bool | Literal["prior-knowledge"] = transport == "tls" or "prior-knowledge"
+        async with duplex.Client(ssl_context=context, http2=http2) as client:
+            response = await client.post(address, body=data)
+            assert response.http_version == "2"
+            assert await response.read() == data
+
+
+async def test_concurrent_posts_to_duplexs_server_share_one_connection(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        address = await duplex_echo_url(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+            results: dict[int, bytes] = {}
+
+            async def post(index: int) -> None:
+                response = await client.post(address, body=b"%02d" % index * 5000)
+                results[index] = await response.read()
+
+            async with trio.open_nursery() as requests:
+                for index in range(50):
+                    requests.start_soon(post, index)
+            assert results == {index: b"%02d" % index * 5000 for index in range(50)}
+            assert client.pool.open_connections() == 1
+
+
+async def test_duplex_request_speaks_h2c_with_prior_knowledge() -> None:
+    data = random.Random(2).randbytes(1 << 20)
+    with trio.fail_after(SUBPROCESS_TIMEOUT):
+        async with echo_process() as address:
+            result = await trio.run_process(
+                [*DUPLEX, "request", "POST", address, "--http2-prior-knowledge"],
+                stdin=data,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == data

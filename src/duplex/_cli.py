@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from functools import partial
+from typing import Literal
 
 import trio
 
@@ -96,9 +97,16 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
             yield bytes(chunk)
 
 
-async def run_request(method: str, url: str, headers: list[str], send_body: bool) -> int:
+async def run_request(
+    method: str,
+    url: str,
+    headers: list[str],
+    send_body: bool,
+    http2: bool | Literal["prior-knowledge"] = False,
+) -> int:
     """Stream standard input into the request body while the response body streams to
-    standard output; return the exit status (1 for an HTTP error status)."""
+    standard output; return the exit status (1 for an HTTP error status). ``http2`` as
+    ``duplex.Client`` takes it."""
     pairs = []
     for header in headers:
         name, colon, value = header.partition(":")
@@ -108,7 +116,7 @@ async def run_request(method: str, url: str, headers: list[str], send_body: bool
         pairs.append((name.strip(), value.strip()))
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     try:
-        async with Client() as client, stdout:
+        async with Client(http2=http2) as client, stdout:
             body = _stdin_chunks() if send_body else None
             response = await client.request(method, url, headers=pairs, body=body)
             async for chunk in response.body:
@@ -161,12 +169,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="send standard input as the body (default: for POST, PUT and PATCH)",
     )
+    version = request_parser.add_mutually_exclusive_group()
+    version.add_argument(
+        "--http2",
+        action="store_true",
+        help="offer HTTP/2 by ALPN on https (falling back to HTTP/1.1)",
+    )
+    version.add_argument(
+        "--http2-prior-knowledge",
+        action="store_true",
+        help="speak HTTP/2 from the first byte (h2c on http)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "request":
         method = args.method.upper()
         send_body = args.body if args.body is not None else method in ("POST", "PUT", "PATCH")
-        return trio.run(run_request, method, args.url, args.header, send_body)
+        http2: bool | Literal["prior-knowledge"] = (
+            "prior-knowledge" if args.http2_prior_knowledge else args.http2
+        )
+        return trio.run(run_request, method, args.url, args.header, send_body, http2)
     if args.command == "demo":
         demo = Demo()
         trio.run(run_server, Server(demo.handler, args.host, args.port), demo.run)
