@@ -5,8 +5,9 @@
   message, so that a lone ``send(data, close=True)`` is a whole long-poll reply with
   Content-Length. Messages go out as chunks.
 - ``SSETransport``: ``text/event-stream``, an event per message, comment heartbeats.
-- ``WebSocketTransport``: the handshake replayed from the parsed request, a frame per
-  message, pings, and the closing handshake.
+- ``WebSocketTransport``: the handshake replayed from the parsed request (over HTTP/2,
+  the extended CONNECT answered 200), a frame per message, pings, and the closing
+  handshake.
 
 The strategy decides what goes on the wire; the channel's ``Runner`` decides when.
 """
@@ -293,6 +294,9 @@ class WebSocketTransport(Transport):
             await control.write(f"{refusal.reason}\n".encode())
             await control.end()
             raise Refused(refusal.reason)
+        if channel.request.http_version == "2":
+            # An extended CONNECT (RFC 8441) is answered 200, then the stream carries it.
+            await control.start(200, channel.headers)
         stream, rest = await control.detach()
         try:
             with trio.fail_after(HANDSHAKE_SECONDS):

@@ -2,7 +2,9 @@
 
 The opening handshake starts from the request the HTTP server already parsed
 (``Handshake``); ``Handshake.accept`` answers 101 and returns the open ``WebSocket``, whose
-reader task runs in a nursery the caller supplies. No extension (so no
+reader task runs in a nursery the caller supplies. Over HTTP/2 (RFC 8441) the request is
+an extended CONNECT that the server answers 200 itself: there is no handshake to replay,
+and wsproto's handshake-less ``Connection`` frames the stream's DATA. No extension (so no
 permessage-deflate) and no subprotocol is negotiated.
 
 Every buffer has a bound:
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -116,6 +118,17 @@ def _refusal(request: Request) -> Refusal | None:
     return None
 
 
+def _refusal_over_http2(request: Request) -> Refusal | None:
+    """What RFC 8441 requires of an extended CONNECT (h2 checked ``:protocol``)."""
+    if request.method != "CONNECT":
+        return Refusal(400, "a WebSocket over HTTP/2 is an extended CONNECT")
+    if request.headers.get("sec-websocket-version", "").strip() != "13":
+        return Refusal(
+            426, "only WebSocket version 13 is spoken here", {"sec-websocket-version": "13"}
+        )
+    return None
+
+
 class Handshake:
     """The server's side of an opening handshake, from a request already parsed.
 
@@ -124,11 +137,19 @@ class Handshake:
     """
 
     def __init__(self, request: Request) -> None:
+        self._connection: WSConnection | Connection
+        self._accepted = False
+        self.refusal: Refusal | None
+        if request.http_version == "2":
+            self._connection = Connection(ConnectionType.SERVER)
+            self.refusal = _refusal_over_http2(request)
+            return
         self._connection = WSConnection(ConnectionType.SERVER)
-        self.refusal: Refusal | None = _refusal(request) or self._replay(request)
+        self.refusal = _refusal(request) or self._replay(request)
 
     def _replay(self, request: Request) -> Refusal | None:
         """Feed the request to wsproto's handshake; its refusal, if it has one."""
+        assert isinstance(self._connection, WSConnection)
         try:
             self._connection.initiate_upgrade_connection(
                 request.headers.raw, request.target.encode("latin-1")
@@ -155,8 +176,8 @@ class Handshake:
         max_message_size: int = 1 << 20,
         write_timeout: float | None = 60.0,
     ) -> WebSocket:
-        """Answer 101 on ``stream`` and return the open WebSocket, its reader started in
-        ``nursery``.
+        """Answer 101 on ``stream`` (over HTTP/2: nothing, the stream's 200 is out) and
+        return the open WebSocket, its reader started in ``nursery``.
 
         ``trailing`` holds what the server read after the request head (the client's
         first frames, if it did not wait). ``extra_headers`` go into the 101 after the
@@ -166,17 +187,21 @@ class Handshake:
         """
         if self.refusal is not None:
             raise RuntimeError(f"a refused handshake cannot be accepted: {self.refusal}")
-        if self._connection.state is not ConnectionState.CONNECTING:
+        if self._accepted:
             raise RuntimeError("the handshake was accepted already")
-        response = self._connection.send(AcceptConnection(extra_headers=extra_headers or []))
+        self._accepted = True
+        response = b""
+        if isinstance(self._connection, WSConnection):
+            response = self._connection.send(AcceptConnection(extra_headers=extra_headers or []))
         websocket = WebSocket(
             stream,
             self._connection,
             max_message_size=max_message_size,
             write_timeout=write_timeout,
         )
-        async with websocket._send_lock:
-            await websocket._write(response)
+        if response:
+            async with websocket._send_lock:
+                await websocket._write(response)
         self._connection.receive_data(trailing)
         nursery.start_soon(websocket._read)
         return websocket
@@ -199,7 +224,7 @@ class WebSocket:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        connection: WSConnection,
+        connection: WSConnection | Connection,
         *,
         max_message_size: int,
         write_timeout: float | None,

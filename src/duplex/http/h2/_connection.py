@@ -51,6 +51,9 @@ log = logging.getLogger("duplex.server")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: The window HTTP/2 opens for a connection before any WINDOW_UPDATE.
 _DEFAULT_WINDOW = 65535
+#: The preface and the first frame's head up to its type, which must be SETTINGS.
+_OPENING = len(PREFACE) + 4
+_SETTINGS = 0x4
 
 
 class H2ServerConnection:
@@ -229,9 +232,19 @@ class H2ServerConnection:
         if self.server.shutting_down:
             self.shutdown()
         data, self.received = self.received, b""
+        opening = b""
         try:
             await self.flush()
             while True:
+                if len(opening) < _OPENING:
+                    opening += data[: _OPENING - len(opening)]
+                    if len(opening) == _OPENING and opening[-1] != _SETTINGS:
+                        # RFC 9113 §3.4: SETTINGS first (an HTTP/1.1 request behind the
+                        # preface would otherwise hold the connection for its timeout).
+                        log.debug("no SETTINGS after the preface from %s", self.client)
+                        h2_connection.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                        await self.flush()
+                        return
                 if data:
                     try:
                         events = h2_connection.receive_data(data)

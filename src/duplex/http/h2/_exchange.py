@@ -170,8 +170,9 @@ class H2Exchange(Exchange):
     async def _wait_window(self) -> None:
         """Wait for the peer to open the window (send what is queued meanwhile)."""
         connection = self.connection
-        await connection.flush()
+        # (Made before the flush: a WINDOW_UPDATE may come in while it sends.)
         window = self.window = trio.Event()
+        await connection.flush()
         timeout = connection.limits.write_timeout
         with trio.move_on_after(inf if timeout is None else timeout) as scope:
             await window.wait()
