@@ -465,10 +465,11 @@ class Client:
                 try:
                     block = _h2_fields(method, origin[0], target, fields)
                     return await self._exchange_h2(lease, method, block, body, url)
-                except StreamRefused:
+                except StreamRefused as refused:
                     # Never processed by the server (GOAWAY, REFUSED_STREAM): safe to
-                    # send again on another connection when the body is ours to send.
-                    if attempt == 3 or not replayable:
+                    # send again on another connection when the body is ours to send
+                    # (or none of it was taken yet).
+                    if attempt == 3 or not (replayable or refused.unsent):
                         raise
                     log.debug("retrying %s %s on a new connection", method, url)
                     continue
@@ -524,7 +525,12 @@ class Client:
     ) -> ClientResponse:
         assert self._nursery is not None and self._token is not None
         limits = self.limits
-        exchange = H2Exchange(connection, self._token, limits.write_timeout)
+        exchange = H2Exchange(
+            connection,
+            self._token,
+            write_timeout=limits.write_timeout,
+            read_timeout=limits.read_timeout,
+        )
         try:
             await exchange.send_request(block, body, self._nursery)
         except BaseException as error:

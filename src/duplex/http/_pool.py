@@ -196,13 +196,16 @@ class Pool:
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("the client is closed")
-            for connection in self._h2.get(origin, ()):
+            for connection in list(self._h2.get(origin, ())):
                 if connection.reserve():
                     return connection
             if origin in self._h1_only:
                 return await self.acquire(origin)
+            # A connection whose SETTINGS have not come yet may take many more streams
+            # once they do: wait for them rather than open another.
             if (
                 origin not in self._connecting
+                and all(connection.settled for connection in self._h2.get(origin, ()))
                 and self._open.get(origin, 0) < limits.max_connections_per_origin
             ):
                 return await self._connect_h2(origin)
@@ -243,13 +246,14 @@ class Pool:
             stream,
             max_header_list_size=self.limits.max_response_header_size,
             read_size=self.limits.read_size,
+            idle_expiry=self.limits.idle_expiry,
             on_change=self._h2_changed,
         )
         self._h2.setdefault(origin, []).append(connection)
         self._h2_origins[connection] = origin
         self.nursery.start_soon(connection.run)
         connection.reserve()
-        self._wake(origin)
+        self._wake_all(origin)  # every request waiting for it may share it
         return connection
 
     def _h2_changed(self, connection: H2ClientConnection) -> None:
@@ -261,8 +265,7 @@ class Pool:
             del self._h2_origins[connection]
             self._h2[origin].remove(connection)
             self._forget(origin)
-        else:
-            self._wake(origin)
+        self._wake_all(origin)
 
     def idle_connections(self, origin: Origin | None = None) -> int:
         """Connections open and waiting for an exchange, to ``origin`` or in all."""
@@ -378,6 +381,11 @@ class Pool:
         waiters = self._waiters.get(origin)
         if waiters:
             waiters.unpark()
+
+    def _wake_all(self, origin: Origin) -> None:
+        waiters = self._waiters.get(origin)
+        if waiters:
+            waiters.unpark_all()
 
     def close(self) -> None:
         """Close every connection, idle or still in use: none outlives its client."""

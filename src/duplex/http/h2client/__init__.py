@@ -2,6 +2,6 @@
 stream, full duplex on each."""
 
 from ._connection import H2ClientConnection, StreamRefused
-from ._exchange import H2Exchange, H2ResponseBody
+from ._exchange import H2Exchange, H2ResponseBody, StreamReset
 
-__all__ = ["H2ClientConnection", "H2Exchange", "H2ResponseBody", "StreamRefused"]
+__all__ = ["H2ClientConnection", "H2Exchange", "H2ResponseBody", "StreamRefused", "StreamReset"]

@@ -70,7 +70,13 @@ _TRANSITIONS: dict[Any, Any] = {
 
 class StreamRefused(ProtocolError):
     """The server never processed the stream (above a GOAWAY's last stream id, or
-    refused with REFUSED_STREAM): the request may be sent again on a new connection."""
+    refused with REFUSED_STREAM): the request may be sent again on a new connection.
+    ``unsent`` is True when nothing of it went out (the connection had its GOAWAY
+    already): even a streamed body, untouched, may go again."""
+
+    def __init__(self, message: str, *, unsent: bool = False) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 class H2ClientConnection:
@@ -88,10 +94,13 @@ class H2ClientConnection:
         *,
         max_header_list_size: int,
         read_size: int,
+        idle_expiry: float | None = None,
         on_change: Callable[[H2ClientConnection], None],
     ) -> None:
         self.stream = stream
         self._read_size = read_size
+        self._idle_expiry = idle_expiry
+        self._idle_since = trio.current_time()
         self._on_change = on_change
         config = h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_inbound_headers=True
@@ -124,21 +133,33 @@ class H2ClientConnection:
         self._flushed = ParkingLot()
         self._unacked = 0  # connection window consumed and not given back yet
         self._scope = trio.CancelScope()
-        # The server's limit is unknown until its SETTINGS arrive; RFC 9113 §6.5.2
-        # recommends at least 100.
-        self._stream_cap = 100
+        # The server's limit is unknown until its SETTINGS arrive (right after its
+        # preface): one stream until then, so that a burst of requests never goes
+        # over a limit the server set and we have not read yet.
+        self._stream_cap = 1
         self.pull()
 
     # -- what the pool asks ----------------------------------------------------------
 
     @property
     def max_streams(self) -> int:
-        """Streams the server lets us open at once (100 until its SETTINGS say)."""
+        """Streams the server lets us open at once (1 until its SETTINGS say)."""
         return min(self.h2.remote_settings.max_concurrent_streams, self._stream_cap)
 
+    @property
+    def settled(self) -> bool:
+        """True once the server's first SETTINGS arrived (its stream limit is known)."""
+        return self._stream_cap > 1
+
     def reserve(self) -> bool:
-        """Promise a stream to a request, if the connection can carry one more."""
+        """Promise a stream to a request, if the connection can carry one more. A
+        connection idle for longer than ``idle_expiry`` closes instead (a server closes
+        idle connections: the request would race its GOAWAY)."""
         if self.closed or self.goaway or len(self.exchanges) + self.reserved >= self.max_streams:
+            return False
+        expiry = self._idle_expiry
+        if expiry is not None and self.is_idle and trio.current_time() - self._idle_since > expiry:
+            self.close()
             return False
         if self.h2.highest_outbound_stream_id is not None and (
             self.h2.highest_outbound_stream_id + 2 * (self.reserved + 1) >= 1 << 31
@@ -169,7 +190,9 @@ class H2ClientConnection:
         then (see ``unreserve``)."""
         self.check()
         if self.goaway:
-            raise StreamRefused("the server takes no new stream on this connection (GOAWAY)")
+            raise StreamRefused(
+                "the server takes no new stream on this connection (GOAWAY)", unsent=True
+            )
         stream_id = self.h2.get_next_available_stream_id()
         try:
             self.h2.send_headers(stream_id, headers, end_stream=end)
@@ -186,8 +209,10 @@ class H2ClientConnection:
             self._stream_freed()
 
     def _stream_freed(self) -> None:
-        if self.goaway and self.is_idle:
-            self.close()
+        if self.is_idle:
+            self._idle_since = trio.current_time()
+            if self.goaway:
+                self.close()
         self._on_change(self)
 
     def reset(

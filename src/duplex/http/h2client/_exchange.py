@@ -27,12 +27,16 @@ from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
 from ._connection import H2ClientConnection, StreamRefused
 
-__all__ = ["H2Exchange", "H2ResponseBody", "RequestContent"]
+__all__ = ["H2Exchange", "H2ResponseBody", "RequestContent", "StreamReset"]
 
 log = logging.getLogger("duplex.client")
 
 #: What a request carries: bytes, or a body streamed from a task.
 RequestContent: TypeAlias = "bytes | Readable | AsyncIterable[bytes] | None"
+
+#: Response bytes dropped, once the request has gone out, before a response its reader
+#: gave up is cut off (reset), beyond what the request body carried: see ``_start_linger``.
+_LINGER_SIZE = 1 << 20
 
 #: Bytes read from a stream before its window is given back in one WINDOW_UPDATE (all
 #: of it at once when the reader has taken everything that arrived).
@@ -48,6 +52,15 @@ _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 
 
+class StreamReset(Exception):
+    """The server reset the stream (RST_STREAM): ``code`` is the HTTP/2 error code.
+    The ``__cause__`` of the ``duplex.ProtocolError`` a reset body raises."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"RST_STREAM {_code_name(code)}")
+        self.code = code
+
+
 class H2Exchange:
     """One request and its response on a stream of a shared connection.
 
@@ -59,11 +72,20 @@ class H2Exchange:
     """
 
     def __init__(
-        self, connection: H2ClientConnection, token: TrioToken, write_timeout: float | None
+        self,
+        connection: H2ClientConnection,
+        token: TrioToken,
+        *,
+        write_timeout: float | None,
+        read_timeout: float | None,
     ) -> None:
         self.connection = connection
         self._token = token
         self._write_timeout = write_timeout
+        self._read_timeout = read_timeout
+        self._nursery: trio.Nursery | None = None
+        self._linger: trio.CancelScope | None = None
+        self._linger_left = 0
         self.stream_id = 0
         self._request = _SENDING
         self._response = _HEAD
@@ -93,6 +115,7 @@ class H2Exchange:
         ``StreamRefused`` if the connection takes no new stream, and
         ``trio.BrokenResourceError`` if it has ended."""
         await checkpoint_if_cancelled()
+        self._nursery = nursery
         connection = self.connection
         empty = body is None or (isinstance(body, bytes) and not body)
         self.stream_id = connection.open_stream(self, headers, end=empty)
@@ -146,7 +169,9 @@ class H2Exchange:
                         except Exception as error:
                             log.debug("request body failed: %r", error)
                             failure = error
-                            self.abort(error)
+                            broken = ProtocolError(f"the request body failed: {error}")
+                            broken.__cause__ = error
+                            self.abort(broken)
                             return
                         await self._send_data(chunk)
                 self._end_request()
@@ -243,6 +268,10 @@ class H2Exchange:
         padding = flow_controlled_length - len(data)
         if self._response == _DROPPED or self._response == _BROKEN:
             self.connection.give_back(self.stream_id, flow_controlled_length)
+            if self._linger is not None:
+                self._linger_left -= len(data)
+                if self._linger_left < 0:
+                    self._linger.cancel()
             return
         if padding:
             self.connection.give_back(self.stream_id, padding)
@@ -262,6 +291,8 @@ class H2Exchange:
             elif self._response == _DROPPED:
                 self._response = _ENDED
                 self._chunks.clear()
+                if self._linger is not None:
+                    self._linger.cancel()
             else:
                 self._response = _ENDED
         self._reader.unpark_all()
@@ -281,7 +312,9 @@ class H2Exchange:
         if code == _REFUSED and self._response == _HEAD:
             self.on_refused()
             return
-        self._response_broken(ProtocolError(f"the server reset the stream ({_code_name(code)})"))
+        reset = ProtocolError(f"the server reset the stream ({_code_name(code)})")
+        reset.__cause__ = StreamReset(code)
+        self._response_broken(reset)
         self._maybe_finish()
 
     def on_refused(self) -> None:
@@ -404,10 +437,46 @@ class H2Exchange:
         if self.finished or self._request == _SENDING:
             return
         if self._response == _DROPPED:
+            if self._linger is None:
+                self._start_linger()
+            return
+        if self._response in (_HEAD, _BODY):
+            return  # the response may still come whole
+        self.finished = True
+        if self._linger is not None:
+            self._linger.cancel()
+        self.connection.stream_done(self.stream_id)
+
+    def _start_linger(self) -> None:
+        """The request has gone out and the response's reader gave up: drop the rest of
+        the response until its end (a server that echoes may still owe the echo of what
+        it read), for at most ``read_timeout`` and ``_LINGER_SIZE`` bytes more than the
+        request carried; then the stream is reset. Resetting at once could cut the
+        request's end before the server read it."""
+        self._linger = trio.CancelScope()
+        self._linger_left = _LINGER_SIZE + self.size
+        if self._nursery is None or self._request == _CUT:
+            self._end_linger()
+            return
+        try:
+            self._nursery.start_soon(self._linger_on)
+        except RuntimeError:  # the client is closing
+            self._end_linger()
+
+    async def _linger_on(self) -> None:
+        assert self._linger is not None
+        timeout = self._read_timeout
+        with self._linger:
+            self._linger.deadline = trio.current_time() + (inf if timeout is None else timeout)
+            await trio.sleep_forever()
+        self._end_linger()
+
+    def _end_linger(self) -> None:
+        if self.finished:
+            return
+        if self._response == _DROPPED:
             self.connection.reset(self.stream_id)
             self._response = _ENDED
-        elif self._response in (_HEAD, _BODY):
-            return  # the response may still come whole
         self.finished = True
         self.connection.stream_done(self.stream_id)
 
