@@ -9,22 +9,12 @@ stream buffers at most its initial window. Both keep DESIGN §1 like every body.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
-from trio.lowlevel import (
-    Abort,
-    Task,
-    cancel_shielded_checkpoint,
-    checkpoint,
-    checkpoint_if_cancelled,
-    current_task,
-    reschedule,
-    wait_task_rescheduled,
-)
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from ..._body import BytesLike, Readable, Writable
+from ..._body import BytesLike, Writable
 from ..._errors import Timeout
 
 if TYPE_CHECKING:
@@ -35,153 +25,80 @@ __all__ = ["StreamBody", "StreamOutput"]
 log = logging.getLogger("duplex.server")
 
 
-class StreamBody(Readable):
-    """``request.body`` of a stream: the DATA frames received and not read yet.
+class StreamBody(Writable):
+    """``request.body`` of a stream: a ``Writable`` the connection feeds with the DATA
+    frames it receives (without waiting: the flow-control window bounds it), read by
+    whoever reads it.
 
-    A read waits at most ``timeout`` seconds for more (then the stream is answered 408,
-    or reset); a stream the peer resets makes reads raise ``trio.BrokenResourceError``.
+    What the reader takes goes back to the peer's window, and so does what it will
+    never take (the body closed or broken). A read waits at most ``timeout`` seconds for
+    more (then the stream is answered 408, or reset); a stream the peer resets makes
+    reads raise ``trio.BrokenResourceError``.
     """
 
-    __slots__ = (
-        "_chunks",
-        "_closed",
-        "_ended",
-        "_error",
-        "_exchange",
-        "_length",
-        "_reader",
-        "timeout",
-    )
-
-    def __init__(self, exchange: H2Exchange | None, length: int | None, timeout: float | None):
-        self._exchange = exchange
-        self._length = length
+    def __init__(self, length: int | None, timeout: float | None) -> None:
+        super().__init__(0, length)
         #: Longest wait for more of the body (None: no limit).
         self.timeout = timeout
-        # (data, bytes of the frame's flow-controlled size not yet given back)
-        self._chunks: deque[tuple[bytes, int]] = deque()
-        self._ended = False
-        self._closed = False
-        self._error: BaseException | None = None
-        self._reader: Task | None = None
+        self._exchange: H2Exchange | None = None
 
     def bind(self, exchange: H2Exchange) -> None:
         """Belong to ``exchange`` (made after its body)."""
         self._exchange = exchange
 
     def __repr__(self) -> str:
-        return f"<stream body length={self._length} ended={self._ended}>"
-
-    @property
-    def length(self) -> int | None:
-        return self._length
-
-    @property
-    def is_empty(self) -> bool:
-        return self._closed or self._error is not None or (self._ended and not self._chunks)
+        return f"<stream body length={self.length} queued={self.queued}>"
 
     # -- the connection's side ----------------------------------------------------------
 
     def feed(self, data: bytes, flow_size: int) -> None:
         """DATA arrived (``flow_size``: its flow-controlled size, padding included)."""
-        if self._closed or self._error is not None:
+        if self._read_closed or self._write_error is not None:
             self._give_back(flow_size)  # nobody reads it: the window stays open
             return
+        self._give_back(flow_size - len(data))  # the padding, at once
         if data:
-            self._chunks.append((data, flow_size))
-        else:
-            self._give_back(flow_size)
-        self._wake()
-
-    def end(self) -> None:
-        """The peer ended the stream (END_STREAM)."""
-        self._ended = True
-        self._wake()
+            self._queue.append(data)
+            self._queued += len(data)
+            self._wake_reader()
 
     def fail(self, error: BaseException) -> None:
-        """Later reads raise ``trio.BrokenResourceError`` from ``error``."""
-        if self._error is None and not (self._ended and not self._chunks):
-            self._error = error
-            self._drop()
-        self._wake()
+        """Later reads raise ``trio.BrokenResourceError`` from ``error`` (unless the
+        body had ended)."""
+        self._give_back(self._queued if not self._write_closed else 0)
+        self.close_write_nowait(error)
 
     def close_read_nowait(self, error: BaseException | None = None) -> None:
         """The reader gives up: later reads raise ``trio.ClosedResourceError``, and what
         is queued (or comes later) goes back to the peer's window unread."""
-        self._closed = True
-        self._pushback = b""
-        self._drop()
-        self._wake()
-
-    async def aclose(self, error: BaseException | None = None) -> None:
-        self.close_read_nowait(error)
-        await checkpoint()
-
-    def _drop(self) -> None:
-        size = sum(flow_size for _, flow_size in self._chunks)
-        self._chunks.clear()
-        self._give_back(size)
+        self._give_back(self._queued)
+        super().close_read_nowait(error)
 
     def _give_back(self, size: int) -> None:
-        if size and self._exchange is not None:
+        if size > 0 and self._exchange is not None:
             self._exchange.connection.acknowledge(self._exchange, size)
-
-    def _wake(self) -> None:
-        task = self._reader
-        if task is not None:
-            self._reader = None
-            reschedule(task)
 
     # -- the reader's side --------------------------------------------------------------
 
     async def _receive(self, max_bytes: int | None) -> bytes:
-        await checkpoint_if_cancelled()
-        blocked = False
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("this body was closed by its reader")
-            if self._error is not None:
-                error = trio.BrokenResourceError("the request body broke")
-                error.__cause__ = self._error
-                raise error
-            if self._chunks:
-                data = self._take(max_bytes)
-                break
-            if self._ended:
-                data = b""
-                if self._exchange is not None and not self._exchange.request_complete:
-                    self._exchange.complete_request()
-                break
-            blocked = True
-            await self._wait()
-        if not blocked:
-            await cancel_shielded_checkpoint()
+        data = await super()._receive(max_bytes)
+        exchange = self._exchange
+        if not data and exchange is not None and not exchange.request_complete:
+            exchange.complete_request()
         return data
 
     def _take(self, max_bytes: int | None) -> bytes:
-        data, flow_size = self._chunks[0]
-        if max_bytes is None or max_bytes >= len(data):
-            self._chunks.popleft()
-            self._give_back(flow_size)  # the data and the frame's padding
-            return data
-        self._chunks[0] = (data[max_bytes:], flow_size - max_bytes)
-        self._give_back(max_bytes)
-        return data[:max_bytes]
+        data = super()._take(max_bytes)
+        self._give_back(len(data))
+        return data
 
-    async def _wait(self) -> None:
-        """Wait for news (DATA, the end, an error), at most ``timeout`` seconds."""
-        self._reader = current_task()
-
-        def abort(_: object) -> Abort:
-            self._reader = None
-            return Abort.SUCCEEDED
-
+    async def _park(self, reader: bool) -> None:
         timeout = self.timeout
-        if timeout is None:
-            await wait_task_rescheduled(abort)
+        if not reader or timeout is None:
+            await super()._park(reader)
             return
         with trio.move_on_after(timeout) as scope:
-            await wait_task_rescheduled(abort)
+            await super()._park(reader)
         if scope.cancelled_caught and self._exchange is not None:
             log.debug("a request body timed out: %r", self._exchange)
             self._exchange.body_failed(Timeout("read", timeout))

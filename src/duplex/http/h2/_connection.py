@@ -309,7 +309,7 @@ class H2ServerConnection:
             elif isinstance(event, h2.events.StreamEnded):
                 exchange = streams.get(event.stream_id)
                 if exchange is not None and isinstance(exchange.request_body, StreamBody):
-                    exchange.request_body.end()
+                    exchange.request_body.close_write_nowait()
             elif isinstance(event, h2.events.WindowUpdated):
                 if event.stream_id:
                     exchange = streams.get(event.stream_id)
@@ -405,7 +405,7 @@ class H2ServerConnection:
             body = EmptyBody()
             length = 0
         else:
-            body = StreamBody(None, length, self.limits.read_timeout)
+            body = StreamBody(length, self.limits.read_timeout)
         request = Request(
             method.decode("ascii"),
             (path or authority).decode("latin-1"),
