@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .._stream import Stream
     from ._exchange import Exchange
     from ._models import Streamable
+    from ._takeover import ResponseControl
 
 __all__ = [
     "NO_BODY_STATUSES",
@@ -32,6 +33,7 @@ __all__ = [
     "ResponseBodyFailed",
     "body_error",
     "content_length",
+    "finish_takeover",
     "handler_response",
     "run_streamable",
     "send_iterable",
@@ -179,3 +181,15 @@ async def run_streamable(body: Streamable, stream: Stream) -> None:
         raise body_error(
             closed_with if isinstance(closed_with, Exception) else Exception(closed_with)
         )
+
+
+async def finish_takeover(control: ResponseControl, exchange: Exchange, *, ended: bool) -> None:
+    """What follows a ``Takeover`` function that returned without detaching: a response
+    it never began is answered 500; one it left unfinished (not ``ended``) is cut
+    (``trio.BrokenResourceError``)."""
+    if not exchange.head_started:
+        await control.start(500, {"content-type": "text/plain; charset=utf-8"})
+        await control.write(b"the response ended before it began\n")
+        await control.end()
+    elif not ended:
+        raise trio.BrokenResourceError("the response was left unfinished")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from math import inf
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from ._models import HeadersLike, Request
 
-__all__ = ["ResponseControl", "Takeover"]
+if TYPE_CHECKING:
+    from ._exchange import Exchange
+    from ._limits import Limits
+    from ._server import Server
+
+__all__ = ["ExchangeControl", "ResponseControl", "ServedConnection", "Takeover"]
 
 
 class ResponseControl(Protocol):
@@ -122,3 +127,51 @@ class Takeover:
 
     def __repr__(self) -> str:
         return f"Takeover({self.fn!r})"
+
+
+class ServedConnection(Protocol):
+    """What a control reads of its connection, whatever its protocol."""
+
+    @property
+    def closing(self) -> bool:
+        """True once the connection is closing (it serves no more exchanges)."""
+        ...
+
+    @property
+    def server(self) -> Server: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+
+class ExchangeControl:
+    """What every protocol's ``ResponseControl`` does alike: the exchange's request, its
+    state, and the server's shutdown."""
+
+    __slots__ = ("_connection", "_exchange")
+
+    def __init__(self, connection: ServedConnection, exchange: Exchange) -> None:
+        self._connection = connection
+        self._exchange = exchange
+
+    @property
+    def request(self) -> Request:
+        return self._exchange.request
+
+    @property
+    def gone(self) -> bool:
+        return self._exchange.failed
+
+    @property
+    def server_closing(self) -> trio.Event:
+        return self._connection.server.closing
+
+    @property
+    def write_timeout(self) -> float | None:
+        return self._connection.limits.write_timeout
+
+    def on_server_closing(self, callback: Callable[[], object]) -> None:
+        if self._connection.closing or self._connection.server.closing.is_set():
+            callback()
+        else:
+            self._exchange.on_server_closing = callback

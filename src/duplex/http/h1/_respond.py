@@ -15,18 +15,19 @@ import trio
 from ..._body import Readable
 from ..._stream import Stream
 from .._exchange import DETACHED, NO_WATCH, OVER, RESPONDED, RESPONDING, WATCH_SELF
-from .._models import HeadersLike, Request, Response, Streamable
+from .._models import HeadersLike, Response, Streamable
 from .._respond import (
     NO_BODY_STATUSES,
     REASONS,
     content_length,
+    finish_takeover,
     handler_response,
     run_streamable,
     send_iterable,
     send_readable,
     why_failed,
 )
-from .._takeover import ResponseControl, Takeover
+from .._takeover import ExchangeControl, ResponseControl, Takeover
 from ._bodies import ResponseOutput
 from ._wire import CONTINUE
 
@@ -211,35 +212,20 @@ class Responder:
             return
         if not exchange.head_started:
             exchange.keep_alive = False
-            await control.start(500, {"content-type": "text/plain; charset=utf-8"})
-            await control.write(b"the response ended before it began\n")
-            await control.end()
-        elif not connection.framer.response_ended:
-            raise trio.BrokenResourceError("the response was left unfinished")
+        await finish_takeover(control, exchange, ended=connection.framer.response_ended)
 
 
-class Control:
+class Control(ExchangeControl):
     """The server's side of a ``Takeover`` (a ``ResponseControl``): the exchange, handed
     to its function."""
 
-    __slots__ = ("_connection", "_exchange", "parking")
+    __slots__ = ("parking",)
+    _connection: ServerConnection
+    _exchange: H1Exchange
 
     def __init__(self, connection: ServerConnection, exchange: H1Exchange) -> None:
-        self._connection = connection
-        self._exchange = exchange
+        super().__init__(connection, exchange)
         self.parking = False
-
-    @property
-    def request(self) -> Request:
-        return self._exchange.request
-
-    @property
-    def gone(self) -> bool:
-        return self._exchange.failed
-
-    @property
-    def server_closing(self) -> trio.Event:
-        return self._connection.server.closing
 
     async def start(self, status: int, headers: HeadersLike | None = None) -> None:
         exchange = self._exchange
@@ -272,10 +258,6 @@ class Control:
 
     async def flush(self) -> None:
         await self._connection.transport.flush()
-
-    @property
-    def write_timeout(self) -> float | None:
-        return self._connection.limits.write_timeout
 
     @property
     def can_watch(self) -> bool:
@@ -321,12 +303,6 @@ class Control:
 
     def wake(self) -> None:
         self._connection.server.parking.wake(self._connection, self._exchange)
-
-    def on_server_closing(self, callback: Callable[[], object]) -> None:
-        if self._connection.closing or self._connection.server.closing.is_set():
-            callback()
-        else:
-            self._exchange.on_server_closing = callback
 
     async def detach(self) -> tuple[trio.abc.Stream, bytes]:
         exchange = self._exchange

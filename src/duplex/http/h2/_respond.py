@@ -7,25 +7,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from math import inf
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..._body import Readable
 from ..._stream import Stream
 from .._exchange import DETACHED
-from .._models import Headers, HeadersLike, Request, Response, Streamable
+from .._models import Headers, HeadersLike, Response, Streamable
 from .._respond import (
     NO_BODY_STATUSES,
     content_length,
+    finish_takeover,
     handler_response,
     run_streamable,
     send_iterable,
     send_readable,
     why_failed,
 )
-from .._takeover import ResponseControl, Takeover
+from .._takeover import ExchangeControl, ResponseControl, Takeover
 from ._bodies import StreamBody, StreamOutput
 from ._exchange import H2Exchange
+
+if TYPE_CHECKING:
+    from ._connection import H2ServerConnection
 
 __all__ = ["H2Control", "respond"]
 
@@ -88,17 +93,11 @@ async def _run_takeover(
 ) -> None:
     control = H2Control(exchange)
     await fn(control)
-    if exchange.detached:
-        return
-    if not exchange.head_started:
-        await control.start(500, {"content-type": "text/plain; charset=utf-8"})
-        await control.write(b"the response ended before it began\n")
-        await control.end()
-    elif not exchange.out_ended:
-        raise trio.BrokenResourceError("the response was left unfinished")
+    if not exchange.detached:
+        await finish_takeover(control, exchange, ended=exchange.out_ended)
 
 
-class H2Control:
+class H2Control(ExchangeControl):
     """The server's side of a ``Takeover`` (a ``ResponseControl``) on an HTTP/2 stream.
 
     It cannot park (a stream's exchange keeps its task), and watching for the peer
@@ -106,22 +105,12 @@ class H2Control:
     connection close, and cancels the exchange.
     """
 
-    __slots__ = ("_exchange",)
+    __slots__ = ()
+    _connection: H2ServerConnection
+    _exchange: H2Exchange
 
     def __init__(self, exchange: H2Exchange) -> None:
-        self._exchange = exchange
-
-    @property
-    def request(self) -> Request:
-        return self._exchange.request
-
-    @property
-    def gone(self) -> bool:
-        return self._exchange.failed
-
-    @property
-    def server_closing(self) -> trio.Event:
-        return self._exchange.connection.server.closing
+        super().__init__(exchange.connection, exchange)
 
     async def start(self, status: int, headers: HeadersLike | None = None) -> None:
         exchange = self._exchange
@@ -142,11 +131,7 @@ class H2Control:
         return None
 
     async def flush(self) -> None:
-        await self._exchange.connection.flush()
-
-    @property
-    def write_timeout(self) -> float | None:
-        return self._exchange.connection.limits.write_timeout
+        await self._connection.flush()
 
     @property
     def can_watch(self) -> bool:
@@ -166,13 +151,6 @@ class H2Control:
 
     def wake(self) -> None:
         pass
-
-    def on_server_closing(self, callback: Callable[[], object]) -> None:
-        exchange = self._exchange
-        if exchange.connection.closing or exchange.connection.server.closing.is_set():
-            callback()
-        else:
-            exchange.on_server_closing = callback
 
     async def detach(self) -> tuple[trio.abc.Stream, bytes]:
         """The stream itself as a ``trio.abc.HalfCloseableStream``: its request body in,
