@@ -10,9 +10,9 @@ outbound buffer never grows without bound. Everything h2 sends goes through
 bytes read by a handler are flushed by a small task of the connection's
 (``flush_soon``), since a read must never wait on the socket's write side.
 
-Where the hardening goes: ``_on_events`` sees every event before it is acted on
-(counts of resets, settings, pings, empty frames per interval would go there), and
-``_open_stream`` every new stream.
+Every batch of events is shown to the connection's ``FloodGuard`` before it is acted
+on: a peer that floods the server with resets, SETTINGS, PINGs or empty frames gets
+GOAWAY (ENHANCE_YOUR_CALM) and starts no handler more (``_guard``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ from .._exchange import PeerGone
 from .._models import Headers, Request, validate_field_value
 from .._respond import PEER_ERRORS, REASONS
 from .._transport import Transport
+from ..h1._closing import linger
 from ._bodies import StreamBody
 from ._exchange import H2Exchange
+from ._guard import FloodGuard
 from ._respond import respond
 
 if TYPE_CHECKING:
@@ -54,6 +56,10 @@ _DEFAULT_WINDOW = 65535
 #: The preface and the first frame's head up to its type, which must be SETTINGS.
 _OPENING = len(PREFACE) + 4
 _SETTINGS = 0x4
+#: How long, and how much, a connection closed for an error reads and drops before it
+#: closes, so that its GOAWAY is read rather than lost to a reset.
+_GOAWAY_LINGER = 1.0
+_GOAWAY_LINGER_SIZE = 1 << 20
 
 
 class H2ServerConnection:
@@ -68,6 +74,7 @@ class H2ServerConnection:
         "cancel_scope",
         "client",
         "closing",
+        "guard",
         "h2",
         "limits",
         "received",
@@ -109,8 +116,10 @@ class H2ServerConnection:
         self.h2.decoder.max_header_list_size = limits.header_list_size
         #: The exchanges of the streams open, by stream id.
         self.streams: dict[int, H2Exchange] = {}
-        #: Streams opened so far (a counter for the attack hardening to build on).
+        #: Streams opened so far.
         self.streams_opened = 0
+        #: What the peer may ask for nothing, and how fast.
+        self.guard = FloodGuard(limits.max_concurrent_streams)
         #: True once GOAWAY went out (or came in): no new stream is served.
         self.closing = False
         self.cancel_scope = trio.CancelScope()
@@ -243,7 +252,7 @@ class H2ServerConnection:
                         # preface would otherwise hold the connection for its timeout).
                         log.debug("no SETTINGS after the preface from %s", self.client)
                         h2_connection.close_connection(ErrorCodes.PROTOCOL_ERROR)
-                        await self.flush()
+                        await self._close_with_goaway()
                         return
                 if data:
                     try:
@@ -251,7 +260,13 @@ class H2ServerConnection:
                     except h2.exceptions.ProtocolError as error:
                         # h2 has queued its GOAWAY: send it, then close.
                         log.debug("HTTP/2 protocol error from %s: %r", self.client, error)
-                        await self.flush()
+                        await self._close_with_goaway()
+                        return
+                    flood = self.guard.flood(events, trio.current_time())
+                    if flood:
+                        log.warning("HTTP/2 flood from %s: %s", self.client, flood)
+                        h2_connection.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+                        await self._close_with_goaway()
                         return
                     self._on_events(events)
                     await self.flush()
@@ -268,6 +283,13 @@ class H2ServerConnection:
                 await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("connection from %s ended: %r", self.client, error)
+
+    async def _close_with_goaway(self) -> None:
+        """Send the GOAWAY h2 has queued for a connection error, then linger a moment
+        (bounded in time and size): closing with the peer's frames unread would make
+        the kernel reset the connection, and the peer would never read why."""
+        await self.flush()
+        await linger(self.transport, seconds=_GOAWAY_LINGER, max_size=_GOAWAY_LINGER_SIZE)
 
     async def _read(self) -> bytes:
         """Read once; raises ``duplex.Timeout("read")`` once the connection was idle
