@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -81,13 +82,18 @@ async def _serve_until_signal(
         if background is not None:
             nursery.start_soon(background)
         await nursery.start(server.serve)
-        print(f"duplex: serving on http://{server.host}:{server.port}/", flush=True)
+        print(f"duplex: serving on {_origin(server)}/", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
         await server.shutdown()
         nursery.cancel_scope.cancel()
+
+
+def _origin(server: Server) -> str:
+    scheme = "https" if server.ssl_context is not None else "http"
+    return f"{scheme}://{server.host}:{server.port}"
 
 
 async def _stdin_chunks() -> AsyncIterator[bytes]:
@@ -134,6 +140,43 @@ async def run_request(
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
+    parser.add_argument(
+        "--certfile", help="serve TLS with this certificate chain (PEM), HTTP/2 by ALPN"
+    )
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM; default: certfile)")
+    parser.add_argument(
+        "--no-http2",
+        dest="http2",
+        action="store_false",
+        help="serve HTTP/1.1 only (HTTP/2 is on: by ALPN over TLS, h2c with prior knowledge)",
+    )
+
+
+def _tls_arguments(args: argparse.Namespace) -> list[str]:
+    """The TLS and HTTP/2 options as given, for a worker's command line."""
+    given = []
+    if args.certfile:
+        given += ["--certfile", args.certfile]
+    if args.keyfile:
+        given += ["--keyfile", args.keyfile]
+    if not args.http2:
+        given.append("--no-http2")
+    return given
+
+
+def server_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """The TLS context of ``--certfile``/``--keyfile`` (None without a certificate).
+    Raises ``SystemExit`` with a clear message if they cannot be loaded."""
+    if certfile is None:
+        if keyfile is not None:
+            raise SystemExit("duplex: --keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise SystemExit(f"duplex: cannot load the certificate {certfile!r}: {error}") from error
+    return context
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,30 +232,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prior-knowledge" if args.http2_prior_knowledge else args.http2
         )
         return trio.run(run_request, method, args.url, args.header, send_body, http2)
+    context = server_context(args.certfile, args.keyfile)
+    tls = {"ssl_context": context, "http2": args.http2}
     if args.command == "demo":
         demo = Demo()
-        trio.run(run_server, Server(demo.handler, args.host, args.port), demo.run)
+        trio.run(run_server, Server(demo.handler, args.host, args.port, **tls), demo.run)
         return 0
     if args.command == "serve" and args.workers is not None:
         if args.workers < 1:
             parser.error("--workers takes a number from 1 up")
-        return run_workers(args.handler, args.host, args.port, args.workers)
+        scheme = "http" if context is None else "https"
+        return run_workers(
+            args.handler, args.host, args.port, args.workers, _tls_arguments(args), scheme
+        )
     handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
     reuse_port = args.command == "serve" and args.worker
-    trio.run(run_server, Server(handler, args.host, args.port, reuse_port=reuse_port))
+    trio.run(run_server, Server(handler, args.host, args.port, reuse_port=reuse_port, **tls))
     return 0
 
 
-def run_workers(spec: str, host: str, port: int, workers: int) -> int:
-    """Serve ``spec`` from ``workers`` processes; the exit status."""
+def run_workers(
+    spec: str,
+    host: str,
+    port: int,
+    workers: int,
+    worker_arguments: Sequence[str] = (),
+    scheme: str = "http",
+) -> int:
+    """Serve ``spec`` from ``workers`` processes (each given ``worker_arguments`` as
+    well); the exit status."""
     load_handler(spec)  # fail here, once, with a clear message, not in every worker
 
     class Announce:
         def started(self, bound: int) -> None:
-            print(f"duplex: serving on http://{host}:{bound}/ with {workers} workers", flush=True)
+            origin = f"{scheme}://{host}:{bound}"
+            print(f"duplex: serving on {origin}/ with {workers} workers", flush=True)
 
     try:
-        trio.run(partial(serve_workers, spec, host, port, workers=workers, task_status=Announce()))
+        trio.run(
+            partial(
+                serve_workers,
+                spec,
+                host,
+                port,
+                workers=workers,
+                worker_arguments=worker_arguments,
+                task_status=Announce(),
+            )
+        )
     except WorkersFailed as error:
         print(f"duplex: {error}", file=sys.stderr)
         return 1

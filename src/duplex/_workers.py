@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -61,6 +62,8 @@ class _Supervisor:
         self.stopping = False
         self.start_failures = 0
         self.restarts = 0
+        #: More options for each worker's command line.
+        self.arguments: list[str] = []
 
     def command(self) -> list[str]:
         return [
@@ -74,6 +77,7 @@ class _Supervisor:
             "--port",
             str(self.port),
             "--worker",
+            *self.arguments,
         ]
 
     async def keep_one(self, index: int, ready: trio.Event) -> None:
@@ -146,16 +150,20 @@ async def serve_workers(
     *,
     workers: int = 2,
     shutdown_grace: float = 10.0,
+    worker_arguments: Sequence[str] = (),
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the handler named ``spec`` (``"module:attribute"``) from ``workers``
-    processes sharing ``host``:``port``, until SIGINT/SIGTERM or cancellation.
+    processes sharing ``host``:``port``, until SIGINT/SIGTERM or cancellation;
+    ``worker_arguments`` go on each worker's ``duplex serve`` command line (``--certfile
+    cert.pem``).
 
     ``task_status.started`` receives the port once every worker is serving. Raises
     ``WorkersFailed`` if workers keep exiting before they are ready.
     """
     reserved = _reserve_port(host, port)
     supervisor = _Supervisor(spec, host, reserved.getsockname()[1], workers, shutdown_grace)
+    supervisor.arguments = list(worker_arguments)
     try:
         await _supervise(supervisor, workers, task_status)
     except BaseExceptionGroup as group:
