@@ -75,7 +75,7 @@ class App:
         return duplex.Response(200, {"content-type": "text/html"}, PAGE)
 
 
-async def in_chromium(script: Callable[[Page], T], app: App) -> T:
+async def in_chromium(script: Callable[[Page], T], app: duplex.Handler) -> T:
     """Serve ``app`` over TLS (ALPN h2), open its page in Chromium and run ``script``."""
     import trustme
 
@@ -182,3 +182,29 @@ async def test_a_websocket_over_http2() -> None:
     with trio.fail_after(60):
         assert await in_chromium(script, app) == "echo: hello"
     assert app.versions["/ws"] == "2"
+
+
+async def test_the_demo_streaming_upload_panel_over_http2() -> None:
+    """``duplex demo``'s upload panel: the server's report of a chunk reaches the page
+    (over SSE) while the page is still sending the upload."""
+    from duplex.demo import Demo
+
+    demo = Demo()
+
+    def script(page: Page) -> dict[str, object]:
+        page.wait_for_function("document.getElementById('upload-start') !== null")
+        page.click("#upload-start")
+        page.wait_for_function("window.uploadDone !== undefined")
+        result: dict[str, object] = page.evaluate(
+            "({done: window.uploadDone, progress: window.uploadProgress})"
+        )
+        return result
+
+    with trio.fail_after(60):
+        result = await in_chromium(script, demo.handler)
+    done = result["done"]
+    assert isinstance(done, dict) and done["chunks"] == 5 and done["http"] == "2"
+    progress = result["progress"]
+    assert isinstance(progress, list) and len(progress) == 5
+    assert progress[0]["sent"] < 5  # reported before the upload ended
+    assert "over HTTP/2" in progress[0]["text"]

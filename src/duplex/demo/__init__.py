@@ -3,7 +3,9 @@
 - ``/`` the page; ``/events`` an SSE feed (a tick a second, with history for resume);
 - ``/ws`` a WebSocket chat; ``/poll`` and ``/chat`` a long-poll chat (http-kit's
   group + ``since_ts`` pattern); ``/stream`` a chunked stream (rack-stream's chunky
-  monkey); ``/echo`` the full-duplex echo.
+  monkey); ``/echo`` the full-duplex echo;
+- ``/upload`` a browser's streaming upload (HTTP/2 only: ``fetch`` with a stream
+  body), each chunk reported on ``/upload/events`` (SSE) as it arrives.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Demo:
         self.feed = ChannelGroup(history=history, when_full="drop-oldest")
         self.websockets = ChannelGroup()
         self.pollers = ChannelGroup()
+        self.uploads = ChannelGroup()
         self.messages: deque[dict[str, Any]] = deque(maxlen=100)
         self.ticks = 0
 
@@ -70,9 +73,27 @@ class Demo:
                 after_open=self._chunky,
                 before_close=_monkey,
             )
+        if route == ("GET", "/upload/events"):
+            return channel(request, on_open=self.uploads.add, heartbeat=15.0)
+        if route == ("POST", "/upload"):
+            return await self._upload(request)
         if request.path == "/echo":
             return Response(200, {"content-type": "application/octet-stream"}, Streamable(_echo))
         return Response(404, body="not found\n")
+
+    async def _upload(self, request: Request) -> Response:
+        """Read a streaming upload chunk by chunk, telling every ``/upload/events``
+        subscriber of each chunk as it arrives; answer with the totals at its end."""
+        chunks = size = 0
+        async for chunk in request.body:
+            chunks += 1
+            size += len(chunk)
+            text = chunk[:60].decode("utf-8", "replace")
+            await self.uploads.broadcast(
+                Event(f"chunk {chunks} over HTTP/{request.http_version}: {text!r}")
+            )
+        body = json.dumps({"chunks": chunks, "bytes": size, "http": request.http_version})
+        return Response(200, {"content-type": "application/json"}, body)
 
     async def _chunky(self, stream: Channel) -> None:
         for count in range(3):
