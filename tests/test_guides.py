@@ -47,6 +47,11 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
         "on_close: client 4000 'done'",
         "on_close: error 1009",
     ),
+    "http2.py": (
+        "HTTP/2: sent 'one', echoed 'one'\nHTTP/2: sent 'two', echoed 'two'",
+        "20 answers, e.g. '/item/0 over HTTP/2'",
+        "connections used: 1",
+    ),
     # Which worker each subscriber lands on is the kernel's choice: only the delivery
     # is certain.
     "scaling.py": ("said to one worker: sent to 2 workers", "received {'hello, all'}"),
