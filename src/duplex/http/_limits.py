@@ -49,7 +49,7 @@ class Limits:
     #: body, 32 more: the framing of a chunk of ``read_size`` bytes, so it arrives whole).
     read_size: int = 65536
     #: HTTP/2: streams a connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
-    #: a stream beyond it is refused.
+    #: a peer that opens more than it acknowledged gets GOAWAY (PROTOCOL_ERROR).
     max_concurrent_streams: int = 100
     #: HTTP/2: the flow-control window of each request body (SETTINGS_INITIAL_WINDOW_SIZE):
     #: what a stream buffers at most while its handler does not read. The connection's
