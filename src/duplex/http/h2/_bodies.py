@@ -73,6 +73,8 @@ class StreamBody(Writable):
         is queued (or comes later) goes back to the peer's window unread."""
         self._give_back(self._queued)
         super().close_read_nowait(error)
+        if self._exchange is not None:
+            self._exchange.stop_request()
 
     def _give_back(self, size: int) -> None:
         if size > 0 and self._exchange is not None:
@@ -139,9 +141,9 @@ class StreamOutput(Writable):
             if data:
                 try:
                     await self._exchange.send(data if type(data) is bytes else bytes(data))
-                except trio.ClosedResourceError:
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
                     if not self._write_closed:
-                        raise
+                        raise  # (closed from another task: said below)
                 if self._write_closed:
                     # Closed from another task while this waited or went out.
                     if self._write_error is None:
@@ -165,6 +167,8 @@ class StreamOutput(Writable):
             if not self._read_closed:
                 await self._exchange.wait_window()
             if self._write_closed:
+                if self._write_error is None:
+                    self._exchange.end_soon()  # closed from another task while this waited
                 raise trio.ClosedResourceError("this body was closed for writing")
         finally:
             self._writing = False

@@ -6,9 +6,11 @@ the server's, DATA goes to that stream's request body, RST_STREAM fails its exch
 WINDOW_UPDATE wakes its sender. After each batch of events what h2 has to send goes
 out before the next read, so that a peer that does not read stops being read: the
 outbound buffer never grows without bound. Everything h2 sends goes through
-``flush`` (one ``Transport``, its writes in order); acknowledgements of request body
-bytes read by a handler are flushed by a small task of the connection's
-(``flush_soon``), since a read must never wait on the socket's write side.
+``flush``: straight to the socket when it takes them at once, else through the
+connection's sender task (one ``Transport``, its writes in order), so that a writer
+waiting for the socket can give up without leaving half a frame behind.
+Acknowledgements of request body bytes a handler read are left to the sender
+(``flush_soon``): a read never waits on the socket's write side.
 
 Every batch of events is shown to the connection's ``FloodGuard`` before it is acted
 on: a peer that floods the server with resets, SETTINGS, PINGs or empty frames gets
@@ -66,11 +68,17 @@ class H2ServerConnection:
     """One HTTP/2 connection of a ``Server``: its streams until it ends."""
 
     __slots__ = (
+        "_broken",
         "_flush_wanted",
         "_flusher",
         "_goaway",
         "_idle",
         "_idle_deadline",
+        "_outgoing",
+        "_queued",
+        "_sending",
+        "_sent",
+        "_sent_lot",
         "cancel_scope",
         "client",
         "closing",
@@ -127,8 +135,16 @@ class H2ServerConnection:
         # header timeout, before the first request).
         self._idle: trio.CancelScope | None = None
         self._idle_deadline = inf
+        # What the sender task is to write, in order; flushes count what they queued
+        # (``_queued``) and wait until the sender has written as much (``_sent``).
+        self._outgoing: list[bytes] = []
+        self._queued = 0
+        self._sent = 0
+        self._sending = False
+        self._broken = False
         self._flush_wanted = False
         self._flusher = trio.lowlevel.ParkingLot()
+        self._sent_lot = trio.lowlevel.ParkingLot()
         # A GOAWAY to send with the next flush (h2 itself would refuse every frame after
         # one, and streams in flight must still be answered).
         self._goaway = b""
@@ -144,44 +160,70 @@ class H2ServerConnection:
     # -- sending ------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Send what h2 has queued. Shielded from cancellation: frames h2 has counted
-        as sent must reach the wire whole (HPACK state, flow-control windows), and each
-        wait for the socket is bounded by the write timeout.
+        """Hand what h2 has queued to the socket and return once it went out: at once
+        when the socket takes it without waiting, else through the connection's sender
+        task, whose writes are bounded by the write timeout. A flush that is cancelled
+        (or interrupted) while it waits leaves its bytes to the sender: frames h2 counted
+        as sent always reach the wire whole (HPACK state, flow-control windows).
 
-        Raises ``PeerGone`` if the connection broke, ``duplex.Timeout`` if the peer
-        took nothing within the write timeout (the connection then closes either way).
+        Raises ``PeerGone`` once the connection broke or timed out (it then closes).
         """
+        self._take_output()
+        if not self._outgoing:
+            await trio.lowlevel.checkpoint()
+            return
+        target = self._queued
+        if not self._sending:
+            written = self.transport.write_nowait(self._outgoing)
+            if written is not None:
+                self._outgoing = []
+                if written:
+                    self._sent = target
+                    await self.transport.spend()
+                    return
+        self._flusher.unpark()
+        while self._sent < target:
+            if self._broken:
+                raise PeerGone("the connection broke")
+            await self._sent_lot.park()
+
+    def flush_soon(self) -> None:
+        """Have the sender task send what h2 has queued (from any task, no wait)."""
+        self._flush_wanted = True
+        self._flusher.unpark()
+
+    def _take_output(self) -> None:
         data = self.h2.data_to_send()
         if self._goaway:
             data, self._goaway = data + self._goaway, b""
-        if not data:
-            await trio.lowlevel.checkpoint()
-            return
+        if data:
+            self._outgoing.append(data)
+            self._queued += 1
+
+    async def _send_forever(self) -> None:
+        """The sender task: writes what flushes left to it, in order."""
+        transport = self.transport
         try:
-            with trio.CancelScope(shield=True):
-                await self.transport.send_pieces([data])
+            while True:
+                self._take_output()
+                if not (self._outgoing or self._flush_wanted):
+                    await self._flusher.park()
+                    continue
+                self._flush_wanted = False
+                pieces, self._outgoing = self._outgoing, []
+                target = self._queued
+                self._sending = True
+                try:
+                    await transport.send_pieces(pieces)  # (after what the transport holds)
+                finally:
+                    self._sending = False
+                self._sent = target
+                self._sent_lot.unpark_all()
         except PEER_ERRORS as error:
             log.debug("connection from %s: a send failed: %r", self.client, error)
-            self.cancel_scope.cancel()
-            if isinstance(error, Timeout):
-                raise
-            raise PeerGone("the connection broke") from error
-
-    def flush_soon(self) -> None:
-        """Have the connection's flusher send what h2 has queued, from any task."""
-        if not self._flush_wanted:
-            self._flush_wanted = True
-            self._flusher.unpark()
-
-    async def _flush_when_asked(self) -> None:
-        while True:
-            while not self._flush_wanted:
-                await self._flusher.park()
-            self._flush_wanted = False
-            try:
-                await self.flush()
-            except PEER_ERRORS:
-                return
+        self._broken = True
+        self._sent_lot.unpark_all()
+        self.cancel_scope.cancel()
 
     def acknowledge(self, exchange: H2Exchange, size: int) -> None:
         """A handler read ``size`` bytes of its request body (or they were dropped):
@@ -216,7 +258,7 @@ class H2ServerConnection:
         try:
             with self.cancel_scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._flush_when_asked)
+                    nursery.start_soon(self._send_forever)
                     await self._serve()
                     nursery.cancel_scope.cancel()
         except Exception:
@@ -453,7 +495,9 @@ class H2ServerConnection:
         except Exception:
             log.exception("unexpected error on stream %d of %s", exchange.stream_id, self.client)
         finally:
-            exchange.request_body.close_read_nowait()
+            if not exchange.failed:
+                # (A failed body stays failed: a reader in another task learns why.)
+                exchange.request_body.close_read_nowait()
             if not exchange.out_ended:
                 # A response left unfinished (failed, cancelled) is cut.
                 exchange.reset(ErrorCodes.INTERNAL_ERROR)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 from h2.errors import ErrorCodes
 
+from ..._body import Writable
 from ..._errors import ProtocolError, Timeout
 from ..._foreign import mapped
 from .._exchange import HANDLING, RESPONDED, RESPONDING, Exchange, PeerGone
@@ -41,12 +42,13 @@ class H2Exchange(Exchange):
     """
 
     __slots__ = (
+        "clogged",
         "closed",
         "connection",
         "error_status",
-        "interrupted",
         "out_ended",
         "received",
+        "sending",
         "stream_id",
         "trailers",
         "window",
@@ -74,8 +76,10 @@ class H2Exchange(Exchange):
         self.error_status: int | None = None
         # Set when the peer opens the flow-control window (made by a sender that waits).
         self.window: trio.Event | None = None
-        #: Set by ``interrupt``: a send waiting for the window raises.
-        self.interrupted = False
+        #: Set once ``wait_window`` said a send may block, until the window has room.
+        self.clogged = False
+        # The scope of a send under way, which ``interrupt`` cancels.
+        self.sending: trio.CancelScope | None = None
         #: The trailers that end the response, if it has some.
         self.trailers: list[tuple[bytes, bytes]] | None = None
 
@@ -100,9 +104,10 @@ class H2Exchange(Exchange):
         self.fail(error)
 
     def interrupt(self) -> None:
-        """Make a send waiting for the window raise ``trio.ClosedResourceError``."""
-        self.interrupted = True
-        self.wake_sender()
+        """Make a send under way raise ``trio.ClosedResourceError`` (what it handed to
+        the connection still goes out)."""
+        if self.sending is not None:
+            self.sending.cancel()
 
     def wake_sender(self) -> None:
         """Wake a sender waiting for the flow-control window."""
@@ -142,7 +147,20 @@ class H2Exchange(Exchange):
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         """Send ``data`` as DATA frames as the peer's window allows (END_STREAM on the
-        last when ``end``); each wait for the window is bounded by the write timeout."""
+        last when ``end``); each wait for the window is bounded by the write timeout.
+        Raises ``trio.ClosedResourceError`` when ``interrupt``ed."""
+        scope = self.sending = trio.CancelScope()
+        try:
+            with scope:
+                await self._send(data, end)
+        finally:
+            self.sending = None
+        if scope.cancelled_caught:
+            raise trio.ClosedResourceError("the send was interrupted")
+
+    async def _send(self, data: bytes, end: bool) -> None:
+        if self.clogged:
+            await self._wait_room()
         connection = self.connection
         h2 = connection.h2
         stream_id = self.stream_id
@@ -153,9 +171,6 @@ class H2Exchange(Exchange):
                 room = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
             if room <= 0 and view:
                 await self._wait_window()
-                if self.interrupted:
-                    self.interrupted = False
-                    raise trio.ClosedResourceError("the send was interrupted")
                 continue
             piece, view = view[:room], view[room:]
             last = end and not view
@@ -181,14 +196,26 @@ class H2Exchange(Exchange):
             raise Timeout("write", 0.0 if timeout is None else timeout)
 
     async def wait_window(self) -> None:
-        """Return once the stream's window has room (or the stream is gone)."""
+        """Return once the stream's window has room for a whole DATA frame (or all the
+        peer's initial window allows), so that a write of that much goes out without
+        waiting; once the stream is gone; or once ``interrupt``ed. Raises as ``send``'s
+        waits do."""
+        with trio.CancelScope() as self.sending:
+            await self._wait_room()
+        self.sending = None
+        await trio.lowlevel.checkpoint()
+
+    async def _wait_room(self) -> None:
         h2 = self.connection.h2
         while not (self.closed or self.out_ended):
+            room = min(h2.max_outbound_frame_size, h2.remote_settings.initial_window_size)
             with mapped():
-                if h2.local_flow_control_window(self.stream_id) > 0:
+                if h2.local_flow_control_window(self.stream_id) >= room:
                     break
+            # Said to block: the next send waits for the room too (as a socket would).
+            self.clogged = True
             await self._wait_window()
-        await trio.lowlevel.checkpoint()
+        self.clogged = False
 
     async def finish(self) -> None:
         """End the response: its ``trailers`` (if any) with END_STREAM, else an empty
@@ -226,6 +253,22 @@ class H2Exchange(Exchange):
         self.out_ended = True
         if self.state is RESPONDING:
             self.to(RESPONDED)
+        self.stop_request()
+
+    def stop_request(self) -> None:
+        """Once the response is complete and nobody will read the rest of the request
+        body, tell the peer to stop sending it: RST_STREAM with NO_ERROR (RFC 9113
+        §8.1), right after the response's end."""
+        body = self.request_body
+        if (
+            self.out_ended
+            and not self.closed
+            and not self.request_complete
+            and isinstance(body, Writable)
+            and body.read_closed
+            and not body.write_closed
+        ):
+            self.reset(ErrorCodes.NO_ERROR)
 
     def reset(self, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Reset the stream (RST_STREAM with ``code``), from any task; sent soon."""
