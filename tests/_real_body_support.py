@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import pytest
 import trio
@@ -169,10 +169,12 @@ async def open_exchange(
     output: duplex.Writable | None = None,
     limits: duplex.Limits | None = None,
     client_limits: duplex.ClientLimits | None = None,
+    http2: bool | Literal["prior-knowledge"] = False,
 ) -> AsyncIterator[Exchange]:
     """A ``Streamable`` on a ``duplex.serve`` server and a ``duplex.Client`` posting a
     ``Writable`` to it: ``response = await client.post(url, body=output)``. The
-    ``Streamable`` runs until the block ends."""
+    ``Streamable`` runs until the block ends. ``http2`` as the client takes it
+    (``"prior-knowledge"``: the exchange is one HTTP/2 stream)."""
     handoff: Handoff[duplex.Stream] = Handoff()
 
     async def handler(request: duplex.Request) -> duplex.Response:
@@ -181,7 +183,7 @@ async def open_exchange(
     output = duplex.Writable() if output is None else output
     async with (
         serving(handler, limits=limits) as server,
-        duplex.Client(limits=client_limits) as client,
+        duplex.Client(limits=client_limits, http2=http2) as client,
     ):
         response = await client.post(url(server), body=output)
         async with handoff.taken() as server_stream:

@@ -5,8 +5,9 @@ Every test of test_readable.py, test_stream.py and test_writable.py that takes a
 a stream pair or a pipe from a fixture runs here too, on what duplex hands a user over
 HTTP/1.1 on 127.0.0.1: the server's ``request.body``, the ``Stream`` a ``Streamable``
 gets and its output, the client's request and response bodies, and a plain-HTTP channel
-as its client sees it. trio's stream checkers and hypothesis properties run on the same
-ends. What the suites cannot say about a socket (a peer learns of a close only later, a
+as its client sees it; and the client's bodies over HTTP/2 (h2c, one stream each: the
+``h2_`` factories) with their peers on duplex's server. trio's stream checkers and
+hypothesis properties run on the same ends. What the suites cannot say about a socket (a peer learns of a close only later, a
 write blocks once the socket is full) has tests of its own at the end.
 
 A test that fails today because of a defect is marked xfail, strictly, from the
@@ -20,6 +21,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import ModuleType
+from typing import Literal
 
 import pytest
 import trio
@@ -253,6 +255,78 @@ async def channel_response_body(chunks: list[bytes]) -> AsyncIterator[duplex.Rea
         yield response.body
 
 
+# The same client bodies over HTTP/2 (h2c with prior knowledge): one stream each.
+
+
+@asynccontextmanager
+async def h2_client_response_body(chunks: list[bytes]) -> AsyncIterator[duplex.Readable]:
+    """``response.body`` of an HTTP/2 stream, for a response sent at once."""
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        async def each_chunk() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return duplex.Response(200, body=each_chunk())
+
+    async with (
+        deadlock_guard(),
+        serving(handler) as server,
+        duplex.Client(http2="prior-knowledge") as client,
+    ):
+        response = await client.get(url(server))
+        assert response.http_version == "2"
+        yield response.body
+
+
+@asynccontextmanager
+async def h2_client_response_body_with_length(
+    chunks: list[bytes],
+) -> AsyncIterator[duplex.Readable]:
+    """``response.body`` of an HTTP/2 stream with Content-Length, one chunk per read."""
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        output = duplex.Writable(length=sum(map(len, chunks)))
+
+        async def feed() -> None:
+            await drip(chunks, output.write)
+            await output.close_write()
+
+        request.nursery.start_soon(feed)
+        return duplex.Response(200, body=output)
+
+    async with (
+        deadlock_guard(),
+        serving(handler) as server,
+        duplex.Client(http2="prior-knowledge") as client,
+    ):
+        response = await client.get(url(server))
+        assert response.http_version == "2"
+        yield response.body
+
+
+@asynccontextmanager
+async def h2_client_stream_input(chunks: list[bytes]) -> AsyncIterator[Source]:
+    """The reading side of the client's full-duplex ``Stream(response.body, output)``
+    over one HTTP/2 stream, for a ``Streamable`` that writes the chunks and returns."""
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        async def write_chunks(stream: duplex.Stream) -> None:
+            for chunk in chunks:
+                await stream.write(chunk)
+
+        return duplex.Response(200, body=duplex.Streamable(write_chunks))
+
+    async with (
+        deadlock_guard(),
+        serving(handler) as server,
+        duplex.Client(http2="prior-knowledge") as client,
+    ):
+        output = duplex.Writable()
+        response = await client.post(url(server), body=output)
+        yield StreamReader(duplex.Stream(response.body, output))
+
+
 READABLES: list[Factory] = [
     server_request_body,
     server_request_body_with_length,
@@ -261,10 +335,14 @@ READABLES: list[Factory] = [
     client_response_body_with_length,
     client_stream_input,
     channel_response_body,
+    h2_client_response_body,
+    h2_client_response_body_with_length,
+    h2_client_stream_input,
 ]
 READABLES_WITH_LENGTH: list[BodyFactory] = [
     server_request_body_with_length,
     client_response_body_with_length,
+    h2_client_response_body_with_length,
 ]
 
 
@@ -343,7 +421,29 @@ async def client_and_channel() -> AsyncIterator[tuple[duplex.Stream, duplex.Stre
         yield duplex.Stream(response.body, output), duplex.Stream(received, sent)
 
 
-PAIRS: list[PairFactory] = [streamable_and_client, client_and_streamable, client_and_channel]
+@asynccontextmanager
+async def h2_client_and_streamable() -> AsyncIterator[tuple[duplex.Stream, duplex.Stream]]:
+    """The client's full-duplex stream over one HTTP/2 stream, and a ``Streamable``'s
+    stream as its peer."""
+    async with deadlock_guard(), open_exchange(http2="prior-knowledge") as exchange:
+        yield exchange.client_stream, exchange.server_stream
+
+
+@asynccontextmanager
+async def h2_streamable_and_client() -> AsyncIterator[tuple[duplex.Stream, duplex.Stream]]:
+    """A ``Streamable``'s stream, and the client's full-duplex stream over one HTTP/2
+    stream as its peer."""
+    async with deadlock_guard(), open_exchange(http2="prior-knowledge") as exchange:
+        yield exchange.server_stream, exchange.client_stream
+
+
+PAIRS: list[PairFactory] = [
+    streamable_and_client,
+    client_and_streamable,
+    client_and_channel,
+    h2_client_and_streamable,
+    h2_streamable_and_client,
+]
 
 
 @pytest.fixture(params=PAIRS, ids=lambda factory: factory.__name__)
@@ -384,7 +484,43 @@ async def streamable_output() -> AsyncIterator[Pipe]:
         yield Pipe(exchange.server_stream.output, exchange.response.body)
 
 
-PIPES: list[PipeFactory] = [client_request_body, streamable_output]
+@asynccontextmanager
+async def h2_client_request_body() -> AsyncIterator[Pipe]:
+    """A ``Writable`` the client sends as the request body of an HTTP/2 stream, read as
+    ``request.body``."""
+    handoff: Handoff[duplex.Readable] = Handoff()
+    async with (
+        deadlock_guard(),
+        serving(hand_over_body(handoff)) as server,
+        duplex.Client(http2="prior-knowledge") as client,
+        tasks() as nursery,
+    ):
+        body = duplex.Writable()
+
+        async def post() -> None:
+            with contextlib.suppress(duplex.ProtocolError):  # a test may break the body
+                await client.post(url(server), body=body)
+
+        nursery.start_soon(post)
+        async with handoff.taken() as request_body:
+            yield Pipe(body, request_body)
+
+
+@asynccontextmanager
+async def h2_streamable_output() -> AsyncIterator[Pipe]:
+    """A ``Streamable``'s output, read by the client as ``response.body`` of an HTTP/2
+    stream."""
+    async with deadlock_guard(), open_exchange(http2="prior-knowledge") as exchange:
+        assert exchange.server_stream.output is not None
+        yield Pipe(exchange.server_stream.output, exchange.response.body)
+
+
+PIPES: list[PipeFactory] = [
+    client_request_body,
+    streamable_output,
+    h2_client_request_body,
+    h2_streamable_output,
+]
 
 
 @pytest.fixture(params=PIPES, ids=lambda factory: factory.__name__)
@@ -613,7 +749,10 @@ async def test_a_response_cut_mid_body_breaks_the_clients_read_with_a_cause() ->
 
 @asynccontextmanager
 async def exchanges(
-    *, clogged: bool = False, upload: bool = True
+    *,
+    clogged: bool = False,
+    upload: bool = True,
+    http2: bool | Literal["prior-knowledge"] = False,
 ) -> AsyncIterator[Callable[[], Awaitable[tuple[duplex.Stream, duplex.Stream]]]]:
     """A stream maker for trio's checkers: each call opens a new exchange and returns
     ``(the Streamable's stream, the client's stream)``; all end with the block.
@@ -623,7 +762,8 @@ async def exchanges(
     the maker returns, so that a write blocks until the other end reads. The client
     sends from a ``Writable(0)`` written until a write blocks (then cancelled, which an
     in-memory write allows); the server's stream is written while
-    ``wait_send_all_might_not_block`` says it may.
+    ``wait_send_all_might_not_block`` says it may. ``http2`` as the client takes it
+    (``"prior-knowledge"``: each exchange is a stream of one HTTP/2 connection).
     """
     streams: trio.MemorySendChannel[duplex.Stream]
     streams, taken = trio.open_memory_channel[duplex.Stream](100)
@@ -645,7 +785,7 @@ async def exchanges(
     server_limits = duplex.Limits(linger_timeout=0.2)
     async with (
         serving(handler, limits=server_limits) as server,
-        duplex.Client(limits=limits) as client,
+        duplex.Client(limits=limits, http2=http2) as client,
     ):
 
         async def make() -> tuple[duplex.Stream, duplex.Stream]:
@@ -675,6 +815,22 @@ async def test_a_streamable_and_a_client_exchange_pass_trios_half_closeable_stre
 async def test_clogged_exchanges_pass_trios_half_closeable_stream_check() -> None:
     with trio.fail_after(TIMEOUT):
         async with deadlock_guard(), exchanges() as make, exchanges(clogged=True) as clogged:
+            await trio.testing.check_half_closeable_stream(make, clogged)
+
+
+async def test_a_streamable_and_a_client_h2_stream_pass_trios_half_closeable_stream_check() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with deadlock_guard(), exchanges(http2="prior-knowledge") as make:
+            await trio.testing.check_half_closeable_stream(make, None)
+
+
+async def test_clogged_h2_streams_pass_trios_half_closeable_stream_check() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            deadlock_guard(),
+            exchanges(http2="prior-knowledge") as make,
+            exchanges(http2="prior-knowledge", clogged=True) as clogged,
+        ):
             await trio.testing.check_half_closeable_stream(make, clogged)
 
 

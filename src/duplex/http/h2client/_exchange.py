@@ -35,8 +35,9 @@ log = logging.getLogger("duplex.client")
 RequestContent: TypeAlias = "bytes | Readable | AsyncIterable[bytes] | None"
 
 #: Response bytes dropped, once the request has gone out, before a response its reader
-#: gave up is cut off (reset), beyond what the request body carried: see ``_start_linger``.
-_LINGER_SIZE = 1 << 20
+#: gave up is cut off (reset), beyond what the request body carried: see
+#: ``_start_linger``. An echo owes at most the request body; one stream window more.
+_LINGER_SIZE = 65536
 
 #: Bytes read from a stream before its window is given back in one WINDOW_UPDATE (all
 #: of it at once when the reader has taken everything that arrived).
