@@ -286,6 +286,19 @@ async def test_a_body_over_max_body_size_gets_413() -> None:
             assert (await peer.response(streamed)).status == 413
 
 
+async def test_a_plain_connect_gets_501() -> None:
+    recorder = Recorder()
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(recorder) as server, H2Peer.connect(server.port) as peer:
+            stream_id = peer.conn.get_next_available_stream_id()
+            peer.conn.send_headers(
+                stream_id, [(b":method", b"CONNECT"), (b":authority", b"elsewhere.example:443")]
+            )
+            await peer.flush()
+            assert (await peer.response(stream_id)).status == 501
+    assert recorder.targets == []
+
+
 async def test_a_request_body_that_stops_coming_gets_408() -> None:
     async def reader(request: duplex.Request) -> duplex.Response:
         await request.body.join()

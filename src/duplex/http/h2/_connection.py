@@ -434,6 +434,9 @@ class H2ServerConnection:
         limit = self.limits.max_body_size
         if length is not None and limit is not None and length > limit:
             exchange.body_failed(ProtocolError("the request body is too large", 413))
+        elif request.method == "CONNECT" and "upgrade" not in request.headers:
+            # A tunnel, not an extended CONNECT: duplex is no proxy (as over HTTP/1.1).
+            exchange.body_failed(ProtocolError("CONNECT is not supported", 501))
         self.streams[stream_id] = exchange
         self.nursery.start_soon(self._run_stream, exchange)
 
@@ -485,8 +488,9 @@ class H2ServerConnection:
 
     async def _run_stream(self, exchange: H2Exchange) -> None:
         try:
-            with exchange.scope:
-                await respond(exchange)
+            if not exchange.failed:  # (refused before its handler started: 413, 501)
+                with exchange.scope:
+                    await respond(exchange)
             status = exchange.error_status
             if status is not None and not exchange.head_started and not exchange.closed:
                 await self._answer(exchange, status)
