@@ -7,8 +7,9 @@ HTTP/1.1 on 127.0.0.1: the server's ``request.body``, the ``Stream`` a ``Streama
 gets and its output, the client's request and response bodies, and a plain-HTTP channel
 as its client sees it; and the client's bodies over HTTP/2 (h2c, one stream each: the
 ``h2_`` factories) with their peers on duplex's server. trio's stream checkers and
-hypothesis properties run on the same ends. What the suites cannot say about a socket (a peer learns of a close only later, a
-write blocks once the socket is full) has tests of its own at the end.
+hypothesis properties run on the same ends. What the suites cannot say about a socket
+(a peer learns of a close only later, a write blocks once the socket is full) has tests
+of its own at the end.
 
 A test that fails today because of a defect is marked xfail, strictly, from the
 ``KNOWN_FAILURES`` table, which says what is wrong.
