@@ -23,6 +23,7 @@ import trustme
 import duplex
 from _client_support import DUPLEX, SUBPROCESS_TIMEOUT, echo, echo_process, start_duplex, url
 from _h2_client_support import H2Peer, RawH2Server, hypercorn_h2, tls_contexts
+from duplex.http.h2client import H2ResponseBody
 
 TIMEOUT = 10.0
 """Seconds any one test may take: only a hang ever comes close."""
@@ -592,3 +593,99 @@ async def test_duplex_request_speaks_h2c_with_prior_knowledge() -> None:
             )
         assert result.returncode == 0, result.stderr
         assert result.stdout == data
+
+
+# -- timeouts, trailers, cancellation --------------------------------------------------
+
+
+async def test_a_window_that_stays_shut_raises_a_write_timeout(nursery: trio.Nursery) -> None:
+    limits = duplex.ClientLimits(write_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.closed.wait()  # reads nothing: the window never opens again
+
+            nursery.start_soon(serve)
+            response = await client.post(server.url + "/", body=b"x" * 200_000)
+            with pytest.raises(duplex.Timeout) as caught:
+                await response.body.read()
+            assert caught.value.phase == "write"
+
+
+async def test_a_request_waits_for_a_free_stream_no_longer_than_the_pool_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    limits = duplex.ClientLimits(max_connections_per_origin=1, pool_timeout=0.2)
+    settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1}
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery, settings)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            first = await client.get(server.url + "/")
+            with pytest.raises(duplex.Timeout) as caught:
+                await client.get(server.url + "/")
+            assert caught.value.phase == "pool"
+            await first.aclose()
+
+
+async def test_the_trailers_of_a_response_are_kept_on_its_body(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"body")
+                peer.h2.send_headers(request.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            assert await response.read() == b"body"
+            assert isinstance(response.body, H2ResponseBody)
+            assert response.body.trailers == [(b"grpc-status", b"0")]
+
+
+async def test_a_request_cancelled_before_its_head_resets_only_its_stream(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                first = await peer.next(h2.events.RequestReceived)
+                reset = await peer.next(h2.events.StreamReset)
+                assert reset.stream_id == first.stream_id
+                second = await peer.next(h2.events.RequestReceived)
+                peer.respond(second.stream_id)
+                peer.h2.send_data(second.stream_id, b"still here", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(client.get, server.url + "/")
+                await trio.testing.wait_all_tasks_blocked()
+                waiting.cancel_scope.cancel()
+            response = await client.get(server.url + "/")
+            assert await response.read() == b"still here"
+            assert server.connections == 1
