@@ -168,6 +168,8 @@ class H2ServerConnection:
 
         Raises ``PeerGone`` once the connection broke or timed out (it then closes).
         """
+        if self._broken:
+            raise PeerGone("the connection is closed")
         self._take_output()
         if not self._outgoing:
             await trio.lowlevel.checkpoint()
@@ -181,7 +183,8 @@ class H2ServerConnection:
                     self._sent = target
                     await self.transport.spend()
                     return
-        self._flusher.unpark()
+        # (Also when the socket took part: the rest waits in the transport.)
+        self.flush_soon()
         while self._sent < target:
             if self._broken:
                 raise PeerGone("the connection broke")
@@ -264,6 +267,8 @@ class H2ServerConnection:
         except Exception:
             log.exception("unexpected error serving %s over HTTP/2", self.client)
         finally:
+            self._broken = True  # (a flush waiting, or still to come, raises)
+            self._sent_lot.unpark_all()
             for exchange in list(self.streams.values()):
                 exchange.peer_reset(PeerGone("the connection closed"))
             self.transport.cut()
