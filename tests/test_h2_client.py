@@ -689,3 +689,34 @@ async def test_a_request_cancelled_before_its_head_resets_only_its_stream(
             response = await client.get(server.url + "/")
             assert await response.read() == b"still here"
             assert server.connections == 1
+
+
+async def test_a_kept_connection_the_server_closed_unanswered_is_retried_on_a_new_one(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def first_connection() -> None:
+                peer = await server.accept()
+                nursery.start_soon(second_connection)
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"first", end_stream=True)
+                await peer.send()
+                await peer.next(h2.events.RequestReceived)
+                await peer.stream.aclose()  # closed as idle, the request crossing it
+
+            async def second_connection() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"second", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(first_connection)
+            assert await (await client.get(server.url + "/")).read() == b"first"
+            assert await (await client.get(server.url + "/")).read() == b"second"
+            assert server.connections == 2

@@ -125,6 +125,13 @@ class H2ClientConnection:
         self.goaway = False
         #: Why the connection ended, once it has (then it is closed).
         self.error: BaseException | None = None
+        #: True if it ended by the server's close or a broken socket (not a protocol
+        #: error, nor our own close).
+        self.cut_off = False
+        #: Bytes read from the socket so far.
+        self.bytes_received = 0
+        #: Streams opened on it so far.
+        self.streams_opened = 0
         self.closed = False
         self._outbound = bytearray()
         self._queued = 0  # bytes ever put in the outbound buffer
@@ -199,6 +206,7 @@ class H2ClientConnection:
         except h2.exceptions.ProtocolError as error:
             raise ProtocolError(f"cannot send this request: {error}", 500) from error
         self.reserved -= 1
+        self.streams_opened += 1
         self.exchanges[stream_id] = exchange
         self.pull()
         return stream_id
@@ -299,12 +307,11 @@ class H2ClientConnection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop)
                     await self._read_loop()
-            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-                error = _first(group)
             except* h2.exceptions.ProtocolError as group:
                 error = translate(_first(group))
-            except* ProtocolError as group:
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
                 error = _first(group)
+                self.cut_off = True
         if error is None:
             error = trio.ClosedResourceError("the HTTP/2 connection was closed")
         self._end(error)
@@ -315,6 +322,7 @@ class H2ClientConnection:
             data = await self.stream.receive_some(self._read_size)
             if not data:
                 raise ProtocolError("the server closed the HTTP/2 connection")
+            self.bytes_received += len(data)
             try:
                 events = h.receive_data(data)
             except h2.exceptions.ProtocolError:

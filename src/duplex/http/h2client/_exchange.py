@@ -87,6 +87,7 @@ class H2Exchange:
         self._nursery: trio.Nursery | None = None
         self._linger: trio.CancelScope | None = None
         self._linger_left = 0
+        self._received_before = 0
         self.stream_id = 0
         self._request = _SENDING
         self._response = _HEAD
@@ -119,6 +120,7 @@ class H2Exchange:
         self._nursery = nursery
         connection = self.connection
         empty = body is None or (isinstance(body, bytes) and not body)
+        self._received_before = connection.bytes_received
         self.stream_id = connection.open_stream(self, headers, end=empty)
         if empty:
             self._request = _SENT
@@ -327,6 +329,19 @@ class H2Exchange:
         self._window.unpark_all()
 
     def on_connection_error(self, error: BaseException) -> None:
+        connection = self.connection
+        if (
+            self._response == _HEAD
+            and connection.cut_off
+            and connection.streams_opened > 1
+            and connection.bytes_received == self._received_before
+        ):
+            # A connection kept from earlier streams that the server closed as this one
+            # opened, with no byte since: as over HTTP/1.1, the request may go again.
+            refused = StreamRefused("the server closed the connection before it answered")
+            refused.__cause__ = error
+            self._fail_all(refused)
+            return
         if isinstance(error, ProtocolError | Timeout):
             mapped = error
         else:
