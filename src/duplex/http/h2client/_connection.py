@@ -13,6 +13,7 @@ bounds what it may buffer), each stream's only as its reader reads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from math import inf
@@ -22,13 +23,12 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
-import h2.exceptions
 import h2.settings
 import trio
 from trio.lowlevel import ParkingLot
 
 from ..._errors import ProtocolError, Timeout
-from ..._foreign import translate
+from ..._foreign import mapped
 from .._transport import raw_socket
 
 if TYPE_CHECKING:
@@ -201,10 +201,8 @@ class H2ClientConnection:
                 "the server takes no new stream on this connection (GOAWAY)", unsent=True
             )
         stream_id = self.h2.get_next_available_stream_id()
-        try:
+        with mapped():
             self.h2.send_headers(stream_id, headers, end_stream=end)
-        except h2.exceptions.ProtocolError as error:
-            raise ProtocolError(f"cannot send this request: {error}", 500) from error
         self.reserved -= 1
         self.streams_opened += 1
         self.exchanges[stream_id] = exchange
@@ -229,10 +227,8 @@ class H2ClientConnection:
         """End a stream at once (RST_STREAM), unless it has ended already."""
         if self.closed:
             return
-        try:
-            self.h2.reset_stream(stream_id, code)
-        except h2.exceptions.ProtocolError:
-            return  # closed already: nothing to reset
+        with contextlib.suppress(trio.BrokenResourceError), mapped():
+            self.h2.reset_stream(stream_id, code)  # closed already: nothing to reset
         self.pull()
 
     def give_back(self, stream_id: int, size: int) -> None:
@@ -240,18 +236,30 @@ class H2ClientConnection:
         again (WINDOW_UPDATE)."""
         if self.closed or size <= 0:
             return
-        try:
+        # A stream that has ended has no window left to give.
+        with contextlib.suppress(trio.BrokenResourceError, KeyError), mapped():
             self.h2.increment_flow_control_window(size, stream_id)
-        except (h2.exceptions.ProtocolError, KeyError):
-            return  # the stream has ended: no window left to give
         self.pull()
 
     def window(self, stream_id: int) -> int:
         """Bytes ``stream_id`` may send now (stream and connection windows, one frame
-        at most); 0 while the server holds it back."""
+        at most); 0 while the server holds it back. Raises
+        ``trio.BrokenResourceError`` once the stream or the connection has ended."""
         self.check()
-        window = self.h2.local_flow_control_window(stream_id)
+        with mapped():
+            window = self.h2.local_flow_control_window(stream_id)
         return min(window, self.h2.max_outbound_frame_size)
+
+    def send_data(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
+        """Queue ``data`` (at most ``window``) on ``stream_id``, ending the stream if
+        ``end``. Raises ``trio.BrokenResourceError`` once it cannot carry more."""
+        self.check()
+        with mapped():
+            if data:
+                self.h2.send_data(stream_id, data)
+            if end:
+                self.h2.end_stream(stream_id)
+        self.pull()
 
     def check(self) -> None:
         """Raise ``trio.BrokenResourceError`` (the reason as ``__cause__``) once the
@@ -307,11 +315,9 @@ class H2ClientConnection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop)
                     await self._read_loop()
-            except* h2.exceptions.ProtocolError as group:
-                error = translate(_first(group))
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
                 error = _first(group)
-                self.cut_off = True
+                self.cut_off = not isinstance(error, _ServerBrokeHTTP2)
         if error is None:
             error = trio.ClosedResourceError("the HTTP/2 connection was closed")
         self._end(error)
@@ -324,10 +330,12 @@ class H2ClientConnection:
                 raise ProtocolError("the server closed the HTTP/2 connection")
             self.bytes_received += len(data)
             try:
-                events = h.receive_data(data)
-            except h2.exceptions.ProtocolError:
+                with mapped():
+                    events = h.receive_data(data)
+            except trio.BrokenResourceError as error:
                 self.pull()  # h2's GOAWAY, on its way as the connection ends
-                raise
+                cause = error.__cause__
+                raise _ServerBrokeHTTP2(f"the server broke HTTP/2: {cause}") from cause
             for event in events:
                 self._dispatch(event)
             if self._unacked >= _CONNECTION_ACK_SIZE and not self.closed:
@@ -418,6 +426,10 @@ class H2ClientConnection:
         self.exchanges.clear()
         self._flushed.unpark_all()
         self._on_change(self)
+
+
+class _ServerBrokeHTTP2(ProtocolError):
+    """What the server sent is not HTTP/2 as h2 knows it."""
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

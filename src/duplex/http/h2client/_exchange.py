@@ -13,7 +13,6 @@ from math import inf
 from typing import TypeAlias
 
 import h2.errors
-import h2.exceptions
 import trio
 from trio.lowlevel import (
     ParkingLot,
@@ -194,20 +193,13 @@ class H2Exchange:
             await self.connection.drain(self._write_timeout)
 
     def _send_frame(self, data: bytes) -> None:
-        try:
-            self.connection.h2.send_data(self.stream_id, data)
-        except h2.exceptions.ProtocolError as error:
-            raise self._request_broken(error) from error
+        self.connection.send_data(self.stream_id, data)
         self.size += len(data)
-        self.connection.pull()
 
     def _window_now(self) -> int:
         if self._request != _SENDING or self.error is not None:
             raise self._request_broken(self.error)
-        try:
-            return self.connection.window(self.stream_id)
-        except h2.exceptions.ProtocolError as error:
-            raise self._request_broken(error) from error
+        return self.connection.window(self.stream_id)
 
     async def _wait_window(self) -> int:
         """The bytes the next frame may carry, once the server's windows allow any.
@@ -229,11 +221,7 @@ class H2Exchange:
     def _end_request(self) -> None:
         if self._request != _SENDING:
             return
-        try:
-            self.connection.h2.end_stream(self.stream_id)
-        except h2.exceptions.ProtocolError as error:
-            raise self._request_broken(error) from error
-        self.connection.pull()
+        self.connection.send_data(self.stream_id, b"", end=True)
         self._request = _SENT
         self._maybe_finish()
 
