@@ -181,6 +181,29 @@ async def test_the_window_grows_only_as_the_handler_reads() -> None:
     assert got == [b"a" * 16384 + b"b" * 100]
 
 
+async def test_a_streamables_close_write_ends_the_stream_while_it_still_reads() -> None:
+    rest: list[bytes] = []
+    read_all = trio.Event()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        async def answer_then_read(stream: duplex.Stream) -> None:
+            await stream.write(b"answered early")
+            await stream.close_write()
+            rest.append(await stream.read())
+            read_all.set()
+
+        return duplex.Response(200, body=duplex.Streamable(answer_then_read))
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(handler) as server, H2Peer.connect(server.port) as peer:
+            stream_id = await peer.request("POST", "/", body=b"first part", end=False)
+            await peer.until(lambda: peer.streams[stream_id].ended)
+            assert bytes(peer.streams[stream_id].data) == b"answered early"
+            await peer.send(stream_id, b" and the rest", end=True)
+            await read_all.wait()
+    assert rest == [b"first part and the rest"]
+
+
 # -- responses -----------------------------------------------------------------------
 
 
@@ -415,6 +438,15 @@ async def test_an_idle_connection_is_closed_with_goaway() -> None:
     with trio.fail_after(TIMEOUT):
         async with serving_h2(hello, limits=limits) as server, H2Peer.connect(server.port) as peer:
             await peer.response(await peer.request("GET", "/"))
+            with pytest.raises(EOFError):
+                await peer.until(lambda: False)
+    assert peer.goaway is not None
+
+
+async def test_a_connection_that_sends_no_request_in_time_is_closed_with_goaway() -> None:
+    limits = duplex.Limits(header_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(hello, limits=limits) as server, H2Peer.connect(server.port) as peer:
             with pytest.raises(EOFError):
                 await peer.until(lambda: False)
     assert peer.goaway is not None
