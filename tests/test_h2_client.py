@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import ssl
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import h2.errors
@@ -720,3 +721,23 @@ async def test_a_kept_connection_the_server_closed_unanswered_is_retried_on_a_ne
             assert await (await client.get(server.url + "/")).read() == b"first"
             assert await (await client.get(server.url + "/")).read() == b"second"
             assert server.connections == 2
+
+
+async def test_responses_dropped_unread_free_their_streams(nursery: trio.Nursery) -> None:
+    async def endless(request: duplex.Request) -> duplex.Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                yield b"x" * 16384
+
+        return duplex.Response(200, body=chunks())
+
+    limits = duplex.Limits(max_concurrent_streams=2)
+    client_limits = duplex.ClientLimits(max_connections_per_origin=1)
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, endless, limits=limits)
+        async with duplex.Client(http2="prior-knowledge", limits=client_limits) as client:
+            for _ in range(6):
+                response = await client.get(url(server))
+                assert await response.body.read()
+                del response  # unread: its stream is given up, then freed
+            assert client.pool.open_connections() == 1
