@@ -175,20 +175,27 @@ class H2ServerConnection:
             await trio.lowlevel.checkpoint()
             return
         target = self._queued
-        if not self._sending:
-            written = self.transport.write_nowait(self._outgoing)
-            if written is not None:
-                self._outgoing = []
-                if written:
-                    self._sent = target
-                    await self.transport.spend()
-                    return
-        # (Also when the socket took part: the rest waits in the transport.)
+        if self._write_now():
+            await self.transport.spend()
+            return
         self.flush_soon()
         while self._sent < target:
             if self._broken:
                 raise PeerGone("the connection broke")
             await self._sent_lot.park()
+
+    def _write_now(self) -> bool:
+        """Write what is outgoing if the socket takes it at once: True if it took all.
+        What it took only in part waits in the transport for the sender task."""
+        if self._sending:
+            return False
+        written = self.transport.write_nowait(self._outgoing)
+        if written is None:
+            return False
+        self._outgoing = []
+        if written:
+            self._sent = self._queued
+        return written
 
     def flush_soon(self) -> None:
         """Have the sender task send what h2 has queued (from any task, no wait)."""
@@ -236,7 +243,11 @@ class H2ServerConnection:
         except h2.exceptions.ProtocolError as error:  # the connection is closed
             log.debug("no window update for stream %d: %r", exchange.stream_id, error)
             return
-        self.flush_soon()
+        # h2 sends WINDOW_UPDATE once enough was read: then straight to the socket if it
+        # takes it at once (no wait, no task), else by the sender task.
+        self._take_output()
+        if self._outgoing and not self._write_now():
+            self.flush_soon()
 
     # -- the connection's life ------------------------------------------------------------
 

@@ -168,15 +168,24 @@ class H2Exchange(Exchange):
         while True:
             self._check_open()
             with mapped():
-                room = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
-            if room <= 0 and view:
+                window = h2.local_flow_control_window(stream_id)
+            if window <= 0 and view:
                 await self._wait_window()
                 continue
-            piece, view = view[:room], view[room:]
-            last = end and not view
+            # As many frames as the window takes, then one flush for them all.
+            frame_size = h2.max_outbound_frame_size
             with mapped():
-                h2.send_data(stream_id, piece.tobytes(), end_stream=last)
-            if last:
+                while True:
+                    size = min(window, frame_size, len(view))
+                    piece = data if size == len(data) else view[:size].tobytes()
+                    view = view[size:]
+                    window -= size
+                    last = end and not view
+                    if size or last:
+                        h2.send_data(stream_id, piece, end_stream=last)
+                    if not view or window <= 0:
+                        break
+            if end and not view:
                 self._ended()
             await connection.flush()
             if not view:
