@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from contextlib import suppress
 
+import pytest
 import trio
+import trio.testing
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import duplex
-from _channel_support import CloseRecorder, Opened, RawHTTP, in_asyncio_thread, serving
+from _channel_support import CloseRecorder, Opened, in_asyncio_thread, serving
+from _protocol_support import exchange
 
 SSE_HEADERS = "Accept: text/event-stream\r\n"
 
@@ -22,56 +25,70 @@ def recording_channel(opened: Opened, closes: CloseRecorder) -> duplex.Handler:
     return handler
 
 
-async def test_a_client_leaving_an_http_stream_closes_the_channel_as_gone() -> None:
+@pytest.mark.both_protocols
+async def test_a_client_leaving_an_http_stream_closes_the_channel_as_gone(protocol: str) -> None:
     opened, closes = Opened(), CloseRecorder()
     with trio.fail_after(5):
         async with serving(recording_channel(opened, closes)) as server:
-            async with await RawHTTP.connect(server.port) as client:
-                await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with exchange(server.port, protocol) as client:
+                await client.start("/")
                 channel = await opened.one()
                 await channel.send("a chunk")
                 await client.read_head()
                 assert await client.read_chunk() == b"a chunk"
-            with trio.fail_after(1):
-                status = await channel.wait_closed()
+                await client.leave()
+                with trio.fail_after(1):
+                    status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
     assert status.kind == "gone"
     assert closes.statuses == [status]
     assert channel.state == "closed"
 
 
-async def test_a_client_leaving_a_waiting_long_poll_closes_the_channel_as_gone() -> None:
+@pytest.mark.both_protocols
+async def test_a_client_leaving_a_waiting_long_poll_closes_the_channel_as_gone(
+    protocol: str,
+) -> None:
     opened, closes = Opened(), CloseRecorder()
     with trio.fail_after(5):
         async with serving(recording_channel(opened, closes)) as server:
-            async with await RawHTTP.connect(server.port) as client:
-                await client.stream.send_all(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with exchange(server.port, protocol) as client:
+                await client.start("/poll")
                 channel = await opened.one()
-            with trio.fail_after(1):
-                status = await channel.wait_closed()
+                await client.leave()
+                with trio.fail_after(1):
+                    status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
     assert status.kind == "gone"
     assert closes.statuses == [status]
     assert not await channel.send("too late", close=True)
 
 
-async def test_a_client_leaving_an_sse_stream_closes_the_channel_as_gone() -> None:
+@pytest.mark.both_protocols
+async def test_a_client_leaving_an_sse_stream_closes_the_channel_as_gone(protocol: str) -> None:
     opened, closes = Opened(), CloseRecorder()
     with trio.fail_after(5):
         async with serving(recording_channel(opened, closes)) as server:
-            async with await RawHTTP.connect(server.port) as client:
+            async with exchange(server.port, protocol) as client:
                 await client.request("/events", headers=SSE_HEADERS)
                 channel = await opened.one()
-            with trio.fail_after(1):
-                status = await channel.wait_closed()
+                await client.leave()
+                with trio.fail_after(1):
+                    status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
     assert status.kind == "gone"
     assert closes.statuses == [status]
 
 
-async def test_closing_from_the_server_calls_on_close_once_with_kind_server() -> None:
+@pytest.mark.both_protocols
+async def test_closing_from_the_server_calls_on_close_once_with_kind_server(
+    protocol: str,
+) -> None:
     opened, closes = Opened(), CloseRecorder()
     with trio.fail_after(5):
         async with (
             serving(recording_channel(opened, closes)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS)
             channel = await opened.one()
@@ -84,16 +101,17 @@ async def test_closing_from_the_server_calls_on_close_once_with_kind_server() ->
     assert closes.statuses == [status]
 
 
-async def test_server_shutdown_closes_streaming_channels_as_shutdown() -> None:
+@pytest.mark.both_protocols
+async def test_server_shutdown_closes_streaming_channels_as_shutdown(protocol: str) -> None:
     opened, closes = Opened(), CloseRecorder()
     with trio.fail_after(5):
         async with serving(recording_channel(opened, closes)) as server:
             async with (
-                await RawHTTP.connect(server.port) as sse,
-                await RawHTTP.connect(server.port) as http,
+                exchange(server.port, protocol) as sse,
+                exchange(server.port, protocol) as http,
             ):
                 await sse.request("/events", headers=SSE_HEADERS)
-                await http.stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await http.start("/")
                 channels = await opened.wait(2)
                 await server.shutdown(grace=2)
                 assert await sse.read_body() == b""
@@ -131,19 +149,24 @@ async def test_server_shutdown_closes_a_websocket_with_1001() -> None:
     assert closes.statuses == [status]
 
 
-async def test_a_client_leaving_with_its_request_body_unread_closes_the_channel_as_gone() -> None:
+@pytest.mark.both_protocols
+async def test_a_client_leaving_with_its_request_body_unread_closes_the_channel_as_gone(
+    protocol: str,
+) -> None:
     opened, closes = Opened(), CloseRecorder()
-    chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
     with trio.fail_after(5):
         async with serving(recording_channel(opened, closes)) as server:
-            async with await RawHTTP.connect(server.port) as client:
-                await client.stream.send_all(
-                    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                )
+            async with exchange(server.port, protocol) as client:
+                await client.start("/", method="POST", body=True)
                 channel = await opened.one()
-                for _ in range(16):  # more than the server buffers for an unread body
-                    await client.stream.send_all(chunk)
-            with trio.fail_after(1):
-                status = await channel.wait_closed()
+                if protocol == "h1":
+                    for _ in range(16):  # more than the server buffers for an unread body
+                        await client.send(b"x" * 0x4000)
+                else:  # the window of an unread body: the server buffers no more
+                    await client.send(b"x" * 65535)
+                await client.leave()
+                with trio.fail_after(1):
+                    status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
     assert status.kind == "gone"
     assert closes.statuses == [status]

@@ -4,10 +4,12 @@ before it sends more); a request without one keeps the long-poll reply."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 import duplex
 from _channel_support import Opened, RawHTTP, serving
+from _protocol_support import exchange
 
 
 def echoing(opened: Opened | None = None) -> duplex.Handler:
@@ -19,13 +21,18 @@ def echoing(opened: Opened | None = None) -> duplex.Handler:
     return handler
 
 
-async def test_a_client_posting_a_writable_exchanges_messages_with_the_channel() -> None:
+@pytest.mark.both_protocols
+async def test_a_client_posting_a_writable_exchanges_messages_with_the_channel(
+    protocol: str,
+) -> None:
     with trio.fail_after(5):
         async with serving(echoing()) as server, duplex.Client() as client:
             output = duplex.Writable()
             response = await client.post(f"http://127.0.0.1:{server.port}/room", body=output)
             assert response.status == 200
-            assert response.headers["transfer-encoding"] == "chunked"
+            assert response.http_version == {"h1": "1.1", "h2": "2"}[protocol]
+            if protocol == "h1":
+                assert response.headers["transfer-encoding"] == "chunked"
             stream = duplex.Stream(response.body, output)
             await stream.write(b"one")
             assert await stream.readpartial() == b"one"
@@ -34,17 +41,17 @@ async def test_a_client_posting_a_writable_exchanges_messages_with_the_channel()
             await stream.close_write()
 
 
-async def test_a_chunked_request_gets_the_head_before_any_message() -> None:
+@pytest.mark.both_protocols
+async def test_a_streaming_request_gets_the_head_before_any_message(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
-        async with serving(echoing(opened)) as server, await RawHTTP.connect(server.port) as raw:
-            await raw.stream.send_all(
-                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
+        async with serving(echoing(opened)) as server, exchange(server.port, protocol) as raw:
+            await raw.start("/", method="POST", body=True)
             await raw.read_head()
             assert raw.status == 200
-            assert raw.headers["transfer-encoding"] == "chunked"
-            await raw.stream.send_all(b"5\r\nhello\r\n")
+            if protocol == "h1":
+                assert raw.headers["transfer-encoding"] == "chunked"
+            await raw.send(b"hello")
             assert await raw.read_chunk() == b"hello"
             channel = await opened.one()
             assert channel.is_open
@@ -60,6 +67,7 @@ async def test_a_content_length_body_still_arriving_gets_the_head_before_any_mes
             assert await raw.read_until(b"0123456789") == b"0123456789"
 
 
+@pytest.mark.both_protocols
 async def test_a_request_whose_body_the_handler_read_gets_a_long_poll_reply() -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         question = await request.body.join()
@@ -74,6 +82,7 @@ async def test_a_request_whose_body_the_handler_read_gets_a_long_poll_reply() ->
             assert await response.read() == b"re: news?"
 
 
+@pytest.mark.both_protocols
 async def test_a_room_that_waits_for_the_client_hears_a_client_that_waits_for_the_head() -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         said = trio.Event()

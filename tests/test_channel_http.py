@@ -9,7 +9,8 @@ import pytest
 import trio
 
 import duplex
-from _channel_support import CloseRecorder, Opened, RawHTTP, request_bytes, serving
+from _channel_support import CloseRecorder, Opened, serving
+from _protocol_support import exchange
 
 CURL = shutil.which("curl")
 
@@ -46,19 +47,21 @@ async def test_curl_receives_chunky_chunks_then_monkey_from_before_close() -> No
     assert body == b"chunky 0\nchunky 1\nchunky 2\nmonkey!\n"
 
 
-async def test_chunks_reach_the_client_while_the_channel_stays_open() -> None:
+@pytest.mark.both_protocols
+async def test_chunks_reach_the_client_while_the_channel_stays_open(protocol: str) -> None:
     opened = Opened()
 
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(request, on_open=opened)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
-            await client.stream.send_all(request_bytes())
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
+            await client.start("/")
             channel = await opened.one()
             assert await channel.send(b"first")
             await client.read_head()
-            assert client.headers["transfer-encoding"] == "chunked"
+            if protocol == "h1":
+                assert client.headers["transfer-encoding"] == "chunked"
             assert await client.read_chunk() == b"first"
             assert await channel.send("second")
             assert await client.read_chunk() == b"second"
@@ -67,6 +70,7 @@ async def test_chunks_reach_the_client_while_the_channel_stays_open() -> None:
             assert await client.read_chunk() == b""
 
 
+@pytest.mark.both_protocols
 async def test_a_long_poll_reply_is_one_response_with_content_length() -> None:
     opened = Opened()
     closes = CloseRecorder()
@@ -101,6 +105,7 @@ async def test_a_long_poll_reply_is_one_response_with_content_length() -> None:
     assert not await channel.send(b"more")
 
 
+@pytest.mark.both_protocols
 async def test_a_long_poll_channel_closed_without_data_answers_an_empty_reply() -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(request, after_open=lambda channel: channel.close())
@@ -113,6 +118,7 @@ async def test_a_long_poll_channel_closed_without_data_answers_an_empty_reply() 
             assert await response.read() == b""
 
 
+@pytest.mark.both_protocols
 async def test_a_channel_answers_with_its_status_and_headers() -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(
@@ -130,6 +136,7 @@ async def test_a_channel_answers_with_its_status_and_headers() -> None:
             assert await response.read() == b"accepted"
 
 
+@pytest.mark.both_protocols
 async def test_an_http_channel_is_not_a_websocket() -> None:
     seen: list[tuple[str, bool]] = []
 
@@ -146,7 +153,8 @@ async def test_an_http_channel_is_not_a_websocket() -> None:
     assert seen == [("http", False)]
 
 
-async def test_on_receive_gets_the_request_body_in_order() -> None:
+@pytest.mark.both_protocols
+async def test_on_receive_gets_the_request_body_in_order(protocol: str) -> None:
     received: list[bytes] = []
     done = trio.Event()
 
@@ -160,12 +168,11 @@ async def test_on_receive_gets_the_request_body_in_order() -> None:
         return duplex.channel(request, on_receive=on_receive)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
-            await client.stream.send_all(
-                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n"
-            )
-            await client.stream.send_all(b"3\r\ntwo\r\n")
-            await client.stream.send_all(b"5\r\nthree\r\n0\r\n\r\n")
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
+            await client.start("/", method="POST", body=True)
+            for chunk in (b"one", b"two", b"three"):
+                await client.send(chunk)
+            await client.end()
             await client.read_head()
             assert await client.read_body() == b"onetwothree"
     assert done.is_set()

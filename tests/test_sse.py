@@ -14,7 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import duplex
-from _channel_support import Opened, RawHTTP, serving
+from _channel_support import Opened, serving
+from _protocol_support import exchange
 from duplex.sse import Event, EventParser, comment, events
 
 SSE_HEADERS = "Accept: text/event-stream\r\n"
@@ -30,29 +31,32 @@ def sse_channel(opened: Opened, heartbeat: float | None = 15.0) -> duplex.Handle
 # -- on the wire ----------------------------------------------------------------------
 
 
-async def test_an_sse_channel_answers_200_event_stream_without_caching() -> None:
+@pytest.mark.both_protocols
+async def test_an_sse_channel_answers_200_event_stream_without_caching(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(sse_channel(opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS)
             channel = await opened.one()
     assert client.status == 200
     assert client.headers["content-type"].startswith("text/event-stream")
     assert client.headers["cache-control"] == "no-cache"
-    assert client.headers["transfer-encoding"] == "chunked"
+    if protocol == "h1":
+        assert client.headers["transfer-encoding"] == "chunked"
     assert channel.transport == "sse"
     assert not channel.is_websocket
 
 
-async def test_an_event_goes_out_as_event_id_and_data_lines() -> None:
+@pytest.mark.both_protocols
+async def test_an_event_goes_out_as_event_id_and_data_lines(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(sse_channel(opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS)
             channel = await opened.one()
@@ -61,12 +65,13 @@ async def test_an_event_goes_out_as_event_id_and_data_lines() -> None:
     assert data == b"event: greeting\nid: 7\ndata: hello\n\n"
 
 
-async def test_multi_line_data_goes_out_as_one_data_line_per_line() -> None:
+@pytest.mark.both_protocols
+async def test_multi_line_data_goes_out_as_one_data_line_per_line(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(sse_channel(opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS)
             channel = await opened.one()
@@ -75,12 +80,13 @@ async def test_multi_line_data_goes_out_as_one_data_line_per_line() -> None:
     assert data == b"data: one\ndata: two\ndata: three\ndata: four\n\n"
 
 
-async def test_plain_text_sent_on_sse_becomes_a_data_only_event() -> None:
+@pytest.mark.both_protocols
+async def test_plain_text_sent_on_sse_becomes_a_data_only_event(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(sse_channel(opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS)
             channel = await opened.one()
@@ -90,12 +96,13 @@ async def test_plain_text_sent_on_sse_becomes_a_data_only_event() -> None:
     assert data == b"data: plain\n\ndata: bytes\n\n"
 
 
-async def test_an_idle_sse_channel_sends_comment_heartbeats() -> None:
+@pytest.mark.both_protocols
+async def test_an_idle_sse_channel_sends_comment_heartbeats(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(sse_channel(opened, heartbeat=0.05)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS)
             await opened.one()
@@ -105,12 +112,13 @@ async def test_an_idle_sse_channel_sends_comment_heartbeats() -> None:
     assert re.fullmatch(rb"(:[^\n]*\n)+\n", comment())
 
 
-async def test_the_last_event_id_header_is_on_the_channel() -> None:
+@pytest.mark.both_protocols
+async def test_the_last_event_id_header_is_on_the_channel(protocol: str) -> None:
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(sse_channel(opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/events", headers=SSE_HEADERS + "Last-Event-ID: 41\r\n")
             channel = await opened.one()
@@ -233,6 +241,7 @@ def test_the_parser_takes_retry_and_keeps_the_last_event_id() -> None:
 # -- the reconnecting reader ----------------------------------------------------------
 
 
+@pytest.mark.both_protocols
 async def test_events_reconnects_honouring_retry_and_last_event_id_and_gets_what_it_missed() -> (
     None
 ):
@@ -273,6 +282,7 @@ async def test_events_reconnects_honouring_retry_and_last_event_id_and_gets_what
     assert seen_ids == [None, "1"]
 
 
+@pytest.mark.both_protocols
 async def test_events_stops_sending_last_event_id_once_the_server_resets_it() -> None:
     seen_ids: list[str | None] = []
     replies = [Event("a", id="5", retry=10), Event("b", id=""), Event("c")]

@@ -1,0 +1,175 @@
+"""A raw peer of either protocol, for the tests that run over both (conftest's
+``both_protocols``): ``exchange(port, protocol)`` opens a connection and gives one
+exchange on it with RawHTTP's reading interface (``request``, ``read_head``,
+``read_chunk``, ``read_body``, ``read_until``, ``status``, ``headers``), plus ``start``,
+``send`` and ``end`` for a request body that streams and ``leave`` for a client that
+goes away mid-exchange.
+
+Over HTTP/1.1 it is ``RawHTTP`` on a socket (a body goes chunked); over HTTP/2 it is one
+stream of a raw h2 peer (``H2Peer``, h2c with prior knowledge), a chunk being what one
+DATA frame carried. ``leave`` closes the socket over HTTP/1.1 and resets the stream
+(RST_STREAM CANCEL, the connection staying up) over HTTP/2; leaving the ``async with``
+closes the connection either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import h2.events
+import trio
+
+from _channel_support import ConnectionEnded, RawHTTP
+from _h2_support import H2Peer
+
+__all__ = ["H1Exchange", "H2Exchange", "exchange"]
+
+
+def _fields(headers: str) -> list[tuple[str, str]]:
+    """``Name: value\\r\\n`` lines as (lower-case name, value) pairs."""
+    pairs = []
+    for line in headers.split("\r\n"):
+        if line:
+            name, _, value = line.partition(":")
+            pairs.append((name.strip().lower(), value.strip()))
+    return pairs
+
+
+class H1Exchange(RawHTTP):
+    """``RawHTTP`` that can also start a request whose body streams (chunked)."""
+
+    async def start(
+        self, target: str = "/", *, method: str = "GET", headers: str = "", body: bool = False
+    ) -> None:
+        """Send the request head; ``body``: a chunked body follows (``send``, ``end``)."""
+        framing = "Transfer-Encoding: chunked\r\n" if body else ""
+        head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}{headers}\r\n"
+        await self.stream.send_all(head.encode())
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(b"%x\r\n%s\r\n" % (len(data), data))
+
+    async def end(self) -> None:
+        await self.stream.send_all(b"0\r\n\r\n")
+
+    async def leave(self) -> None:
+        """Go away mid-exchange: close the connection."""
+        await trio.aclose_forcefully(self.stream)
+
+
+class _Peer(H2Peer):
+    """``H2Peer`` taking frames in one at a time, so that a graceful GOAWAY read
+    together with the DATA that follows it leaves the connection open for that DATA."""
+
+    _pending = b""
+
+    async def _receive_once(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.closed = True
+            raise EOFError("the server closed the connection")
+        pending = self._pending + data
+        while len(pending) >= 9 and len(pending) >= 9 + int.from_bytes(pending[:3], "big"):
+            size = 9 + int.from_bytes(pending[:3], "big")
+            for event in self.conn.receive_data(pending[:size]):
+                self._take(event)
+            pending = pending[size:]
+        self._pending = pending
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        await self.flush()
+
+
+class H2Exchange:
+    """One stream of a raw HTTP/2 peer, read as ``RawHTTP`` reads a response."""
+
+    def __init__(self, peer: H2Peer) -> None:
+        self.peer = peer
+        self.stream_id = 0
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._seen = 0  # events of the peer's that read_chunk has looked at
+
+    async def start(
+        self, target: str = "/", *, method: str = "GET", headers: str = "", body: bool = False
+    ) -> None:
+        """Open the stream with the request's HEADERS; ``body``: DATA follows."""
+        self.stream_id = await self.peer.request(method, target, _fields(headers), end=not body)
+
+    async def request(self, target: str = "/", *, headers: str = "") -> None:
+        """Send a GET for ``target`` and read the response head."""
+        await self.start(target, headers=headers)
+        await self.read_head()
+
+    async def _receive(self) -> None:
+        try:
+            await self.peer.receive()
+        except EOFError:
+            raise ConnectionEnded("the server closed the connection") from None
+
+    async def read_head(self) -> None:
+        state = self.peer.streams[self.stream_id]
+        while state.status is None:
+            if state.reset is not None:
+                raise ConnectionEnded(f"the stream was reset ({state.reset})")
+            await self._receive()
+        self.status = state.status
+        self.headers = {name.decode(): value.decode("latin-1") for name, value in state.headers}
+
+    async def read_chunk(self) -> bytes:
+        """What the next non-empty DATA frame carried; ``b""`` at the stream's end."""
+        while True:
+            while self._seen < len(self.peer.events):
+                event = self.peer.events[self._seen]
+                self._seen += 1
+                if getattr(event, "stream_id", None) != self.stream_id:
+                    continue
+                if isinstance(event, h2.events.DataReceived) and event.data:
+                    return bytes(event.data)
+                if isinstance(event, h2.events.StreamEnded):
+                    return b""
+                if isinstance(event, h2.events.StreamReset):
+                    raise ConnectionEnded(f"the stream was reset ({event.error_code})")
+            await self._receive()
+
+    async def read_body(self) -> bytes:
+        """The rest of the body."""
+        chunks = []
+        while chunk := await self.read_chunk():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_until(self, marker: bytes) -> bytes:
+        """DATA (joined) up to and including the frame that completes ``marker``."""
+        data = b""
+        while marker not in data:
+            chunk = await self.read_chunk()
+            if not chunk:
+                raise ConnectionEnded(data)
+            data += chunk
+        return data
+
+    async def send(self, data: bytes) -> None:
+        await self.peer.send(self.stream_id, data)
+
+    async def end(self) -> None:
+        await self.peer.end(self.stream_id)
+
+    async def leave(self) -> None:
+        """Go away mid-exchange: reset the stream (the connection stays up)."""
+        await self.peer.reset(self.stream_id)
+
+
+@asynccontextmanager
+async def exchange(port: int, protocol: str) -> AsyncIterator[H1Exchange | H2Exchange]:
+    """A connection to ``port`` speaking ``protocol`` (``"h1"`` or ``"h2"``) and an
+    exchange on it; the connection closes on the way out."""
+    if protocol == "h1":
+        client = H1Exchange(await trio.open_tcp_stream("127.0.0.1", port))
+        async with client:
+            yield client
+    else:
+        assert protocol == "h2", protocol
+        async with _Peer.connect(port) as peer:
+            yield H2Exchange(peer)
