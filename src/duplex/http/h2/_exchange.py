@@ -123,10 +123,16 @@ class H2Exchange(Exchange):
             raise PeerGone("the stream is closed")
 
     async def start(
-        self, status: int, headers: list[tuple[bytes, bytes]], *, end: bool = False
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        end: bool = False,
+        flush: bool = True,
     ) -> None:
         """Send the response head (with END_STREAM when ``end``): ``headers`` are valid
-        fields; those HTTP/2 forbids (connection-specific ones) are dropped."""
+        fields; those HTTP/2 forbids (connection-specific ones) are dropped. Without
+        ``flush`` the head waits for what the caller sends next (one write for both)."""
         if not 200 <= status <= 999:
             raise ProtocolError(f"cannot send this message: a response with {status}", 500)
         self._check_open()
@@ -143,7 +149,10 @@ class H2Exchange(Exchange):
             self.head_started = True  # (a failed exchange answered by the server)
         if end:
             self._ended()
-        await connection.flush()
+        if flush:
+            await connection.flush()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         """Send ``data`` as DATA frames as the peer's window allows (END_STREAM on the

@@ -67,7 +67,7 @@ async def _send_response(exchange: H2Exchange, response: Response) -> None:
     exchange.trailers = trailers
     if isinstance(body, bytes):
         ends = no_body or not (body or trailers)
-        await exchange.start(status, headers, end=ends)
+        await exchange.start(status, headers, end=ends, flush=ends)
         if not ends:
             await exchange.send(body, end=not trailers)
             await exchange.finish()
