@@ -741,3 +741,26 @@ async def test_responses_dropped_unread_free_their_streams(nursery: trio.Nursery
                 assert await response.body.read()
                 del response  # unread: its stream is given up, then freed
             assert client.pool.open_connections() == 1
+
+
+async def test_falls_back_to_http11_against_duplexs_server_with_http2_off(
+    nursery: trio.Nursery, tls: tuple[trustme.CA, ssl.SSLContext]
+) -> None:
+    ca, context = tls
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, echo, ssl_context=server_context, http2=False)
+        async with duplex.Client(ssl_context=context, http2=True) as client:
+            output = duplex.Writable()
+            response = await client.post(url(server, scheme="https"), body=output)
+            assert response.http_version == "1.1"
+            await output.write(b"over 1.1")
+            assert await read_at_least(response.body, 8) == b"over 1.1"
+            await output.close_write()
+            assert await response.body.read() == b""
+
+
+def test_http2_takes_false_true_or_prior_knowledge_only() -> None:
+    with pytest.raises(ValueError, match="prior-knowledge"):
+        duplex.Client(http2="h2c")  # type: ignore[arg-type]
