@@ -184,6 +184,16 @@ class H2ServerConnection:
                 raise PeerGone("the connection broke")
             await self._sent_lot.park()
 
+    async def flush_end(self) -> None:
+        """``flush`` for the end of a response: handed to the sender task without waiting
+        for the socket, so that the ends of the responses a batch of requests made go
+        out in one write. (What a stream sends is bounded by its window, and the reader
+        waits for its own flushes: a peer that does not read is still held back.)"""
+        if self._broken:
+            raise PeerGone("the connection is closed")
+        self.flush_soon()
+        await trio.lowlevel.checkpoint()
+
     def _write_now(self) -> bool:
         """Write what is outgoing if the socket takes it at once: True if it took all.
         What it took only in part waits in the transport for the sender task."""

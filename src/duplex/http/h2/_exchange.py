@@ -149,7 +149,8 @@ class H2Exchange(Exchange):
             self.head_started = True  # (a failed exchange answered by the server)
         if end:
             self._ended()
-        if flush:
+            await connection.flush_end()
+        elif flush:
             await connection.flush()
         else:
             await trio.lowlevel.checkpoint()
@@ -196,6 +197,8 @@ class H2Exchange(Exchange):
                         break
             if end and not view:
                 self._ended()
+                await connection.flush_end()
+                return
             await connection.flush()
             if not view:
                 return
@@ -242,7 +245,7 @@ class H2Exchange(Exchange):
             await trio.lowlevel.checkpoint()
             return
         self.end_nowait()
-        await self.connection.flush()
+        await self.connection.flush_end()
 
     def end_nowait(self) -> None:
         """Queue the end of the response (sent by the next flush); from any task."""
