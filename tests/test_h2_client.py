@@ -764,3 +764,29 @@ async def test_falls_back_to_http11_against_duplexs_server_with_http2_off(
 def test_http2_takes_false_true_or_prior_knowledge_only() -> None:
     with pytest.raises(ValueError, match="prior-knowledge"):
         duplex.Client(http2="h2c")  # type: ignore[arg-type]
+
+
+async def test_a_response_with_a_malformed_status_fails_only_its_request(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                peer.h2.config.validate_outbound_headers = False
+                first = await peer.next(h2.events.RequestReceived)
+                peer.h2.send_headers(first.stream_id, [(b":status", b"2x0")], end_stream=True)
+                await peer.send()
+                second = await peer.next(h2.events.RequestReceived)
+                peer.respond(second.stream_id)
+                peer.h2.send_data(second.stream_id, b"fine", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            with pytest.raises(duplex.ProtocolError, match="status"):
+                await client.get(server.url + "/")
+            assert await (await client.get(server.url + "/")).read() == b"fine"
+            assert server.connections == 1

@@ -246,9 +246,13 @@ class H2Exchange:
         status = 0
         for name, value in headers:
             if name == b":status":
-                status = int(value)
+                status = int(value) if len(value) == 3 and value.isdigit() else 0
             elif not name.startswith(b":"):
                 fields.append((name, value))
+        if not 200 <= status <= 999:
+            self.connection.reset(self.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._fail_all(ProtocolError(f"the server sent a response with :status {status}"))
+            return
         self._status = status
         self._headers = fields
         if self._response == _HEAD:
