@@ -107,8 +107,15 @@ class H2ServerConnection:
         self.scheme = "https" if server.ssl_context is not None else "http"
         #: What was read before the connection knew it speaks HTTP/2 (the preface).
         self.received = received
+        # What the peer sends is validated; what duplex sends was already (Headers: token
+        # names, lower-cased, values without CR, LF or NUL; connection-specific fields
+        # dropped by H2Exchange), and checking it again would cost every response.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config)
         self.h2.local_settings = h2.settings.Settings(
