@@ -40,6 +40,13 @@ log = logging.getLogger("duplex.client")
 
 #: Unwritten outbound bytes a sender may leave queued before it waits for the socket.
 _DRAIN_SIZE = 65536
+#: The most one DATA frame carries (the least every server takes), whatever larger
+#: frames the server allows: it bounds what senders queue over ``_DRAIN_SIZE``.
+_MAX_FRAME_SIZE = 16384
+#: Outbound bytes the socket has not taken beyond which the server is taken to flood
+#: us with frames that need answers (senders wait at ``_DRAIN_SIZE`` each, one frame
+#: of 16 KiB per stream at most over it).
+_MAX_UNWRITTEN = 1000 * _MAX_FRAME_SIZE + (1 << 20)
 #: The connection's receive window: given back as data arrives, so it never holds a
 #: stream back; large so that the server is never held back by the round trip either.
 _CONNECTION_WINDOW = 1 << 24
@@ -248,7 +255,7 @@ class H2ClientConnection:
         self.check()
         with mapped():
             window = self.h2.local_flow_control_window(stream_id)
-        return min(window, self.h2.max_outbound_frame_size)
+        return min(window, self.h2.max_outbound_frame_size, _MAX_FRAME_SIZE)
 
     def send_data(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
         """Queue ``data`` (at most ``window``) on ``stream_id``, ending the stream if
@@ -342,6 +349,10 @@ class H2ClientConnection:
                 h.increment_flow_control_window(self._unacked)
                 self._unacked = 0
             self.pull()
+            if len(self._outbound) > _MAX_UNWRITTEN:
+                # Answers (PING, SETTINGS acknowledgements) pile up: the server sends
+                # frames that ask for them and does not read.
+                raise _ServerBrokeHTTP2("the server does not read what it asks us to send")
 
     def _dispatch(self, event: Any) -> None:
         kind = type(event)
