@@ -165,6 +165,14 @@ class Receiver:
         await self.spend()
         return got
 
+    async def wait_readable(self, timeout: float | None = None, phase: str = "read") -> None:
+        """Wait until the socket has bytes (or its end) to read, on the fast path only
+        (``direct``); a checkpoint. Raises ``duplex.Timeout`` after ``timeout`` seconds,
+        and ``trio.ClosedResourceError`` if the socket is closed meanwhile."""
+        sock = self._socket
+        assert sock is not None
+        await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase)
+
     async def _wait(
         self,
         wait: Callable[[trio.socket.SocketType], Awaitable[None]],

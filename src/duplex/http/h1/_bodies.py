@@ -142,7 +142,12 @@ class RequestBody(Readable):
         self._wait = trio.CancelScope()
         try:
             with self._wait:
-                await connection.fill(connection.limits.read_timeout, "read")
+                if connection.transport.direct:
+                    # Only the wait: the read is the next fill_nowait's, rather than a
+                    # second and third look at a socket just found empty.
+                    await connection.transport.wait_readable(connection.limits.read_timeout)
+                else:
+                    await connection.fill(connection.limits.read_timeout, "read")
         except Timeout as error:
             log.debug("a request body timed out: %r", exchange)
             exchange.body_failed(error)
