@@ -20,6 +20,9 @@ from _server_support import RawClient, Recorder, hello
 
 TIMEOUT = 10
 
+# Every test here runs on Linux's fast I/O path and on the portable one (tests/conftest.py).
+pytestmark = pytest.mark.both_paths
+
 
 async def streaming_echo(request: duplex.Request) -> duplex.Response:
     async def copy(stream: duplex.Stream) -> None:
@@ -513,6 +516,34 @@ async def test_a_chunked_channel_streams_messages_and_hears_the_peer() -> None:
             await peer.send(stream_id, b"there")
             assert await peer.take(stream_id, 10) == b"echo:there"
     assert received == [b"hi", b"there"]
+
+
+async def test_a_websocket_request_without_version_13_is_refused_over_http() -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request)
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(handler) as server, H2Peer.connect(server.port) as peer:
+            await peer.until(lambda: bool(peer.remote_settings))
+            stream_id = await peer.request(
+                "CONNECT", "/chat", end=False, extra=[(b":protocol", b"websocket")]
+            )
+            state = await peer.response(stream_id)
+    assert state.status == 426
+    assert state.header(b"sec-websocket-version") == b"13"
+
+
+async def test_a_request_with_trailers_is_read_to_its_end() -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.Response(200, body=await request.body.join())
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(handler) as server, H2Peer.connect(server.port) as peer:
+            stream_id = await peer.request("POST", "/", body=b"body", end=False)
+            peer.conn.send_headers(stream_id, [(b"x-checksum", b"abc")], end_stream=True)
+            await peer.flush()
+            state = await peer.response(stream_id)
+    assert bytes(state.data) == b"body"
 
 
 async def test_a_long_poll_reply_has_a_content_length() -> None:
