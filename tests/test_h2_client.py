@@ -790,3 +790,14 @@ async def test_a_response_with_a_malformed_status_fails_only_its_request(
                 await client.get(server.url + "/")
             assert await (await client.get(server.url + "/")).read() == b"fine"
             assert server.connections == 1
+
+
+async def test_an_http11_client_whose_context_offers_h2_fails_clearly(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    context.set_alpn_protocols(["h2", "http/1.1"])  # as an HTTP/2 client sharing it would
+    with trio.fail_after(TIMEOUT):
+        async with hypercorn_h2(ca) as server, duplex.Client(ssl_context=context) as client:
+            with pytest.raises(duplex.ProtocolError, match="offers h2"):
+                await client.get(server.url + "/")

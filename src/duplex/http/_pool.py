@@ -46,11 +46,18 @@ async def open_connection(
     Raises ``duplex.Timeout("connect")`` (its message names the TLS handshake when that
     is what took too long), ``OSError`` if the server cannot be reached, and
     ``duplex.ProtocolError`` naming the TLS handshake if that fails (the
-    ``ssl.SSLError`` as ``__cause__``).
+    ``ssl.SSLError`` as ``__cause__``), or saying so when ``ssl_context`` offers h2 by
+    ALPN and the server picked it.
     """
-    return _http1(
-        await open_stream(origin, limits=limits, ssl_context=ssl_context), limits, direct_io
-    )
+    stream = await open_stream(origin, limits=limits, ssl_context=ssl_context)
+    if isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() == "h2":
+        # A context an HTTP/2 client offered h2 on, shared with this HTTP/1.1 client.
+        await trio.aclose_forcefully(stream)
+        raise ProtocolError(
+            "the TLS context offers h2 by ALPN and the server picked it: use"
+            " duplex.Client(http2=True), or a context of its own for this client"
+        )
+    return _http1(stream, limits, direct_io)
 
 
 def _http1(stream: trio.abc.Stream, limits: ClientLimits, direct_io: bool) -> HTTPConnection:
