@@ -309,8 +309,8 @@ class Client:
 
     ``http2``: ``False`` (the default) speaks HTTP/1.1 only. ``True`` offers HTTP/2 by
     ALPN on https (``["h2", "http/1.1"]``, set on ``ssl_context`` if one is given: do not
-    share that context with a client that speaks HTTP/1.1 only) and
-    speaks it when the server picks it, HTTP/1.1 otherwise; plain http stays HTTP/1.1.
+    share that context with a client that speaks HTTP/1.1 only) and speaks it when the
+    server picks it, HTTP/1.1 otherwise; plain http stays HTTP/1.1.
     ``"prior-knowledge"`` speaks HTTP/2 from the first byte: h2c on http, and h2 on https
     without falling back (``duplex.ProtocolError`` if the server will not). Over HTTP/2
     the requests to one origin share one connection as concurrent streams (see
