@@ -891,14 +891,20 @@ async def post_and_read_the_echo(
     fn: Callable[[duplex.Stream], Awaitable[None]],
     chunks: list[bytes],
     receive: Callable[[duplex.Readable], Awaitable[bytes]] | None = None,
+    http2: bool | Literal["prior-knowledge"] = False,
 ) -> bytes:
     """Post ``chunks`` from a ``Writable`` to a ``Streamable(fn)`` and read the response
-    at the same time (by ``receive``, else to the end)."""
+    at the same time (by ``receive``, else to the end); ``http2`` as the client takes
+    it."""
 
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.Response(200, body=duplex.Streamable(fn))
 
-    async with deadlock_guard(), serving(handler) as server, duplex.Client() as client:
+    async with (
+        deadlock_guard(),
+        serving(handler) as server,
+        duplex.Client(http2=http2) as client,
+    ):
         output = duplex.Writable()
         response = await client.post(url(server), body=output)
         async with trio.open_nursery() as nursery:
@@ -941,3 +947,30 @@ async def test_a_response_read_cancelled_anywhere_loses_no_byte_and_repeats_none
     with trio.fail_after(TIMEOUT):
         chunks = [chunk for chunk in split(data, cut_at) if chunk]
         assert await post_and_read_the_echo(echo, chunks, receive_by_plan) == data
+
+
+@REAL_PROPERTY
+@given(
+    data=payloads,
+    cut_at=cuts,
+    plan=st.lists(
+        st.tuples(st.integers(min_value=1, max_value=64), st.integers(min_value=0, max_value=6)),
+        max_size=20,
+    ),
+)
+async def test_an_h2_response_read_cancelled_anywhere_loses_no_byte_and_repeats_none(
+    data: bytes, cut_at: list[int], plan: list[tuple[int, int]]
+) -> None:
+    async def receive_by_plan(body: duplex.Readable) -> bytes:
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            for max_bytes, checkpoints in plan:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(cancel_after, scope, checkpoints)
+                    received += await body.receive_some(max_bytes)
+        return bytes(received + await body.join())
+
+    with trio.fail_after(TIMEOUT):
+        chunks = [chunk for chunk in split(data, cut_at) if chunk]
+        echoed = await post_and_read_the_echo(echo, chunks, receive_by_plan, "prior-knowledge")
+        assert echoed == data
