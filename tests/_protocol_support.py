@@ -39,19 +39,24 @@ def _fields(headers: str) -> list[tuple[str, str]]:
 class H1Exchange(RawHTTP):
     """``RawHTTP`` that can also start a request whose body streams (chunked)."""
 
+    chunked = False
+
     async def start(
         self, target: str = "/", *, method: str = "GET", headers: str = "", body: bool = False
     ) -> None:
-        """Send the request head; ``body``: a chunked body follows (``send``, ``end``)."""
-        framing = "Transfer-Encoding: chunked\r\n" if body else ""
+        """Send the request head; ``body``: a body follows (``send``, ``end``), chunked
+        unless ``headers`` give its Content-Length."""
+        self.chunked = body and "content-length:" not in headers.lower()
+        framing = "Transfer-Encoding: chunked\r\n" if self.chunked else ""
         head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}{headers}\r\n"
         await self.stream.send_all(head.encode())
 
     async def send(self, data: bytes) -> None:
-        await self.stream.send_all(b"%x\r\n%s\r\n" % (len(data), data))
+        await self.stream.send_all(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
 
     async def end(self) -> None:
-        await self.stream.send_all(b"0\r\n\r\n")
+        if self.chunked:
+            await self.stream.send_all(b"0\r\n\r\n")
 
     async def leave(self) -> None:
         """Go away mid-exchange: close the connection."""

@@ -14,11 +14,23 @@ import pytest
 import trio
 
 import duplex
-from _server_support import IncompleteResponse, RawClient, get, request_bytes, serving
+from _channel_support import ConnectionEnded
+from _protocol_support import exchange
+from _server_support import RawClient, request_bytes, serving
+
+pytestmark = pytest.mark.both_protocols
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def status_of(server: duplex.Server, target: str = "/") -> int:
+    """The status of a GET on a client of the test's protocol."""
+    async with duplex.Client() as client:
+        response = await client.get(f"http://127.0.0.1:{server.port}{target}")
+        await response.aclose()
+        return response.status
 
 
 class Streaming:
@@ -63,28 +75,32 @@ class Streaming:
 
 
 async def test_a_client_vanishing_mid_response_breaks_the_writer_and_cancels_the_nursery(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
+    """Over HTTP/2 the client resets its stream (the connection stays up)."""
     caplog.set_level(logging.DEBUG, logger="duplex")
     with trio.fail_after(5):
         async with trio.open_nursery() as producers:
             handler = Streaming(producers)
             async with serving(handler) as server:
-                async with await RawClient.connect(server.port) as client:
-                    await client.send(request_bytes())
-                    await client.read_head()
+                async with exchange(server.port, protocol) as client:
+                    await client.request("/")
                     await client.read_chunk()
                     await handler.streaming.wait()
-                with trio.fail_after(1):
-                    await handler.stopped.wait()
-                    await handler.nursery_cancelled.wait()
+                    await client.leave()
+                    with trio.fail_after(1):
+                        await handler.stopped.wait()
+                        await handler.nursery_cancelled.wait()
                 assert isinstance(handler.write_error, trio.BrokenResourceError)
-                assert (await get(server.port, "/next")).status == 200
+                assert await status_of(server, "/next") == 200
     assert errors(caplog) == []
     assert any(record.levelno == logging.DEBUG for record in caplog.records)
 
 
-async def test_a_client_vanishing_mid_request_body_breaks_the_handlers_read() -> None:
+async def test_a_client_vanishing_mid_request_body_breaks_the_handlers_read(
+    protocol: str,
+) -> None:
+    """Over HTTP/2 the client closes the connection (its stream with it)."""
     outcome: list[BaseException] = []
     first_chunk = trio.Event()
     broken = trio.Event()
@@ -101,10 +117,9 @@ async def test_a_client_vanishing_mid_request_body_breaks_the_handlers_read() ->
 
     with trio.fail_after(5):
         async with serving(reader) as server:
-            async with await RawClient.connect(server.port) as client:
-                await client.send(
-                    request_bytes(method="POST", headers="Content-Length: 100\r\n") + b"start"
-                )
+            async with exchange(server.port, protocol) as client:
+                await client.start("/", method="POST", headers="Content-Length: 100\r\n", body=True)
+                await client.send(b"start")
                 await first_chunk.wait()
             with trio.fail_after(1):
                 await broken.wait()
@@ -112,7 +127,7 @@ async def test_a_client_vanishing_mid_request_body_breaks_the_handlers_read() ->
 
 
 async def test_a_handler_stopped_by_a_vanished_client_is_not_logged_as_an_error(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
     reading = trio.Event()
     done = trio.Event()
@@ -126,11 +141,12 @@ async def test_a_handler_stopped_by_a_vanished_client_is_not_logged_as_an_error(
 
     with trio.fail_after(5):
         async with serving(careless) as server:
-            async with await RawClient.connect(server.port) as client:
-                await client.send(request_bytes(method="POST", headers="Content-Length: 100\r\n"))
+            async with exchange(server.port, protocol) as client:
+                await client.start("/", method="POST", headers="Content-Length: 100\r\n", body=True)
                 await reading.wait()
-            await done.wait()
-            assert (await get(server.port)).status == 200
+                await client.leave()
+                await done.wait()
+            assert await status_of(server) == 200
     assert errors(caplog) == []
 
 
@@ -143,15 +159,26 @@ async def test_a_handler_that_raises_before_answering_gets_500(
         raise RuntimeError("boom")
 
     with trio.fail_after(5):
-        async with serving(failing) as server:
-            async with await RawClient.connect(server.port) as client:
-                await client.send(request_bytes())
-                response = await client.read_response()
-                await client.expect_closed()
-            assert (await get(server.port, "/next")).status == 200
+        async with serving(failing) as server, duplex.Client() as client:
+            response = await client.get(f"http://127.0.0.1:{server.port}/")
+            body = await response.read()
+            assert await status_of(server, "/next") == 200
     assert response.status == 500
-    assert b"boom" not in response.body
+    assert b"boom" not in body
     assert [record.exc_info[0] for record in errors(caplog) if record.exc_info] == [RuntimeError]
+
+
+@pytest.mark.both_protocols(False)
+async def test_after_a_500_for_a_raising_handler_the_connection_closes() -> None:
+    async def failing(request: duplex.Request) -> duplex.Response:
+        raise RuntimeError("boom")
+
+    with trio.fail_after(5):
+        async with serving(failing) as server, await RawClient.connect(server.port) as client:
+            await client.send(request_bytes())
+            response = await client.read_response()
+            await client.expect_closed()
+    assert response.status == 500
 
 
 async def test_a_handler_that_returns_something_else_than_a_response_gets_500() -> None:
@@ -160,8 +187,7 @@ async def test_a_handler_that_returns_something_else_than_a_response_gets_500() 
 
     with trio.fail_after(5):
         async with serving(confused) as server:
-            response = await get(server.port)
-    assert response.status == 500
+            assert await status_of(server) == 500
 
 
 async def failing_chunks() -> AsyncIterator[bytes]:
@@ -208,21 +234,26 @@ def respond_with(make: Callable[[], AsyncIterator[bytes] | duplex.Streamable]) -
     ],
     ids=["async-iterable", "streamable", "writable"],
 )
-async def test_a_body_failing_after_the_head_cuts_the_connection_mid_body(
-    handler: duplex.Handler,
+async def test_a_body_failing_after_the_head_cuts_the_exchange_mid_body(
+    handler: duplex.Handler, protocol: str
 ) -> None:
+    """Over HTTP/1.1 the connection is cut, over HTTP/2 the stream is reset."""
     with trio.fail_after(5):
         async with serving(handler) as server:
-            async with await RawClient.connect(server.port) as client:
-                await client.send(request_bytes())
-                with pytest.raises(IncompleteResponse) as cut:
-                    await client.read_response()
-            assert cut.value.partial == b"partial"
-            assert (await get(server.port, "/next")).status == 200
+            async with exchange(server.port, protocol) as client:
+                await client.request("/")
+                assert await client.read_chunk() == b"partial"
+                with pytest.raises(ConnectionEnded):
+                    await client.read_body()
+            assert await status_of(server, "/next") == 200
 
 
+@pytest.mark.xfail_over_h2(
+    "over HTTP/2 the handler's content-length: 3 goes out with 5 bytes of DATA and "
+    "END_STREAM (a malformed response, RFC 9113 8.1.1), nothing logged; not cut by a reset"
+)
 async def test_a_response_longer_than_its_content_length_is_cut_and_logged_as_an_error(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
     async def inconsistent(request: duplex.Request) -> duplex.Response:
         if request.target == "/next":
@@ -231,9 +262,9 @@ async def test_a_response_longer_than_its_content_length_is_cut_and_logged_as_an
 
     with trio.fail_after(5):
         async with serving(inconsistent) as server:
-            async with await RawClient.connect(server.port) as client:
-                await client.send(request_bytes())
-                received = await client.read_until_eof()
-            assert (await get(server.port, "/next")).status == 200
-    assert b"hello" not in received
+            async with exchange(server.port, protocol) as client:
+                with pytest.raises(ConnectionEnded):
+                    await client.request("/")
+                    await client.read_body()
+            assert await status_of(server, "/next") == 200
     assert len(errors(caplog)) == 1

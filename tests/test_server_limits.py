@@ -7,6 +7,9 @@ test bounded well above them by ``fail_after``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
 import trio
 import trio.testing
 
@@ -254,3 +257,111 @@ async def test_a_connection_over_max_connections_gets_503() -> None:
             async with await RawClient.connect(server.port) as third:
                 await third.send(request_bytes())
                 assert (await third.read_response()).status == 200
+
+
+# -- over both protocols (conftest's both_protocols): the limits as a client meets them
+
+
+def url(server: duplex.Server, path: str = "/") -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+@pytest.mark.both_protocols
+async def test_a_declared_body_over_max_body_size_gets_413_before_the_handler_runs() -> None:
+    recorder = Recorder()
+    with trio.fail_after(5):
+        async with (
+            serving(recorder, limits=duplex.Limits(max_body_size=100)) as server,
+            duplex.Client() as client,
+        ):
+            response = await client.post(url(server), body=b"x" * 1000)
+            await response.aclose()
+    assert response.status == 413
+    assert recorder.targets == []
+
+
+@pytest.mark.both_protocols
+async def test_a_streamed_body_growing_over_max_body_size_gets_413() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 100
+
+    with trio.fail_after(5):
+        async with (
+            serving(echo_body, limits=duplex.Limits(max_body_size=150)) as server,
+            duplex.Client() as client,
+        ):
+            response = await client.post(url(server), body=chunks())
+            await response.aclose()
+    assert response.status == 413
+
+
+@pytest.mark.both_protocols
+@pytest.mark.xfail_over_h2(
+    "a header list over max_header_list_size is a connection error (GOAWAY, every stream "
+    "of the connection lost; the client sees StreamRefused), not 431 on its stream"
+)
+async def test_a_head_over_max_header_size_gets_431() -> None:
+    recorder = Recorder()
+    with trio.fail_after(5):
+        async with (
+            serving(recorder, limits=duplex.Limits(max_header_size=1024)) as server,
+            duplex.Client() as client,
+        ):
+            response = await client.get(url(server), headers={"x-big": "a" * 2000})
+            await response.aclose()
+            # The connection (or, over HTTP/2, the next stream) is served again.
+            assert (await client.get(url(server, "/next"))).status == 200
+    assert response.status == 431
+    assert recorder.targets == ["/next"]
+
+
+@pytest.mark.both_protocols
+async def test_a_streamed_body_that_stalls_longer_than_read_timeout_gets_408() -> None:
+    with trio.fail_after(3):
+        async with (
+            serving(echo_body, limits=duplex.Limits(read_timeout=0.3)) as server,
+            duplex.Client() as client,
+        ):
+            output = duplex.Writable()
+            await output.write(b"12345")
+            start = trio.current_time()
+            response = await client.post(url(server), body=output)
+            answered_after = trio.current_time() - start
+            await response.aclose()
+    assert response.status == 408
+    assert 0.3 <= answered_after < 2
+
+
+@pytest.mark.both_protocols
+async def test_a_client_that_never_reads_a_streaming_response_is_cut_after_write_timeout_too() -> (
+    None
+):
+    outcome: list[BaseException] = []
+    cut = trio.Event()
+
+    async def endless(request: duplex.Request) -> duplex.Response:
+        output = duplex.Writable()
+
+        async def produce() -> None:
+            try:
+                while True:
+                    await output.write(b"x" * 65536)
+            except trio.BrokenResourceError as error:
+                outcome.append(error)
+                cut.set()
+
+        request.nursery.start_soon(produce)
+        return duplex.Response(200, body=output)
+
+    with trio.fail_after(4):
+        async with (
+            serving(endless, limits=duplex.Limits(write_timeout=0.3)) as server,
+            duplex.Client() as client,
+        ):
+            response = await client.get(url(server))
+            await cut.wait()
+            with pytest.raises(trio.BrokenResourceError):
+                while await response.body.read():
+                    pass
+    assert isinstance(outcome[0], trio.BrokenResourceError)
