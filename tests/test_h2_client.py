@@ -801,3 +801,29 @@ async def test_an_http11_client_whose_context_offers_h2_fails_clearly(
         async with hypercorn_h2(ca) as server, duplex.Client(ssl_context=context) as client:
             with pytest.raises(duplex.ProtocolError, match="offers h2"):
                 await client.get(server.url + "/")
+
+
+async def test_concurrent_requests_after_an_alpn_fallback_each_get_a_connection(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca, alpn=["http/1.1"]) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+            outputs = [duplex.Writable() for _ in range(3)]
+            responses: list[duplex.ClientResponse] = []
+
+            async def post(output: duplex.Writable) -> None:
+                responses.append(await client.post(server.url + "/echo", body=output))
+
+            # Three streaming requests at once: none waits for another's connection.
+            async with trio.open_nursery() as requests:
+                for output in outputs:
+                    requests.start_soon(post, output)
+            assert [response.http_version for response in responses] == ["1.1"] * 3
+            for output in outputs:
+                await output.close_write()
+            for response in responses:
+                assert await response.read() == b""

@@ -245,7 +245,7 @@ class Pool:
                 await trio.aclose_forcefully(stream)
                 raise ProtocolError(f"{origin[1]}:{origin[2]} did not agree to HTTP/2 (ALPN)")
             self._h1_only.add(origin)
-            self._wake(origin)
+            self._wake_all(origin)  # each opens a connection of its own, as over HTTP/1.1
             pooled = PooledConnection(self, origin, _http1(stream, self.limits, self._direct_io))
             self._busy.add(pooled)
             return pooled
