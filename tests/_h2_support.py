@@ -57,6 +57,7 @@ class H2Peer:
         self.auto_ack = auto_ack
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config)
+        _answers_after_goaway(self.conn)
         if window is not None:
             self.conn.local_settings = h2.settings.Settings(
                 client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
@@ -212,10 +213,6 @@ class H2Peer:
             self.streams[event.stream_id].reset = int(event.error_code or 0)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event
-            if event.error_code == 0:
-                # A graceful GOAWAY: streams up to its last id are still answered (h2
-                # itself would take nothing more after one).
-                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             for code, change in event.changed_settings.items():
                 self.remote_settings[int(code)] = change.new_value
@@ -247,6 +244,18 @@ class H2Peer:
         state = self.streams[stream_id]
         await self.until(lambda: state.ended or state.reset is not None)
         return state
+
+
+def _answers_after_goaway(conn: h2.connection.H2Connection) -> None:
+    """Let ``conn`` (this peer's alone) take what a server sends after its graceful
+    GOAWAY: streams up to its last id are still answered, but h2 takes nothing more
+    once it has seen one."""
+    machine = conn.state_machine
+    transitions = dict(machine._transitions)
+    closed = h2.connection.ConnectionState.CLOSED
+    for kind in h2.connection.ConnectionInputs:
+        transitions.setdefault((closed, kind), (None, closed))
+    machine._transitions = transitions
 
 
 def tls_contexts() -> tuple[trustme.CA, ssl.SSLContext]:

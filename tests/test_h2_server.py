@@ -436,6 +436,18 @@ async def test_shutdown_sends_goaway_first_and_lets_streams_in_flight_finish() -
             assert server.connection_count == 0
 
 
+async def test_max_requests_per_connection_goes_away_after_the_last_one() -> None:
+    limits = duplex.Limits(max_requests_per_connection=2)
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(hello, limits=limits) as server, H2Peer.connect(server.port) as peer:
+            first = await peer.request("GET", "/")
+            second = await peer.request("GET", "/")
+            assert (await peer.response(first)).status == 200
+            assert (await peer.response(second)).status == 200
+            await peer.until(lambda: peer.goaway is not None)
+            assert peer.goaway is not None and peer.goaway.last_stream_id == second
+
+
 async def test_an_idle_connection_is_closed_with_goaway() -> None:
     limits = duplex.Limits(keep_alive_timeout=0.1)
     with trio.fail_after(TIMEOUT):

@@ -271,6 +271,14 @@ class H2ServerConnection:
     def shutdown(self) -> None:
         """Begin a graceful close: GOAWAY now, the streams in flight go on (told with
         ``on_server_closing``), and the connection ends once they have."""
+        self._go_away()
+        for exchange in list(self.streams.values()):
+            if exchange.on_server_closing is not None:
+                exchange.on_server_closing()
+
+    def _go_away(self) -> None:
+        """GOAWAY (NO_ERROR) naming the last stream served: no stream after it is, and
+        the connection ends once those in flight have."""
         if self.closing:
             return
         self.closing = True
@@ -279,9 +287,6 @@ class H2ServerConnection:
         )
         self._goaway = frame.serialize()
         self.flush_soon()
-        for exchange in list(self.streams.values()):
-            if exchange.on_server_closing is not None:
-                exchange.on_server_closing()
         self._check_idle()
 
     async def run(self) -> None:
@@ -472,6 +477,9 @@ class H2ServerConnection:
             exchange.body_failed(ProtocolError("CONNECT is not supported", 501))
         self.streams[stream_id] = exchange
         self.nursery.start_soon(self._run_stream, exchange)
+        most = self.limits.max_requests_per_connection
+        if most is not None and self.streams_opened >= most:
+            self._go_away()
 
     def _request(self, event: h2.events.RequestReceived) -> tuple[Request, int | None]:
         """The request of a stream's HEADERS, and its body's declared length. Raises
