@@ -827,3 +827,24 @@ async def test_concurrent_requests_after_an_alpn_fallback_each_get_a_connection(
                 await output.close_write()
             for response in responses:
                 assert await response.read() == b""
+
+
+async def test_a_stream_in_flight_finishes_through_duplexs_graceful_shutdown(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, echo)
+        async with duplex.Client(http2="prior-knowledge") as client:
+            output = duplex.Writable()
+            response = await client.post(url(server), body=output)
+            stream = duplex.Stream(response.body, output)
+            await stream.write(b"before")
+            assert await stream.read_exactly(6) == b"before"
+            nursery.start_soon(server.shutdown, TIMEOUT)  # GOAWAY, then a grace period
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.write(b"after")
+            assert await stream.read_exactly(5) == b"after"
+            await stream.close_write()
+            assert await stream.read() == b""
+            # The connection took no new stream, and closed with its last one.
+            assert client.pool.open_connections() == 0
