@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._body import Readable
+from .._body import Readable, Writable
 from .._errors import ProtocolError, Timeout
+from .._stream import Stream
 from ._exchange import PeerGone
-from ._models import Request, Response
+from ._models import Request, Response, Streamable
 
 if TYPE_CHECKING:
-    from .._stream import Stream
     from ._exchange import Exchange
-    from ._models import Streamable
     from ._takeover import ResponseControl
 
 __all__ = [
@@ -36,6 +35,7 @@ __all__ = [
     "finish_takeover",
     "handler_response",
     "run_streamable",
+    "send_body",
     "send_iterable",
     "send_readable",
     "why_failed",
@@ -111,6 +111,34 @@ def content_length(response: Response, headers: list[tuple[bytes, bytes]]) -> No
         length = body.length
     if length is not None and not any(name == b"content-length" for name, _ in headers):
         headers.append((b"content-length", b"%d" % length))
+
+
+async def send_body(
+    exchange: Exchange,
+    body: Readable | AsyncIterable[bytes] | Streamable,
+    send: Callable[[bytes], Awaitable[None]],
+    output: Callable[[], Writable],
+    *,
+    no_body: bool,
+) -> None:
+    """Send a response body that streams, once its head is out: each chunk of a
+    ``Readable`` or an async iterable with ``send``; a ``Streamable`` runs with
+    ``Stream(request.body, output())``. With ``no_body`` (HEAD, 204, 304) nothing is
+    sent, and a ``Readable`` is closed."""
+    if isinstance(body, Readable):
+        if no_body:
+            await body.aclose()
+        else:
+            await send_readable(body, send)
+    elif isinstance(body, Streamable):
+        if not no_body:
+            # The stream writes from this task, and reads the request body itself:
+            # an echo is one task.
+            stream_output = output()
+            exchange.response_body = stream_output
+            await run_streamable(body, Stream(exchange.request.body, stream_output))
+    elif not no_body:
+        await send_iterable(body, send)
 
 
 async def send_readable(body: Readable, send: Callable[[bytes], Awaitable[None]]) -> None:

@@ -13,18 +13,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..._body import Readable
-from ..._stream import Stream
 from .._exchange import DETACHED, NO_WATCH, OVER, RESPONDED, RESPONDING, WATCH_SELF
-from .._models import HeadersLike, Response, Streamable
+from .._models import HeadersLike, Response
 from .._respond import (
     NO_BODY_STATUSES,
     REASONS,
     content_length,
     finish_takeover,
     handler_response,
-    run_streamable,
-    send_iterable,
-    send_readable,
+    send_body,
     why_failed,
 )
 from .._takeover import ExchangeControl, ResponseControl, Takeover
@@ -161,21 +158,14 @@ class Responder:
             await connection.transport.send_pieces(pieces)
             return
         await connection.transport.send_pieces([head])
-        if readable:
-            assert isinstance(body, Readable)
-            if no_body:
-                await body.aclose()
-            else:
-                await send_readable(body, self._send_chunk)
-        elif isinstance(body, Streamable):
-            if not no_body:
-                # The stream writes straight to the connection from this task, and
-                # reads the request body straight from it: an echo is one task.
-                output = ResponseOutput(connection, exchange)
-                exchange.response_body = output
-                await run_streamable(body, Stream(request.body, output))
-        elif not no_body:
-            await send_iterable(body, self._send_chunk)
+        assert not isinstance(body, Takeover)
+        await send_body(
+            exchange,
+            body,
+            self._send_chunk,
+            lambda: ResponseOutput(connection, exchange),
+            no_body=no_body,
+        )
         await self.end(exchange)
 
     async def _send_chunk(self, chunk: bytes) -> None:

@@ -14,15 +14,13 @@ import trio
 from ..._body import Readable
 from ..._stream import Stream
 from .._exchange import DETACHED
-from .._models import Headers, HeadersLike, Response, Streamable
+from .._models import Headers, HeadersLike, Response
 from .._respond import (
     NO_BODY_STATUSES,
     content_length,
     finish_takeover,
     handler_response,
-    run_streamable,
-    send_iterable,
-    send_readable,
+    send_body,
     why_failed,
 )
 from .._takeover import ExchangeControl, ResponseControl, Takeover
@@ -73,18 +71,7 @@ async def _send_response(exchange: H2Exchange, response: Response) -> None:
             await exchange.finish()
         return
     await exchange.start(status, headers, end=no_body)
-    if isinstance(body, Readable):
-        if no_body:
-            await body.aclose()
-        else:
-            await send_readable(body, exchange.send)
-    elif isinstance(body, Streamable):
-        if not no_body:
-            output = StreamOutput(exchange)
-            exchange.response_body = output
-            await run_streamable(body, Stream(request.body, output))
-    elif not no_body:
-        await send_iterable(body, exchange.send)
+    await send_body(exchange, body, exchange.send, lambda: StreamOutput(exchange), no_body=no_body)
     await exchange.finish()
 
 
