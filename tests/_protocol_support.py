@@ -14,6 +14,7 @@ closes the connection either way.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -61,6 +62,13 @@ class H1Exchange(RawHTTP):
     async def leave(self) -> None:
         """Go away mid-exchange: close the connection."""
         await trio.aclose_forcefully(self.stream)
+
+    async def expect_closed(self) -> None:
+        """Wait for the server to close the connection, which must send nothing more."""
+        rest = bytes(self.buffer)
+        while data := await self.stream.receive_some(65536):
+            rest += data
+        assert rest == b"", f"unexpected bytes before the close: {rest[:200]!r}"
 
 
 class _Peer(H2Peer):
@@ -164,6 +172,25 @@ class H2Exchange:
     async def leave(self) -> None:
         """Go away mid-exchange: reset the stream (the connection stays up)."""
         await self.peer.reset(self.stream_id)
+
+    async def expect_closed(self) -> None:
+        """Wait for the server to close the connection, which it must announce with a
+        GOAWAY (NO_ERROR)."""
+        while not self.peer.closed:
+            with contextlib.suppress(ConnectionEnded):
+                await self._receive()
+        assert self.peer.goaway is not None, "closed without a GOAWAY"
+        assert self.peer.goaway.error_code == 0, self.peer.goaway
+
+    def goaway_came_first(self) -> bool:
+        """True if the server's GOAWAY came before this stream's end."""
+        kinds = [
+            type(event)
+            for event in self.peer.events
+            if getattr(event, "stream_id", self.stream_id) in (self.stream_id, 0)
+        ]
+        ending = kinds.index(h2.events.StreamEnded)
+        return h2.events.ConnectionTerminated in kinds[:ending]
 
 
 @asynccontextmanager

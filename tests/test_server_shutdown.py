@@ -1,5 +1,9 @@
 """Graceful shutdown: stop accepting, let exchanges in flight finish within the grace
-period, close idle connections at once, then cancel what is left."""
+period, close idle connections at once, then cancel what is left.
+
+Over both protocols (conftest's ``both_protocols``): over HTTP/2 the server says GOAWAY
+first, then lets the streams in flight finish on the same connection.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ import trio
 import trio.testing
 
 import duplex
-from _server_support import RawClient, get, request_bytes, serving
+from _channel_support import ConnectionEnded
+from _protocol_support import H1Exchange, H2Exchange, exchange
+from _server_support import get, serving
+
+pytestmark = pytest.mark.both_protocols
 
 
 class Slow:
@@ -29,56 +37,70 @@ class Slow:
         return duplex.Response(200, body=b"finished")
 
 
-async def test_an_exchange_in_flight_finishes_within_the_grace_period() -> None:
+async def test_an_exchange_in_flight_finishes_within_the_grace_period(protocol: str) -> None:
     slow = Slow()
     with trio.fail_after(5):
-        async with serving(slow) as server, await RawClient.connect(server.port) as client:
-            await client.send(request_bytes())
+        async with serving(slow) as server, exchange(server.port, protocol) as client:
+            await client.start("/")
             await slow.running.wait()
             # fail_after(5) < grace: shutdown returns as soon as the exchange ends.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.shutdown, 10)
                 await trio.testing.wait_all_tasks_blocked()
                 slow.release.set()
-                response = await client.read_response()
+                await client.read_head()
+                body = await client.read_body()
                 await client.expect_closed()
-    assert response.body == b"finished"
-    assert response.closes
+    assert body == b"finished"
     assert not slow.cancelled
+    if isinstance(client, H1Exchange):
+        assert client.headers["connection"] == "close"
+    else:
+        assert client.goaway_came_first()
 
 
-async def test_an_idle_kept_alive_connection_is_closed_at_once() -> None:
+async def test_an_idle_kept_alive_connection_is_closed_at_once(protocol: str) -> None:
     async def hello(request: duplex.Request) -> duplex.Response:
         return duplex.Response(200, body=b"hello")
 
     with trio.fail_after(5):
-        async with serving(hello) as server, await RawClient.connect(server.port) as client:
-            await client.send(request_bytes())
-            assert not (await client.read_response()).closes
+        async with serving(hello) as server, exchange(server.port, protocol) as client:
+            await client.request("/")
+            assert await client.read_body() == b"hello"
+            assert "connection" not in client.headers
             start = trio.current_time()
             await server.shutdown(grace=10)
             assert trio.current_time() - start < 2
             await client.expect_closed()
 
 
-async def test_an_exchange_still_running_after_the_grace_period_is_cancelled() -> None:
+async def test_an_exchange_still_running_after_the_grace_period_is_cancelled(
+    protocol: str,
+) -> None:
     slow = Slow()
     with trio.fail_after(5):
-        async with serving(slow) as server, await RawClient.connect(server.port) as client:
-            await client.send(request_bytes())
+        async with serving(slow) as server, exchange(server.port, protocol) as client:
+            await client.start("/")
             await slow.running.wait()
             start = trio.current_time()
             await server.shutdown(grace=0.3)
             assert 0.3 <= trio.current_time() - start < 2
             assert slow.cancelled
-            assert await client.read_until_eof() == b""
+            # Cut before its head: the connection closes (over HTTP/2 after GOAWAY, the
+            # stream reset or left unanswered).
+            with pytest.raises(ConnectionEnded) as cut:
+                await client.read_head()
+    if isinstance(client, H2Exchange):
+        assert client.peer.goaway is not None
+    else:
+        assert cut.value.args == (b"",)
 
 
-async def test_new_connections_are_refused_once_shutdown_starts() -> None:
+async def test_new_connections_are_refused_once_shutdown_starts(protocol: str) -> None:
     slow = Slow()
     with trio.fail_after(5):
-        async with serving(slow) as server, await RawClient.connect(server.port) as client:
-            await client.send(request_bytes())
+        async with serving(slow) as server, exchange(server.port, protocol) as client:
+            await client.start("/")
             await slow.running.wait()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.shutdown, 10)
@@ -86,17 +108,18 @@ async def test_new_connections_are_refused_once_shutdown_starts() -> None:
                 with pytest.raises(OSError):
                     await get(server.port)
                 slow.release.set()
-            assert (await client.read_response()).body == b"finished"
+            await client.read_head()
+            assert await client.read_body() == b"finished"
 
 
-async def test_shutdown_uses_the_grace_period_of_the_limits_by_default() -> None:
+async def test_shutdown_uses_the_grace_period_of_the_limits_by_default(protocol: str) -> None:
     slow = Slow()
     with trio.fail_after(5):
         async with (
             serving(slow, limits=duplex.Limits(shutdown_grace=0.3)) as server,
-            await RawClient.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
-            await client.send(request_bytes())
+            await client.start("/")
             await slow.running.wait()
             await server.shutdown()
     assert slow.cancelled
