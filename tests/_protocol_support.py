@@ -20,11 +20,23 @@ from contextlib import asynccontextmanager
 
 import h2.events
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
 
 from _channel_support import ConnectionEnded, RawHTTP
 from _h2_support import H2Peer
 
-__all__ = ["H1Exchange", "H2Exchange", "exchange"]
+__all__ = ["H1Exchange", "H2Exchange", "WebSocketClosed", "WebSocketPeer", "exchange"]
 
 
 def _fields(headers: str) -> list[tuple[str, str]]:
@@ -205,3 +217,114 @@ async def exchange(port: int, protocol: str) -> AsyncIterator[H1Exchange | H2Exc
         assert protocol == "h2", protocol
         async with _Peer.connect(port) as peer:
             yield H2Exchange(peer)
+
+
+class WebSocketClosed(Exception):
+    """The WebSocket closed; ``code`` is the close code received (1006: none)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the WebSocket closed with {code}")
+        self.code = code
+
+
+class WebSocketPeer:
+    """A WebSocket client (wsproto) on an exchange of either protocol: the HTTP/1.1
+    Upgrade, or an extended CONNECT (RFC 8441) over an h2c stream."""
+
+    def __init__(self, raw: H1Exchange | H2Exchange) -> None:
+        self.raw = raw
+        self.ws: WSConnection | Connection = WSConnection(ConnectionType.CLIENT)
+        self.close_code: int | None = None
+        self._messages: list[str | bytes] = []
+        self._parts: list[str | bytes] = []
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, port: int, protocol: str, path: str = "/ws"
+    ) -> AsyncIterator[WebSocketPeer]:
+        async with exchange(port, protocol) as raw:
+            peer = cls(raw)
+            await peer._open(path)
+            yield peer
+
+    async def _open(self, path: str) -> None:
+        if isinstance(self.raw, H1Exchange):
+            assert isinstance(self.ws, WSConnection)
+            await self.raw.stream.send_all(self.ws.send(Request(host="127.0.0.1", target=path)))
+            while not any(isinstance(event, AcceptConnection) for event in await self._events()):
+                pass
+            return
+        h2_peer = self.raw.peer
+        await h2_peer.until(lambda: bool(h2_peer.remote_settings))
+        self.raw.stream_id = await h2_peer.request(
+            "CONNECT",
+            path,
+            [("sec-websocket-version", "13")],
+            end=False,
+            extra=[(b":protocol", b"websocket")],
+        )
+        await self.raw.read_head()
+        assert self.raw.status == 200, self.raw.status
+        self.ws = Connection(ConnectionType.CLIENT)
+
+    async def _send(self, event: Event) -> None:
+        data = self.ws.send(event)
+        if isinstance(self.raw, H1Exchange):
+            await self.raw.stream.send_all(data)
+        else:
+            await self.raw.send(data)
+
+    async def _events(self) -> list[Event]:
+        """Read once; the events that came (a ping answered, a close noted and answered)."""
+        if isinstance(self.raw, H1Exchange):
+            try:
+                data = await self.raw.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                data = b""
+        else:
+            try:
+                data = await self.raw.read_chunk()
+            except ConnectionEnded:
+                data = b""
+        self.ws.receive_data(data or None)
+        events = list(self.ws.events())
+        for event in events:
+            if isinstance(event, Ping):
+                await self._send(event.response())
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    await self._send(event.response())
+            elif isinstance(event, Message):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    joined = "" if isinstance(event, TextMessage) else b""
+                    self._messages.append(joined.join(self._parts))  # type: ignore[arg-type]
+                    self._parts = []
+        if not data and self.close_code is None:
+            self.close_code = 1006
+        return events
+
+    async def send(self, message: str | bytes) -> None:
+        event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
+        await self._send(event)
+
+    async def receive(self) -> str | bytes:
+        """The next message; ``WebSocketClosed`` once the WebSocket has closed."""
+        while not self._messages:
+            if self.close_code is not None:
+                raise WebSocketClosed(self.close_code)
+            await self._events()
+        return self._messages.pop(0)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close, and wait for the server's close frame."""
+        await self._send(CloseConnection(code, reason))
+        while self.close_code is None:
+            await self._events()
+
+    async def drop(self) -> None:
+        """Go away without a close frame: the socket closes over HTTP/1.1, the stream is
+        reset over HTTP/2."""
+        await self.raw.leave()

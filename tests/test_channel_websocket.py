@@ -7,11 +7,13 @@ from contextlib import suppress
 
 import pytest
 import trio
+import trio.testing
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import duplex
 from _channel_support import CloseRecorder, Opened, RawHTTP, in_asyncio_thread, serving
+from _protocol_support import WebSocketClosed, WebSocketPeer
 
 
 def echo(channel: duplex.Channel, message: str | bytes) -> object:
@@ -216,4 +218,147 @@ async def test_a_client_that_never_answers_the_close_frame_is_hung_up_on(
                 status = await channel.wait_closed()
             assert await mute.stream.receive_some(2) == b"\x88\x02"  # the close frame
     assert status.kind == "server"
+    assert closes.statuses == [status]
+
+
+# -- over both protocols: wsproto as the client, by the HTTP/1.1 Upgrade or by an
+# -- extended CONNECT over HTTP/2 (RFC 8441); conftest's both_protocols
+
+
+@pytest.mark.both_protocols
+async def test_messages_come_back_as_they_went_in_order(protocol: str) -> None:
+    opened = Opened()
+    with trio.fail_after(5):
+        async with (
+            serving(websocket_channel(opened)) as server,
+            WebSocketPeer.connect(server.port, protocol) as ws,
+        ):
+            await ws.send("hello, channel")
+            await ws.send(b"\x00\xffbinary")
+            for number in range(20):
+                await ws.send(str(number))
+            received = [await ws.receive() for _ in range(22)]
+            channel = await opened.one()
+            await ws.close()
+    assert received == ["hello, channel", b"\x00\xffbinary", *(str(n) for n in range(20))]
+    assert channel.transport == "websocket"
+    assert channel.is_websocket
+
+
+@pytest.mark.both_protocols
+async def test_the_client_close_code_and_reason_reach_on_close_once(protocol: str) -> None:
+    opened, closes = Opened(), CloseRecorder()
+    with trio.fail_after(5):
+        async with serving(websocket_channel(opened, closes)) as server:
+            async with WebSocketPeer.connect(server.port, protocol) as ws:
+                await ws.send("x")
+                await ws.receive()
+                await ws.close(4001, "done here")
+            channel = await opened.one()
+            with trio.fail_after(1):
+                status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
+    assert status == duplex.CloseStatus("client", 4001, "done here")
+    assert closes.statuses == [status]
+
+
+@pytest.mark.both_protocols
+async def test_a_server_close_reaches_a_client_of_either_protocol_as_1000(
+    protocol: str,
+) -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request, on_receive=lambda channel, _: channel.close())
+
+    with trio.fail_after(5):
+        async with serving(handler) as server, WebSocketPeer.connect(server.port, protocol) as ws:
+            await ws.send("close, please")
+            with pytest.raises(WebSocketClosed) as closed:
+                await ws.receive()
+    assert closed.value.code == 1000
+
+
+@pytest.mark.both_protocols
+async def test_a_message_over_max_message_size_closes_with_1009_once(protocol: str) -> None:
+    opened, closes = Opened(), CloseRecorder()
+    with trio.fail_after(5):
+        async with serving(websocket_channel(opened, closes, max_message_size=100)) as server:
+            async with WebSocketPeer.connect(server.port, protocol) as ws:
+                await ws.send("small")
+                assert await ws.receive() == "small"
+                await ws.send("x" * 101)
+                with pytest.raises(WebSocketClosed) as closed:
+                    await ws.receive()
+            channel = await opened.one()
+            with trio.fail_after(1):
+                status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
+    assert closed.value.code == 1009
+    assert (status.kind, status.code) == ("error", 1009)
+    assert closes.statuses == [status]
+
+
+@pytest.mark.both_protocols
+@pytest.mark.xfail_over_h2(
+    "a WebSocket over HTTP/2 whose stream is reset or whose connection closes closes as "
+    "('shutdown', 1001, 'the server stopped'), not ('gone', 1006): its exchange is "
+    "DETACHED, so fail() leaves it not failed and the control's gone stays False"
+)
+async def test_a_dropped_websocket_closes_the_channel_as_gone_1006_once(protocol: str) -> None:
+    """Over HTTP/2 the client resets its stream; the connection stays up."""
+    opened, closes = Opened(), CloseRecorder()
+    with trio.fail_after(5):
+        async with (
+            serving(websocket_channel(opened, closes)) as server,
+            WebSocketPeer.connect(server.port, protocol) as ws,
+        ):
+            await ws.send("x")
+            await ws.receive()
+            await ws.drop()
+            channel = await opened.one()
+            with trio.fail_after(1):
+                status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
+    assert (status.kind, status.code) == ("gone", 1006)
+    assert closes.statuses == [status]
+
+
+@pytest.mark.both_protocols
+@pytest.mark.xfail_over_h2(
+    "a WebSocket over HTTP/2 whose stream is reset or whose connection closes closes as "
+    "('shutdown', 1001, 'the server stopped'), not ('gone', 1006): its exchange is "
+    "DETACHED, so fail() leaves it not failed and the control's gone stays False"
+)
+async def test_a_websocket_whose_connection_closes_closes_the_channel_as_gone_once(
+    protocol: str,
+) -> None:
+    opened, closes = Opened(), CloseRecorder()
+    with trio.fail_after(5):
+        async with serving(websocket_channel(opened, closes)) as server:
+            async with WebSocketPeer.connect(server.port, protocol) as ws:
+                await ws.send("x")
+                await ws.receive()
+            channel = await opened.one()
+            with trio.fail_after(1):
+                status = await channel.wait_closed()
+            await trio.testing.wait_all_tasks_blocked()
+    assert (status.kind, status.code) == ("gone", 1006)
+    assert closes.statuses == [status]
+
+
+@pytest.mark.both_protocols
+async def test_server_shutdown_closes_a_websocket_with_1001_once(protocol: str) -> None:
+    opened, closes = Opened(), CloseRecorder()
+    with trio.fail_after(5):
+        async with (
+            serving(websocket_channel(opened, closes)) as server,
+            WebSocketPeer.connect(server.port, protocol) as ws,
+        ):
+            channel = await opened.one()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.shutdown, 2)
+                with pytest.raises(WebSocketClosed) as closed:
+                    await ws.receive()
+            status = await channel.wait_closed()
+    assert closed.value.code == 1001
+    assert (status.kind, status.code) == ("shutdown", 1001)
     assert closes.statuses == [status]
