@@ -185,6 +185,12 @@ SERVER_SPECS = {
             {"PYTHONPATH": str(SERVERS)},
         ),
         Server(
+            "trio-raw-responder",
+            "raw trio keep-alive responder, no HTTP parser (servers/trio_raw_responder.py): "
+            "the small-request ceiling on trio",
+            lambda port: [PY, str(SERVERS / "trio_raw_responder.py"), "--port", str(port)],
+        ),
+        Server(
             "trio-raw-echo",
             "raw trio TCP echo, no HTTP (servers/trio_raw_echo.py): the echo ceiling",
             lambda port: [PY, str(SERVERS / "trio_raw_echo.py"), "--port", str(port)],
@@ -525,10 +531,14 @@ def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any
 Log = Callable[[str], None]
 
 
+#: Small requests run against the HTTP servers and the trio ceiling.
+SMALL_SERVERS = [*HTTP_SERVERS, "trio-raw-responder"]
+
+
 def bench_small(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"_skipped": "wrk is not installed (apt-get install -y wrk)"}
-    servers = lineup(HTTP_SERVERS, baseline.name if baseline else None)
+    servers = lineup(SMALL_SERVERS, baseline.name if baseline else None)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     # Repeats go round all the servers, so that a noisy minute hits each of them alike.
     for repeat in range(sizes.repeats):
@@ -984,7 +994,12 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
 
     small = results.get("small", {})
     d = _get(small, "duplex", "req_per_cpu_s")
-    for peer, goal in (("trio-h11-floor", 1.0), ("hypercorn-trio", 4.0)):
+    for peer, goal in (
+        ("trio-h11-floor", 1.0),
+        ("hypercorn-trio", 4.0),
+        ("aiohttp", 1.0),
+        ("trio-raw-responder", 0.5),
+    ):
         p = _get(small, peer, "req_per_cpu_s")
         at_least(
             f"small: req per server CPU-s vs {peer}",
@@ -1312,7 +1327,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
         else:
             rows = []
             floor = _get(small, "trio-h11-floor", "req_per_cpu_s")
-            for name in lineup(HTTP_SERVERS, bname):
+            for name in lineup(SMALL_SERVERS, bname):
                 r = small.get(name, {})
                 error = _cell_error(r)
                 if error:
