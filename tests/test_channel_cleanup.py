@@ -13,7 +13,8 @@ import trio
 
 import duplex
 import duplex.channels._runner
-from _channel_support import CloseRecorder, Opened, RawHTTP, serving
+from _channel_support import CloseRecorder, Opened, serving
+from _protocol_support import exchange
 
 CLEANUP_SECONDS = 0.2
 
@@ -24,7 +25,7 @@ def short_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def close_with_hooks(
-    after_close: list[Callable[[duplex.Channel], Any]], closes: CloseRecorder
+    after_close: list[Callable[[duplex.Channel], Any]], closes: CloseRecorder, protocol: str
 ) -> duplex.CloseStatus:
     """Open a channel with ``after_close`` hooks, close it from the server, and return
     what ``wait_closed()`` returns."""
@@ -33,7 +34,7 @@ async def close_with_hooks(
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(request, on_open=opened, after_close=after_close, on_close=closes)
 
-    async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+    async with serving(handler) as server, exchange(server.port, protocol) as client:
         await client.request("/", headers="Accept: text/event-stream\r\n")
         channel = await opened.one()
         await channel.close()
@@ -41,8 +42,10 @@ async def close_with_hooks(
             return await channel.wait_closed()
 
 
+@pytest.mark.both_protocols
 async def test_on_close_runs_once_after_an_after_close_hook_that_never_returns(
     caplog: pytest.LogCaptureFixture,
+    protocol: str,
 ) -> None:
     closes = CloseRecorder()
 
@@ -50,14 +53,17 @@ async def test_on_close_runs_once_after_an_after_close_hook_that_never_returns(
         await trio.sleep_forever()
 
     with trio.fail_after(5):
-        status = await close_with_hooks([hang], closes)
+        status = await close_with_hooks([hang], closes, protocol)
     assert status == duplex.CloseStatus("server")
     assert closes.statuses == [status]
     [error] = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert "after_close took more than" in error.getMessage()
 
 
-async def test_on_close_runs_once_after_after_close_hooks_longer_than_the_bound() -> None:
+@pytest.mark.both_protocols
+async def test_on_close_runs_once_after_after_close_hooks_longer_than_the_bound(
+    protocol: str,
+) -> None:
     closes = CloseRecorder()
     finished: list[str] = []
 
@@ -68,13 +74,15 @@ async def test_on_close_runs_once_after_after_close_hooks_longer_than_the_bound(
             finished.append("slow")
 
     with trio.fail_after(5):
-        status = await close_with_hooks([slow, slow], closes)
+        status = await close_with_hooks([slow, slow], closes, protocol)
     assert closes.statuses == [status]
     assert finished == ["slow"]  # the first was cut short; the second never began
 
 
+@pytest.mark.both_protocols
 async def test_a_failing_after_close_hook_stops_neither_the_next_nor_on_close(
     caplog: pytest.LogCaptureFixture,
+    protocol: str,
 ) -> None:
     closes = CloseRecorder()
     calls: list[str] = []
@@ -84,14 +92,18 @@ async def test_a_failing_after_close_hook_stops_neither_the_next_nor_on_close(
         raise RuntimeError("cleanup failed")
 
     with trio.fail_after(5):
-        status = await close_with_hooks([fail, lambda channel: calls.append("next")], closes)
+        status = await close_with_hooks(
+            [fail, lambda channel: calls.append("next")], closes, protocol
+        )
     assert calls == ["fail", "next"]
     assert closes.statuses == [status]
     assert any("cleanup failed" in record.exc_text for record in caplog.records if record.exc_text)
 
 
+@pytest.mark.both_protocols
 async def test_an_on_close_that_never_returns_still_lets_wait_closed_return(
     caplog: pytest.LogCaptureFixture,
+    protocol: str,
 ) -> None:
     opened = Opened()
     started = trio.Event()
@@ -104,7 +116,7 @@ async def test_an_on_close_that_never_returns_still_lets_wait_closed_return(
         return duplex.channel(request, on_open=opened, on_close=on_close)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request("/", headers="Accept: text/event-stream\r\n")
             channel = await opened.one()
             await channel.close()

@@ -4,16 +4,21 @@ that sends more than the queue holds is held back by the client, never deadlocke
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 import duplex
-from _channel_support import RawHTTP, serving
+from _channel_support import serving
+from _protocol_support import H1Exchange, H2Exchange, exchange
 
 COUNT = 2000  # more than the 1,024 messages a channel queues
 
 
-async def test_a_chunk_sent_from_after_open_arrives_before_the_hook_sends_the_next() -> None:
+@pytest.mark.both_protocols
+async def test_a_chunk_sent_from_after_open_arrives_before_the_hook_sends_the_next(
+    protocol: str,
+) -> None:
     seen_first = trio.Event()
 
     async def after_open(channel: duplex.Channel) -> None:
@@ -26,14 +31,15 @@ async def test_a_chunk_sent_from_after_open_arrives_before_the_hook_sends_the_ne
         return duplex.channel(request, after_open=after_open)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request()
             assert await client.read_chunk() == b"chunky 0\n"
             seen_first.set()
             assert await client.read_body() == b"chunky 1\n"
 
 
-async def test_a_chunk_sent_from_on_open_arrives_while_on_open_still_runs() -> None:
+@pytest.mark.both_protocols
+async def test_a_chunk_sent_from_on_open_arrives_while_on_open_still_runs(protocol: str) -> None:
     seen_first = trio.Event()
 
     async def on_open(channel: duplex.Channel) -> None:
@@ -45,19 +51,22 @@ async def test_a_chunk_sent_from_on_open_arrives_while_on_open_still_runs() -> N
         return duplex.channel(request, on_open=on_open)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request("/", headers="Accept: text/event-stream\r\n")
             assert await client.read_chunk() == b"data: data\n\n"
             seen_first.set()
             assert await client.read_body() == b""
 
 
-async def read_numbers(client: RawHTTP) -> list[int]:
+async def read_numbers(client: H1Exchange | H2Exchange) -> list[int]:
     body = await client.read_body()
     return [int(line) for line in body.split()]
 
 
-async def test_an_after_open_hook_may_send_more_messages_than_the_queue_holds() -> None:
+@pytest.mark.both_protocols
+async def test_an_after_open_hook_may_send_more_messages_than_the_queue_holds(
+    protocol: str,
+) -> None:
     async def after_open(channel: duplex.Channel) -> None:
         for number in range(COUNT):
             assert await channel.send(f"{number}\n")
@@ -67,12 +76,15 @@ async def test_an_after_open_hook_may_send_more_messages_than_the_queue_holds() 
         return duplex.channel(request, after_open=after_open)
 
     with trio.fail_after(10):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request()
             assert await read_numbers(client) == list(range(COUNT))
 
 
-async def test_a_before_close_hook_may_send_more_messages_than_the_queue_holds() -> None:
+@pytest.mark.both_protocols
+async def test_a_before_close_hook_may_send_more_messages_than_the_queue_holds(
+    protocol: str,
+) -> None:
     queued: list[int] = []
 
     async def before_close(channel: duplex.Channel) -> None:
@@ -88,13 +100,16 @@ async def test_a_before_close_hook_may_send_more_messages_than_the_queue_holds()
         )
 
     with trio.fail_after(10):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request()
             assert await read_numbers(client) == list(range(COUNT))
     assert max(queued) <= 1024  # it went out as it was sent, within the queue's bound
 
 
-async def test_a_hook_sending_to_a_client_that_reads_slowly_is_held_back_not_queued() -> None:
+@pytest.mark.both_protocols
+async def test_a_hook_sending_to_a_client_that_reads_slowly_is_held_back_not_queued(
+    protocol: str,
+) -> None:
     sent: list[int] = []
     message = b"x" * 65536
 
@@ -112,7 +127,7 @@ async def test_a_hook_sending_to_a_client_that_reads_slowly_is_held_back_not_que
         return channel.response()
 
     with trio.fail_after(10):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request()
             await trio.testing.wait_all_tasks_blocked()
             # The hook waits for room: what the channel holds stays within its bounds.

@@ -6,24 +6,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
 
 import duplex
-from _channel_support import CloseRecorder, Opened, RawHTTP, request_bytes, serving
+from _channel_support import CloseRecorder, Opened, serving
+from _protocol_support import exchange
 
 
-async def fetch(handler: duplex.Handler, target: str = "/") -> RawHTTP:
-    """Serve ``handler``, GET ``target`` on a raw socket; the client with its body read."""
-    async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+@dataclass
+class Fetched:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def fetch(handler: duplex.Handler, protocol: str, target: str = "/") -> Fetched:
+    """Serve ``handler``, GET ``target`` with a raw peer of ``protocol``; the response."""
+    async with serving(handler) as server, exchange(server.port, protocol) as client:
         await client.request(target)
-        client.buffer[:] = await client.read_body()
-        return client
+        return Fetched(client.status, client.headers, await client.read_body())
 
 
-async def test_chunks_sent_while_new_are_queued_and_flushed_once_open() -> None:
+@pytest.mark.both_protocols
+async def test_chunks_sent_while_new_are_queued_and_flushed_once_open(protocol: str) -> None:
     states: list[str] = []
 
     async def handler(request: duplex.Request) -> duplex.Response:
@@ -34,12 +43,13 @@ async def test_chunks_sent_while_new_are_queued_and_flushed_once_open() -> None:
         return channel.response()
 
     with trio.fail_after(5):
-        client = await fetch(handler)
+        client = await fetch(handler, protocol)
     assert states == ["new"]
-    assert bytes(client.buffer) == b"queued while new"
+    assert client.body == b"queued while new"
 
 
-async def test_the_channel_is_open_when_on_open_and_after_open_run() -> None:
+@pytest.mark.both_protocols
+async def test_the_channel_is_open_when_on_open_and_after_open_run(protocol: str) -> None:
     states: list[str] = []
 
     async def handler(request: duplex.Request) -> duplex.Response:
@@ -50,11 +60,14 @@ async def test_the_channel_is_open_when_on_open_and_after_open_run() -> None:
         )
 
     with trio.fail_after(5):
-        await fetch(handler)
+        await fetch(handler, protocol)
     assert states == ["open", "open"]
 
 
-async def test_before_chunk_transforms_chunks_queued_together_upcased_and_reversed() -> None:
+@pytest.mark.both_protocols
+async def test_before_chunk_transforms_chunks_queued_together_upcased_and_reversed(
+    protocol: str,
+) -> None:
     async def after_open(channel: duplex.Channel) -> None:
         # rack-stream's ``chunk "chunky", "monkey"``: queued together, one batch.
         channel.offer("chunky")
@@ -68,11 +81,12 @@ async def test_before_chunk_transforms_chunks_queued_together_upcased_and_revers
         return duplex.channel(request, after_open=after_open, before_chunk=upcase_and_reverse)
 
     with trio.fail_after(5):
-        client = await fetch(handler)
-    assert bytes(client.buffer) == b"MONKEYCHUNKY"
+        client = await fetch(handler, protocol)
+    assert client.body == b"MONKEYCHUNKY"
 
 
-async def test_before_close_may_still_send_after_close_was_called() -> None:
+@pytest.mark.both_protocols
+async def test_before_close_may_still_send_after_close_was_called(protocol: str) -> None:
     async def goodbye(channel: duplex.Channel) -> None:
         assert not channel.is_open
         assert await channel.send("goodbye!")
@@ -85,12 +99,14 @@ async def test_before_close_may_still_send_after_close_was_called() -> None:
         return duplex.channel(request, after_open=hello, before_close=goodbye)
 
     with trio.fail_after(5):
-        client = await fetch(handler)
-    assert bytes(client.buffer) == b"hello, goodbye!"
+        client = await fetch(handler, protocol)
+    assert client.body == b"hello, goodbye!"
 
 
+@pytest.mark.both_protocols
 async def test_sending_from_after_close_errors_the_channel_and_logs(
     caplog: pytest.LogCaptureFixture,
+    protocol: str,
 ) -> None:
     results: list[bool] = []
     states: list[str] = []
@@ -111,9 +127,9 @@ async def test_sending_from_after_close_errors_the_channel_and_logs(
         )
 
     with trio.fail_after(5):
-        client = await fetch(handler)
+        client = await fetch(handler, protocol)
         await closes.called.wait()
-    assert bytes(client.buffer) == b"done"
+    assert client.body == b"done"
     assert states == ["closed", "errored"]
     assert results == [False, False]
     [status] = closes.statuses
@@ -123,7 +139,8 @@ async def test_sending_from_after_close_errors_the_channel_and_logs(
     assert "after_close" in errors[0].getMessage()
 
 
-async def test_after_close_sees_the_channel_closed_before_on_close_runs() -> None:
+@pytest.mark.both_protocols
+async def test_after_close_sees_the_channel_closed_before_on_close_runs(protocol: str) -> None:
     order: list[str] = []
     channels: list[duplex.Channel] = []
 
@@ -139,7 +156,7 @@ async def test_after_close_sees_the_channel_closed_before_on_close_runs() -> Non
         return channels[0].response()
 
     with trio.fail_after(5):
-        await fetch(handler)
+        await fetch(handler, protocol)
         await channels[0].wait_closed()
     assert order == ["after_close closed", "on_close server"]
 
@@ -165,8 +182,12 @@ def _add_header(channel: duplex.Channel) -> None:
     ],
     ids=["status", "headers", "one-header"],
 )
+@pytest.mark.both_protocols
 async def test_changing_the_head_after_open_errors_and_closes_the_channel(
-    caplog: pytest.LogCaptureFixture, action: Callable[[duplex.Channel], None], words: str
+    caplog: pytest.LogCaptureFixture,
+    action: Callable[[duplex.Channel], None],
+    words: str,
+    protocol: str,
 ) -> None:
     opened, closes = Opened(), CloseRecorder()
 
@@ -174,8 +195,8 @@ async def test_changing_the_head_after_open_errors_and_closes_the_channel(
         return duplex.channel(request, on_open=opened, on_close=closes)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
-            await client.stream.send_all(request_bytes())
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
+            await client.start()
             channel = await opened.one()
             await channel.send("streaming")
             await client.read_head()
@@ -197,7 +218,8 @@ async def test_changing_the_head_after_open_errors_and_closes_the_channel(
     assert "after the channel opened" in error.getMessage()
 
 
-async def test_status_and_headers_may_change_while_new() -> None:
+@pytest.mark.both_protocols
+async def test_status_and_headers_may_change_while_new(protocol: str) -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         channel = duplex.Channel(request, after_open=lambda channel: channel.send("ok", True))
         channel.status = 201
@@ -207,7 +229,7 @@ async def test_status_and_headers_may_change_while_new() -> None:
         return channel.response()
 
     with trio.fail_after(5):
-        client = await fetch(handler)
+        client = await fetch(handler, protocol)
     assert client.status == 201
     assert client.headers["x-two"] == "2"
     assert "x-one" not in client.headers
@@ -272,8 +294,10 @@ def async_hooks(calls: list[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("hooks", [plain_hooks, async_hooks], ids=["plain", "async"])
+@pytest.mark.both_protocols
 async def test_hooks_may_be_plain_or_async_functions(
     hooks: Callable[[list[str]], dict[str, Any]],
+    protocol: str,
 ) -> None:
     calls: list[str] = []
     channels: list[duplex.Channel] = []
@@ -283,7 +307,7 @@ async def test_hooks_may_be_plain_or_async_functions(
         return channels[0].response()
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request()
             assert await client.read_chunk() == b"CHUNKY "
             await channels[0].close()
@@ -295,8 +319,10 @@ async def test_hooks_may_be_plain_or_async_functions(
     assert calls[3:] == ["before_close", "before_chunk", "after_close", "on_close"]
 
 
+@pytest.mark.both_protocols
 async def test_an_illegal_action_in_before_close_errors_the_channel_and_on_close_runs_once(
     caplog: pytest.LogCaptureFixture,
+    protocol: str,
 ) -> None:
     closes = CloseRecorder()
     channels: list[duplex.Channel] = []
@@ -317,7 +343,7 @@ async def test_an_illegal_action_in_before_close_errors_the_channel_and_on_close
         return channels[0].response()
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
             await client.request()
             assert await client.read_chunk() == b"hello"
             status = await channels[0].wait_closed()

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 import duplex
-from _channel_support import Opened, RawHTTP, request_bytes, serving
+from _channel_support import Opened, serving
+from _protocol_support import exchange
 
 
-async def test_send_from_thread_reaches_the_client() -> None:
+@pytest.mark.both_protocols
+async def test_send_from_thread_reaches_the_client(protocol: str) -> None:
     opened = Opened()
 
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(request, on_open=opened)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
-            await client.stream.send_all(request_bytes())
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
+            await client.start()
             channel = await opened.one()
             sent = await trio.to_thread.run_sync(channel.send_from_thread, "from a thread")
             assert sent
@@ -24,15 +27,16 @@ async def test_send_from_thread_reaches_the_client() -> None:
             assert await client.read_chunk() == b"from a thread"
 
 
-async def test_close_from_thread_closes_the_channel() -> None:
+@pytest.mark.both_protocols
+async def test_close_from_thread_closes_the_channel(protocol: str) -> None:
     opened = Opened()
 
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.channel(request, on_open=opened)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
-            await client.stream.send_all(request_bytes())
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
+            await client.start()
             channel = await opened.one()
 
             def work() -> tuple[bool, bool, bool]:
