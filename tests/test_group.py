@@ -16,6 +16,7 @@ import trio_websocket
 
 import duplex
 from _channel_support import ConnectionEnded, Opened, RawHTTP, request_bytes, serving
+from _protocol_support import exchange
 
 SSE_HEADERS = "Accept: text/event-stream\r\n"
 MESSAGE_SIZE = 65536
@@ -253,7 +254,8 @@ async def test_a_broadcast_function_gets_each_member_and_its_attachment() -> Non
     ]
 
 
-async def test_an_async_broadcast_function_works_too() -> None:
+@pytest.mark.both_protocols
+async def test_an_async_broadcast_function_works_too(protocol: str) -> None:
     group = duplex.ChannelGroup()
     opened = Opened()
 
@@ -269,20 +271,21 @@ async def test_an_async_broadcast_function_works_too() -> None:
         return duplex.channel(request, on_open=join)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawHTTP.connect(server.port) as client:
-            await client.stream.send_all(request_bytes("/?ada"))
+        async with serving(handler) as server, exchange(server.port, protocol) as client:
+            await client.start("/?ada")
             await opened.one()
             assert await group.broadcast(personal, close=True) == 1
             await client.read_head()
             assert await client.read_body() == b"hello, ada"
 
 
-async def test_a_member_whose_client_leaves_leaves_the_group() -> None:
+@pytest.mark.both_protocols
+async def test_a_member_whose_client_leaves_leaves_the_group(protocol: str) -> None:
     group = duplex.ChannelGroup()
     opened = Opened()
     with trio.fail_after(5):
         async with serving(joining(group, opened)) as server:
-            async with await RawHTTP.connect(server.port) as client:
+            async with exchange(server.port, protocol) as client:
                 await client.request("/", headers=SSE_HEADERS)
                 channel = await opened.one()
                 assert channel in group
@@ -291,13 +294,14 @@ async def test_a_member_whose_client_leaves_leaves_the_group() -> None:
     assert len(group) == 0
 
 
-async def test_a_member_closed_by_the_server_leaves_the_group() -> None:
+@pytest.mark.both_protocols
+async def test_a_member_closed_by_the_server_leaves_the_group(protocol: str) -> None:
     group = duplex.ChannelGroup()
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(joining(group, opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/", headers=SSE_HEADERS)
             channel = await opened.one()
@@ -311,18 +315,20 @@ BINARY = bytes(range(256))  # not UTF-8: no text decoding could carry it
 
 
 @pytest.mark.parametrize("history", [0, 10], ids=["without-history", "with-history"])
+@pytest.mark.both_protocols
 async def test_a_binary_broadcast_reaches_http_and_websocket_members_byte_exact(
     history: int,
+    protocol: str,
 ) -> None:
     group = duplex.ChannelGroup(history=history)
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(joining(group, opened)) as server,
-            await RawHTTP.connect(server.port) as http,
+            exchange(server.port, protocol) as http,
             trio.open_nursery() as nursery,
         ):
-            await http.stream.send_all(request_bytes())
+            await http.start()
             url = f"ws://127.0.0.1:{server.port}/"
             websocket = await trio_websocket.connect_websocket_url(nursery, url)
             await opened.wait(2)
@@ -336,13 +342,16 @@ async def test_a_binary_broadcast_reaches_http_and_websocket_members_byte_exact(
             await websocket.aclose()
 
 
-async def test_with_history_an_sse_member_gets_a_binary_broadcast_as_an_event_with_its_id() -> None:
+@pytest.mark.both_protocols
+async def test_with_history_an_sse_member_gets_a_binary_broadcast_as_an_event_with_its_id(
+    protocol: str,
+) -> None:
     group = duplex.ChannelGroup(history=10)
     opened = Opened()
     with trio.fail_after(5):
         async with (
             serving(joining(group, opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/", headers=SSE_HEADERS)
             await opened.one()
@@ -351,7 +360,10 @@ async def test_with_history_an_sse_member_gets_a_binary_broadcast_as_an_event_wi
     assert [(event.id, event.data) for event in group.history] == [("1", "caf\u00e9")]
 
 
-async def test_a_reconnecting_sse_client_gets_the_history_after_its_last_event_id() -> None:
+@pytest.mark.both_protocols
+async def test_a_reconnecting_sse_client_gets_the_history_after_its_last_event_id(
+    protocol: str,
+) -> None:
     group = duplex.ChannelGroup(history=5)
     opened = Opened()
     for number in range(1, 8):
@@ -360,7 +372,7 @@ async def test_a_reconnecting_sse_client_gets_the_history_after_its_last_event_i
     with trio.fail_after(5):
         async with (
             serving(joining(group, opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/", headers=SSE_HEADERS + "Last-Event-ID: 5\r\n")
             await opened.one()
@@ -369,7 +381,8 @@ async def test_a_reconnecting_sse_client_gets_the_history_after_its_last_event_i
     assert data == (b"id: 6\ndata: event 6\n\nid: 7\ndata: event 7\n\nid: 8\ndata: event 8\n\n")
 
 
-async def test_a_last_event_id_older_than_the_history_replays_all_of_it() -> None:
+@pytest.mark.both_protocols
+async def test_a_last_event_id_older_than_the_history_replays_all_of_it(protocol: str) -> None:
     group = duplex.ChannelGroup(history=2)
     opened = Opened()
     for number in range(1, 5):
@@ -377,7 +390,7 @@ async def test_a_last_event_id_older_than_the_history_replays_all_of_it() -> Non
     with trio.fail_after(5):
         async with (
             serving(joining(group, opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/", headers=SSE_HEADERS + "Last-Event-ID: 1\r\n")
             await opened.one()
@@ -385,7 +398,10 @@ async def test_a_last_event_id_older_than_the_history_replays_all_of_it() -> Non
     assert data == b"id: 3\ndata: event 3\n\nid: 4\ndata: event 4\n\n"
 
 
-async def test_a_replay_longer_than_max_queue_reaches_the_reconnecting_client() -> None:
+@pytest.mark.both_protocols
+async def test_a_replay_longer_than_max_queue_reaches_the_reconnecting_client(
+    protocol: str,
+) -> None:
     group = duplex.ChannelGroup(history=20, max_queue=4)
     opened = Opened()
     for number in range(1, 11):
@@ -393,7 +409,7 @@ async def test_a_replay_longer_than_max_queue_reaches_the_reconnecting_client() 
     with trio.fail_after(5):
         async with (
             serving(joining(group, opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
             await client.request("/", headers=SSE_HEADERS + "Last-Event-ID: 2\r\n")
             channel = await opened.one()
