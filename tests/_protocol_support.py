@@ -235,6 +235,9 @@ class WebSocketPeer:
         self.raw = raw
         self.ws: WSConnection | Connection = WSConnection(ConnectionType.CLIENT)
         self.close_code: int | None = None
+        #: Answer the server's pings (or leave them unanswered); how many came.
+        self.answer_pings = True
+        self.pings = 0
         self._messages: list[str | bytes] = []
         self._parts: list[str | bytes] = []
 
@@ -291,7 +294,9 @@ class WebSocketPeer:
         events = list(self.ws.events())
         for event in events:
             if isinstance(event, Ping):
-                await self._send(event.response())
+                self.pings += 1
+                if self.answer_pings:
+                    await self._send(event.response())
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
@@ -317,6 +322,14 @@ class WebSocketPeer:
                 raise WebSocketClosed(self.close_code)
             await self._events()
         return self._messages.pop(0)
+
+    async def next_ping(self) -> None:
+        """Read until the server's next ping has come (and been answered, or not)."""
+        pings = self.pings
+        while self.pings == pings:
+            if self.close_code is not None:
+                raise WebSocketClosed(self.close_code)
+            await self._events()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close, and wait for the server's close frame."""
