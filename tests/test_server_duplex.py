@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -106,6 +107,48 @@ async def test_a_large_body_streams_through_the_echo_in_both_directions_at_once(
                 while chunk := await client.read_chunk():
                     received += chunk
     assert head.chunked
+    assert received == payload
+
+
+# -- over both protocols (conftest's both_protocols): duplex's client, over HTTP/1.1 or
+# -- one h2c stream
+
+
+@ECHOES
+@pytest.mark.both_protocols
+async def test_each_chunk_comes_back_before_the_next_is_sent_over_either_protocol(
+    echo: duplex.Handler, protocol: str
+) -> None:
+    with trio.fail_after(5):
+        async with serving(echo) as server, duplex.Client() as client:
+            output = duplex.Writable()
+            response = await client.post(f"http://127.0.0.1:{server.port}/", body=output)
+            assert response.http_version == {"h1": "1.1", "h2": "2"}[protocol]
+            stream = duplex.Stream(response.body, output)
+            for chunk in (b"Hello, ", b"World!"):
+                await stream.write(chunk)
+                assert await stream.read_exactly(len(chunk)) == chunk
+            await stream.close_write()
+            assert await stream.read() == b""
+
+
+@ECHOES
+@pytest.mark.both_protocols
+async def test_a_large_body_streams_through_the_echo_both_ways_at_once_over_either_protocol(
+    echo: duplex.Handler,
+) -> None:
+    # Eight times an HTTP/2 stream's window: the echo must be read while it is sent.
+    payload = os.urandom(8 * 65_536)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 50_000):
+            yield payload[start : start + 50_000]
+
+    with trio.fail_after(5):
+        async with serving(echo) as server, duplex.Client() as client:
+            # The upload goes on while its echo is read, in one exchange.
+            response = await client.post(f"http://127.0.0.1:{server.port}/", body=pieces())
+            received = await response.read()
     assert received == payload
 
 
