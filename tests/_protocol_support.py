@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import h2.events
 import trio
@@ -35,8 +36,17 @@ from wsproto.events import (
 
 from _channel_support import ConnectionEnded, RawHTTP
 from _h2_support import H2Peer
+from _server_support import RawClient, request_bytes
 
-__all__ = ["H1Exchange", "H2Exchange", "WebSocketClosed", "WebSocketPeer", "exchange"]
+__all__ = [
+    "Answer",
+    "H1Exchange",
+    "H2Exchange",
+    "WebSocketClosed",
+    "WebSocketPeer",
+    "ask",
+    "exchange",
+]
 
 
 def _fields(headers: str) -> list[tuple[str, str]]:
@@ -341,3 +351,49 @@ class WebSocketPeer:
         """Go away without a close frame: the socket closes over HTTP/1.1, the stream is
         reset over HTTP/2."""
         await self.raw.leave()
+
+
+@dataclass
+class Answer:
+    """A whole response as either protocol framed it."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    trailers: list[tuple[bytes, bytes]]
+    #: HTTP/1.1's ``Transfer-Encoding: chunked`` (never over HTTP/2).
+    chunked: bool
+
+    def header(self, name: str) -> str | None:
+        """The first value of ``name`` (case-insensitive), or None."""
+        key = name.lower().encode()
+        return next((value.decode() for field, value in self.headers if field == key), None)
+
+
+async def ask(
+    port: int,
+    protocol: str,
+    target: str = "/",
+    *,
+    method: str = "GET",
+    headers: str = "",
+    body: bytes = b"",
+) -> Answer:
+    """One request on a fresh connection of ``protocol``, its body (if any) sent whole
+    (with its Content-Length over HTTP/1.1); the whole response."""
+    if protocol == "h1":
+        async with await RawClient.connect(port) as client:
+            await client.send(request_bytes(target, method=method, headers=headers, body=body))
+            response = await client.read_response(method=method)
+        return Answer(
+            response.status,
+            response.headers,
+            response.body,
+            response.trailers,
+            response.chunked,
+        )
+    async with H2Peer.connect(port) as peer:
+        stream_id = await peer.request(method, target, _fields(headers), body=body or None)
+        state = await peer.response(stream_id)
+    assert state.status is not None and state.reset is None, state
+    return Answer(state.status, state.headers, bytes(state.data), state.trailers, False)

@@ -1,6 +1,8 @@
 """The server's ordinary HTTP/1.1: requests as handlers see them, framing chosen by the
 body's type, keep-alive, pipelining, HEAD, bodiless statuses, trailers, HTTP/1.0 and
-``Expect: 100-continue``."""
+``Expect: 100-continue``. What holds over HTTP/2 as well (the request as the handler sees
+it, the body kinds, Content-Length where the length is known, trailers) runs over both
+(conftest's ``both_protocols``)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import pytest
 import trio
 
 import duplex
-from _server_support import RawClient, Recorder, get, hello, request_bytes, serving
+from _protocol_support import ask
+from _server_support import RawClient, Recorder, hello, request_bytes, serving
 
 
-async def test_the_handler_sees_method_target_path_query_and_headers() -> None:
+@pytest.mark.both_protocols
+async def test_the_handler_sees_method_target_path_query_and_headers(protocol: str) -> None:
     seen: list[duplex.Request] = []
 
     async def handler(request: duplex.Request) -> duplex.Response:
@@ -22,28 +26,31 @@ async def test_the_handler_sees_method_target_path_query_and_headers() -> None:
         return duplex.Response(200)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawClient.connect(server.port) as client:
-            await client.send(
-                request_bytes("/a%20b/c?x=1&y=2", method="DELETE", headers="X-Thing: One\r\n")
+        async with serving(handler) as server:
+            await ask(
+                server.port,
+                protocol,
+                "/a%20b/c?x=1&y=2",
+                method="DELETE",
+                headers="X-Thing: One\r\n",
             )
-            await client.read_response()
     [request] = seen
     assert (request.method, request.target) == ("DELETE", "/a%20b/c?x=1&y=2")
     assert (request.path, request.query) == ("/a b/c", "x=1&y=2")
     assert request.headers["x-thing"] == "One"
     assert request.headers["HOST"] == "localhost"
-    assert request.http_version == "1.1"
+    assert request.http_version == {"h1": "1.1", "h2": "2"}[protocol]
 
 
-async def test_a_content_length_request_body_reaches_the_handler() -> None:
+@pytest.mark.both_protocols
+async def test_a_content_length_request_body_reaches_the_handler(protocol: str) -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         body = await request.body.join()
         return duplex.Response(200, body=b"got " + body)
 
     with trio.fail_after(5):
-        async with serving(handler) as server, await RawClient.connect(server.port) as client:
-            await client.send(request_bytes(method="POST", body=b"some data"))
-            response = await client.read_response()
+        async with serving(handler) as server:
+            response = await ask(server.port, protocol, method="POST", body=b"some data")
     assert response.body == b"got some data"
 
 
@@ -65,41 +72,45 @@ async def test_a_chunked_request_body_reaches_the_handler_with_an_unknown_length
     assert lengths == [None]
 
 
-async def test_a_bytes_body_is_sent_with_content_length() -> None:
+@pytest.mark.both_protocols
+async def test_a_bytes_body_is_sent_with_content_length(protocol: str) -> None:
     with trio.fail_after(5):
         async with serving(hello) as server:
-            response = await get(server.port)
+            response = await ask(server.port, protocol)
     assert response.status == 200
     assert response.header("content-length") == "5"
     assert not response.chunked
     assert response.body == b"hello"
 
 
-async def test_a_str_body_is_sent_as_utf8_text_with_content_length() -> None:
+@pytest.mark.both_protocols
+async def test_a_str_body_is_sent_as_utf8_text_with_content_length(protocol: str) -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.Response(200, body="héllo")
 
     with trio.fail_after(5):
         async with serving(handler) as server:
-            response = await get(server.port)
+            response = await ask(server.port, protocol)
     assert response.body == "héllo".encode()
     assert response.header("content-length") == str(len("héllo".encode()))
     assert response.header("content-type") == "text/plain; charset=utf-8"
 
 
-async def test_a_readable_with_a_known_length_is_sent_with_content_length() -> None:
+@pytest.mark.both_protocols
+async def test_a_readable_with_a_known_length_is_sent_with_content_length(protocol: str) -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         return duplex.Response(200, body=duplex.Buffered([b"ab", b"cd", b"e"]))
 
     with trio.fail_after(5):
         async with serving(handler) as server:
-            response = await get(server.port)
+            response = await ask(server.port, protocol)
     assert response.header("content-length") == "5"
     assert not response.chunked
     assert response.body == b"abcde"
 
 
-async def test_a_readable_without_a_length_is_sent_chunked() -> None:
+@pytest.mark.both_protocols
+async def test_a_readable_without_a_length_is_sent_chunked_or_as_data(protocol: str) -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         output = duplex.Writable()
 
@@ -113,13 +124,14 @@ async def test_a_readable_without_a_length_is_sent_chunked() -> None:
 
     with trio.fail_after(5):
         async with serving(handler) as server:
-            response = await get(server.port)
-    assert response.chunked
+            response = await ask(server.port, protocol)
+    assert response.chunked == (protocol == "h1")
     assert response.header("content-length") is None
     assert response.body == b"one two"
 
 
-async def test_an_async_iterable_body_is_sent_chunked() -> None:
+@pytest.mark.both_protocols
+async def test_an_async_iterable_body_is_sent_chunked_or_as_data(protocol: str) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for chunk in (b"a", b"", b"bc"):
             yield chunk
@@ -129,12 +141,13 @@ async def test_an_async_iterable_body_is_sent_chunked() -> None:
 
     with trio.fail_after(5):
         async with serving(handler) as server:
-            response = await get(server.port)
-    assert response.chunked
+            response = await ask(server.port, protocol)
+    assert response.chunked == (protocol == "h1")
     assert response.body == b"abc"
 
 
-async def test_a_streamable_body_is_sent_chunked() -> None:
+@pytest.mark.both_protocols
+async def test_a_streamable_body_is_sent_chunked_or_as_data(protocol: str) -> None:
     async def write(stream: duplex.Stream) -> None:
         await stream.write(b"streamed")
 
@@ -143,12 +156,13 @@ async def test_a_streamable_body_is_sent_chunked() -> None:
 
     with trio.fail_after(5):
         async with serving(handler) as server:
-            response = await get(server.port)
-    assert response.chunked
+            response = await ask(server.port, protocol)
+    assert response.chunked == (protocol == "h1")
     assert response.body == b"streamed"
 
 
-async def test_trailers_follow_a_chunked_body() -> None:
+@pytest.mark.both_protocols
+async def test_trailers_follow_a_streamed_body(protocol: str) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"data"
 
@@ -157,8 +171,8 @@ async def test_trailers_follow_a_chunked_body() -> None:
 
     with trio.fail_after(5):
         async with serving(handler) as server:
-            response = await get(server.port)
-    assert response.chunked
+            response = await ask(server.port, protocol)
+    assert response.chunked == (protocol == "h1")
     assert response.body == b"data"
     assert response.trailers == [(b"x-checksum", b"abc123")]
 
