@@ -5,13 +5,18 @@ reads holds about a megabyte by default (``max_queue_bytes``), then ``send`` wai
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 import duplex
 from _channel_support import Opened, RawHTTP, request_bytes, serving
+from _h2_support import H2Peer
+from _protocol_support import exchange
 
 MEGABYTE = 1 << 20
 MESSAGE = b"x" * (128 << 10)
@@ -34,6 +39,20 @@ async def connect_reading_nothing(port: int) -> trio.SocketStream:
     return stream
 
 
+@asynccontextmanager
+async def reading_nothing(port: int, protocol: str) -> AsyncIterator[None]:
+    """A client of ``protocol`` that asks for a channel and reads nothing of the answer
+    (over HTTP/2 it opens no window beyond the stream's first 64 KiB); it leaves on the
+    way out."""
+    if protocol == "h1":
+        async with await connect_reading_nothing(port):
+            yield
+        return
+    async with H2Peer.connect(port, auto_ack=False) as peer:
+        await peer.request("GET", "/")
+        yield
+
+
 async def offer_until_refused(channel: duplex.Channel, most: int) -> tuple[int, int]:
     """Offer ``MESSAGE`` until the channel refuses one (or ``most`` went in), letting it
     write what the socket takes in between; how many it took, and the most it held."""
@@ -45,43 +64,55 @@ async def offer_until_refused(channel: duplex.Channel, most: int) -> tuple[int, 
     return taken, largest
 
 
-async def test_a_client_that_never_reads_is_closed_as_too_slow_after_about_a_megabyte() -> None:
+@pytest.mark.both_protocols
+async def test_a_client_that_never_reads_is_closed_as_too_slow_after_about_a_megabyte(
+    protocol: str,
+) -> None:
     opened = Opened()
     with trio.fail_after(10):
-        async with serving(channel_handler(opened)) as server:
-            stream = await connect_reading_nothing(server.port)
+        async with (
+            serving(channel_handler(opened)) as server,
+            reading_nothing(server.port, protocol),
+        ):
             channel = await opened.one()
             taken, largest = await offer_until_refused(channel, 1024)
             status = await channel.wait_closed()
-            await stream.aclose()
     assert status.kind == "too-slow"
     assert largest <= MEGABYTE
     # About a megabyte queued, and what the sockets buffer, not 1,024 messages (128 MiB).
     assert taken < 100
 
 
-async def test_with_drop_oldest_a_client_that_never_reads_holds_about_a_megabyte() -> None:
+@pytest.mark.both_protocols
+async def test_with_drop_oldest_a_client_that_never_reads_holds_about_a_megabyte(
+    protocol: str,
+) -> None:
     opened = Opened()
     with trio.fail_after(10):
-        async with serving(channel_handler(opened, when_full="drop-oldest")) as server:
-            stream = await connect_reading_nothing(server.port)
+        async with (
+            serving(channel_handler(opened, when_full="drop-oldest")) as server,
+            reading_nothing(server.port, protocol),
+        ):
             channel = await opened.one()
             taken, largest = await offer_until_refused(channel, 200)
             assert channel.is_open
-            await stream.aclose()
     assert taken == 200
     assert largest <= MEGABYTE
 
 
-async def test_max_queue_bytes_sets_the_bound() -> None:
+@pytest.mark.both_protocols
+async def test_max_queue_bytes_sets_the_bound(
+    protocol: str,
+) -> None:
     opened = Opened()
     bound = 3 * len(MESSAGE)
     with trio.fail_after(10):
-        async with serving(channel_handler(opened, max_queue_bytes=bound)) as server:
-            stream = await connect_reading_nothing(server.port)
+        async with (
+            serving(channel_handler(opened, max_queue_bytes=bound)) as server,
+            reading_nothing(server.port, protocol),
+        ):
             channel = await opened.one()
             _, largest = await offer_until_refused(channel, 1024)
-            await stream.aclose()
     assert channel.close_status is not None and channel.close_status.kind == "too-slow"
     assert largest <= bound
 
@@ -112,15 +143,18 @@ async def test_send_waits_while_the_queue_holds_a_megabyte_then_everything_arriv
     assert numbers == list(range(100))
 
 
-async def test_a_message_larger_than_the_bound_goes_out_when_nothing_else_is_pending() -> None:
+@pytest.mark.both_protocols
+async def test_a_message_larger_than_the_bound_goes_out_when_nothing_else_is_pending(
+    protocol: str,
+) -> None:
     opened = Opened()
     big = b"y" * (2 * MEGABYTE)
     with trio.fail_after(10):
         async with (
             serving(channel_handler(opened)) as server,
-            await RawHTTP.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
-            await client.stream.send_all(request_bytes())
+            await client.start()
             channel = await opened.one()
             assert await channel.send(big, close=True)
             await client.read_head()
