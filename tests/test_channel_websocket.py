@@ -298,11 +298,6 @@ async def test_a_message_over_max_message_size_closes_with_1009_once(protocol: s
 
 
 @pytest.mark.both_protocols
-@pytest.mark.xfail_over_h2(
-    "a WebSocket over HTTP/2 whose stream is reset or whose connection closes closes as "
-    "('shutdown', 1001, 'the server stopped'), not ('gone', 1006): its exchange is "
-    "DETACHED, so fail() leaves it not failed and the control's gone stays False"
-)
 async def test_a_dropped_websocket_closes_the_channel_as_gone_1006_once(protocol: str) -> None:
     """Over HTTP/2 the client resets its stream; the connection stays up."""
     opened, closes = Opened(), CloseRecorder()
@@ -323,11 +318,6 @@ async def test_a_dropped_websocket_closes_the_channel_as_gone_1006_once(protocol
 
 
 @pytest.mark.both_protocols
-@pytest.mark.xfail_over_h2(
-    "a WebSocket over HTTP/2 whose stream is reset or whose connection closes closes as "
-    "('shutdown', 1001, 'the server stopped'), not ('gone', 1006): its exchange is "
-    "DETACHED, so fail() leaves it not failed and the control's gone stays False"
-)
 async def test_a_websocket_whose_connection_closes_closes_the_channel_as_gone_once(
     protocol: str,
 ) -> None:

@@ -248,10 +248,6 @@ async def test_a_body_failing_after_the_head_cuts_the_exchange_mid_body(
             assert await status_of(server, "/next") == 200
 
 
-@pytest.mark.xfail_over_h2(
-    "over HTTP/2 the handler's content-length: 3 goes out with 5 bytes of DATA and "
-    "END_STREAM (a malformed response, RFC 9113 8.1.1), nothing logged; not cut by a reset"
-)
 async def test_a_response_longer_than_its_content_length_is_cut_and_logged_as_an_error(
     caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:

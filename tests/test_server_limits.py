@@ -297,10 +297,6 @@ async def test_a_streamed_body_growing_over_max_body_size_gets_413() -> None:
 
 
 @pytest.mark.both_protocols
-@pytest.mark.xfail_over_h2(
-    "a header list over max_header_list_size is a connection error (GOAWAY, every stream "
-    "of the connection lost; the client sees StreamRefused), not 431 on its stream"
-)
 async def test_a_head_over_max_header_size_gets_431() -> None:
     recorder = Recorder()
     with trio.fail_after(5):

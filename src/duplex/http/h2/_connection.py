@@ -55,6 +55,11 @@ log = logging.getLogger("duplex.server")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: The window HTTP/2 opens for a connection before any WINDOW_UPDATE.
 _DEFAULT_WINDOW = 65535
+#: The decoded header list past which a connection fails (HPACK bombs), whatever
+#: ``Limits.max_header_list_size`` is (and at least twice it).
+_HARD_HEADER_LIST_SIZE = 65536
+#: What each field counts on top of its name and value (RFC 9113 §6.5.2).
+_FIELD_OVERHEAD = 32
 #: The preface and the first frame's head up to its type, which must be SETTINGS.
 _OPENING = len(PREFACE) + 4
 _SETTINGS = 0x4
@@ -127,8 +132,12 @@ class H2ServerConnection:
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
-        # (h2 applies the header list limit to its decoder only once acknowledged.)
-        self.h2.decoder.max_header_list_size = limits.header_list_size
+        # HPACK is decoded whole up to a hard limit (beyond it, the connection fails: the
+        # decoder's state cannot be trusted); a list over the advertised limit but under
+        # that one is answered 431 on its stream, and the connection goes on.
+        self.h2.decoder.max_header_list_size = max(
+            2 * limits.header_list_size, _HARD_HEADER_LIST_SIZE
+        )
         #: The exchanges of the streams open, by stream id.
         self.streams: dict[int, H2Exchange] = {}
         #: Streams opened so far.
@@ -470,7 +479,9 @@ class H2ServerConnection:
         else:
             exchange.request_complete = True
         limit = self.limits.max_body_size
-        if length is not None and limit is not None and length > limit:
+        if _list_size(event) > self.limits.header_list_size:
+            exchange.body_failed(ProtocolError("the request head is too large", 431))
+        elif length is not None and limit is not None and length > limit:
             exchange.body_failed(ProtocolError("the request body is too large", 413))
         elif request.method == "CONNECT" and "upgrade" not in request.headers:
             # A tunnel, not an extended CONNECT: duplex is no proxy (as over HTTP/1.1).
@@ -565,3 +576,8 @@ class H2ServerConnection:
         with trio.move_on_after(self.limits.linger_timeout):
             await exchange.start(status, headers)
             await exchange.send(body, end=True)
+
+
+def _list_size(event: h2.events.RequestReceived) -> int:
+    """The size of a request's header list as SETTINGS_MAX_HEADER_LIST_SIZE counts it."""
+    return sum(len(name) + len(value) + _FIELD_OVERHEAD for name, value in event.headers or ())

@@ -45,10 +45,12 @@ class H2Exchange(Exchange):
         "clogged",
         "closed",
         "connection",
+        "declared",
         "error_status",
         "out_ended",
         "received",
         "sending",
+        "sent",
         "stream_id",
         "trailers",
         "window",
@@ -71,6 +73,9 @@ class H2Exchange(Exchange):
         self.closed = False
         #: Request body bytes received so far (for ``max_body_size``).
         self.received = 0
+        #: Response body bytes sent so far, and the Content-Length the response named.
+        self.sent = 0
+        self.declared: int | None = None
         #: The status the stream is answered with if its request turns out bad before
         #: the response began (413, 408).
         self.error_status: int | None = None
@@ -137,7 +142,17 @@ class H2Exchange(Exchange):
             raise ProtocolError(f"cannot send this message: a response with {status}", 500)
         self._check_open()
         fields = [(b":status", b"%d" % status)]
-        if not any(name == b"date" for name, _ in headers):
+        dated = False
+        for name, value in headers:
+            if name == b"date":
+                dated = True
+            elif name == b"content-length" and not end:
+                if not value.isdigit() or (
+                    self.declared is not None and int(value) != self.declared
+                ):
+                    raise _cannot_send(f"malformed Content-Length: {value!r}")
+                self.declared = int(value)
+        if not dated:
             fields.append((b"date", http_date()))
         fields += [field for field in headers if field[0] not in CONNECTION_HEADERS]
         connection = self.connection
@@ -174,6 +189,9 @@ class H2Exchange(Exchange):
         connection = self.connection
         h2 = connection.h2
         stream_id = self.stream_id
+        self.sent += len(data)
+        if self.declared is not None and self.sent > self.declared:
+            raise _cannot_send("too much data for declared Content-Length")
         view = memoryview(data)
         while True:
             self._check_open()
@@ -253,6 +271,8 @@ class H2Exchange(Exchange):
             return
         h2 = self.connection.h2
         trailers = self.trailers
+        if self.declared is not None and self.sent < self.declared:
+            raise _cannot_send("too little data for declared Content-Length")
         with mapped():
             if trailers:
                 fields = [field for field in trailers if field[0] not in CONNECTION_HEADERS]
@@ -303,3 +323,9 @@ class H2Exchange(Exchange):
             log.debug("stream %d could not be reset: %r", self.stream_id, error)
             return
         self.connection.flush_soon()
+
+
+def _cannot_send(message: str) -> ProtocolError:
+    """A response the handler built that HTTP cannot carry: its bug, answered with 500
+    (or a reset stream) and logged, never blamed on the peer."""
+    return ProtocolError(f"cannot send this message: {message}", 500)

@@ -99,11 +99,17 @@ class H2Control(ExchangeControl):
     def __init__(self, exchange: H2Exchange) -> None:
         super().__init__(exchange.connection, exchange)
 
+    @property
+    def gone(self) -> bool:
+        # (A stream taken over is DETACHED, never FAILED: its reset says it.)
+        return self._exchange.failed or self._exchange.closed
+
     async def start(self, status: int, headers: HeadersLike | None = None) -> None:
         exchange = self._exchange
         if exchange.head_started:
             raise RuntimeError("the response has already started")
-        await exchange.start(status, list(Headers(headers).raw))
+        ends = exchange.request.method == "HEAD" or status in NO_BODY_STATUSES
+        await exchange.start(status, list(Headers(headers).raw), end=ends)
 
     async def write(self, data: bytes) -> None:
         if data and self._exchange.request.method != "HEAD":
