@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 import trio
 from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
 
 from ..._body import Writable
 from ..._errors import ProtocolError, Timeout
-from ..._foreign import mapped
+from ..._foreign import translate
 from .._exchange import HANDLING, RESPONDED, RESPONDING, Exchange, PeerGone
 from .._models import Request
 from ..h1._framing import http_date
@@ -156,8 +157,10 @@ class H2Exchange(Exchange):
             fields.append((b"date", http_date()))
         fields += [field for field in headers if field[0] not in CONNECTION_HEADERS]
         connection = self.connection
-        with mapped():
+        try:
             connection.h2.send_headers(self.stream_id, fields, end_stream=end)
+        except H2Error as error:
+            raise translate(error) from error
         if self.state is HANDLING:
             self.to(RESPONDING)
         else:
@@ -195,14 +198,13 @@ class H2Exchange(Exchange):
         view = memoryview(data)
         while True:
             self._check_open()
-            with mapped():
-                window = h2.local_flow_control_window(stream_id)
+            window = self._window()
             if window <= 0 and view:
                 await self._wait_window()
                 continue
             # As many frames as the window takes, then one flush for them all.
             frame_size = h2.max_outbound_frame_size
-            with mapped():
+            try:
                 while True:
                     size = min(window, frame_size, len(view))
                     piece = data if size == len(data) else view[:size].tobytes()
@@ -213,6 +215,8 @@ class H2Exchange(Exchange):
                         h2.send_data(stream_id, piece, end_stream=last)
                     if not view or window <= 0:
                         break
+            except H2Error as error:
+                raise translate(error) from error
             if end and not view:
                 self._ended()
                 await connection.flush_end()
@@ -220,6 +224,14 @@ class H2Exchange(Exchange):
             await connection.flush()
             if not view:
                 return
+
+    def _window(self) -> int:
+        """How much DATA the peer takes on this stream now (its and the connection's
+        flow-control windows)."""
+        try:
+            return self.connection.h2.local_flow_control_window(self.stream_id)
+        except H2Error as error:
+            raise translate(error) from error
 
     async def _wait_window(self) -> None:
         """Wait for the peer to open the window (send what is queued meanwhile)."""
@@ -248,9 +260,8 @@ class H2Exchange(Exchange):
         h2 = self.connection.h2
         while not (self.closed or self.out_ended):
             room = min(h2.max_outbound_frame_size, h2.remote_settings.initial_window_size)
-            with mapped():
-                if h2.local_flow_control_window(self.stream_id) >= room:
-                    break
+            if self._window() >= room:
+                break
             # Said to block: the next send waits for the room too (as a socket would).
             self.clogged = True
             await self._wait_window()
@@ -273,12 +284,14 @@ class H2Exchange(Exchange):
         trailers = self.trailers
         if self.declared is not None and self.sent < self.declared:
             raise _cannot_send("too little data for declared Content-Length")
-        with mapped():
+        try:
             if trailers:
                 fields = [field for field in trailers if field[0] not in CONNECTION_HEADERS]
                 h2.send_headers(self.stream_id, fields, end_stream=True)
             else:
                 h2.end_stream(self.stream_id)
+        except H2Error as error:
+            raise translate(error) from error
         self._ended()
 
     def end_soon(self) -> None:
