@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import h2.events
+import h2.exceptions
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
@@ -192,8 +193,10 @@ class H2Exchange:
         await self.peer.end(self.stream_id)
 
     async def leave(self) -> None:
-        """Go away mid-exchange: reset the stream (the connection stays up)."""
-        await self.peer.reset(self.stream_id)
+        """Go away mid-exchange: reset the stream (the connection stays up); nothing if
+        it has ended already."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            await self.peer.reset(self.stream_id)
 
     async def expect_closed(self) -> None:
         """Wait for the server to close the connection, which it must announce with a
