@@ -8,9 +8,11 @@ test drives frame by frame through h2, and duplex's own server.
 
 from __future__ import annotations
 
+import os
 import random
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Literal
 
 import h2.errors
@@ -850,3 +852,24 @@ async def test_a_stream_in_flight_finishes_through_duplexs_graceful_shutdown(
             assert await stream.read() == b""
             # The connection took no new stream, and closed with its last one.
             assert client.pool.open_connections() == 0
+
+
+async def test_duplex_request_with_http2_speaks_h2_over_tls(
+    tls: tuple[trustme.CA, ssl.SSLContext], tmp_path: Path
+) -> None:
+    ca, _ = tls
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with trio.fail_after(SUBPROCESS_TIMEOUT):
+        async with hypercorn_h2(ca) as server:
+            result = await trio.run_process(
+                [*DUPLEX, "request", "--http2", "POST", server.url + "/echo"],
+                stdin=b"over h2",
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env={**os.environ, "SSL_CERT_FILE": str(ca_file)},
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == b"over h2"
+            assert server.http_versions == ["2"]
