@@ -3,7 +3,8 @@ h2c with prior knowledge, one connection shared by concurrent streams, and each 
 full duplex exactly as over HTTP/1.1, with flow control as back-pressure.
 
 Against hypercorn (TLS with a trustme certificate, and h2c), a raw HTTP/2 server the
-test drives frame by frame through h2, and duplex's own server.
+test drives frame by frame through h2, and duplex's own server; and ``duplex request``
+with ``--http2`` and ``--http2-prior-knowledge``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,32 @@ async def test_falls_back_to_http11_when_the_server_offers_only_http11(
             assert len(server.client_ports) == 1
 
 
+async def test_concurrent_requests_after_an_alpn_fallback_each_get_a_connection(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    with trio.fail_after(TIMEOUT):
+        async with (
+            hypercorn_h2(ca, alpn=["http/1.1"]) as server,
+            duplex.Client(ssl_context=context, http2=True) as client,
+        ):
+            outputs = [duplex.Writable() for _ in range(3)]
+            responses: list[duplex.ClientResponse] = []
+
+            async def post(output: duplex.Writable) -> None:
+                responses.append(await client.post(server.url + "/echo", body=output))
+
+            # Three streaming requests at once: none waits for another's connection.
+            async with trio.open_nursery() as requests:
+                for output in outputs:
+                    requests.start_soon(post, output)
+            assert [response.http_version for response in responses] == ["1.1"] * 3
+            for output in outputs:
+                await output.close_write()
+            for response in responses:
+                assert await response.read() == b""
+
+
 async def test_prior_knowledge_over_tls_fails_clearly_when_the_server_will_not_speak_h2(
     tls: tuple[trustme.CA, ssl.SSLContext],
 ) -> None:
@@ -124,6 +151,22 @@ async def test_prior_knowledge_over_tls_fails_clearly_when_the_server_will_not_s
             with pytest.raises(duplex.ProtocolError, match="HTTP/2"):
                 await client.get(server.url + "/")
             assert client.pool.open_connections() == 0
+
+
+async def test_an_http11_client_whose_context_offers_h2_fails_clearly(
+    tls: tuple[trustme.CA, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    context.set_alpn_protocols(["h2", "http/1.1"])  # as an HTTP/2 client sharing it would
+    with trio.fail_after(TIMEOUT):
+        async with hypercorn_h2(ca) as server, duplex.Client(ssl_context=context) as client:
+            with pytest.raises(duplex.ProtocolError, match="offers h2"):
+                await client.get(server.url + "/")
+
+
+def test_http2_takes_false_true_or_prior_knowledge_only() -> None:
+    with pytest.raises(ValueError, match="prior-knowledge"):
+        duplex.Client(http2="h2c")  # type: ignore[arg-type]
 
 
 async def test_a_4_mib_upload_is_echoed_whole(tls: tuple[trustme.CA, ssl.SSLContext]) -> None:
@@ -245,6 +288,121 @@ async def test_the_stream_window_is_given_back_only_as_the_caller_reads(
             assert updates == [len(read)]
 
 
+async def test_an_8_mib_bytes_body_against_an_echo_never_deadlocks(nursery: trio.Nursery) -> None:
+    data = bytes(range(256)) * (8 * 4096)
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                await peer.echo()
+
+            nursery.start_soon(serve)
+            response = await client.post(server.url + "/", body=data)
+            assert await response.read() == data
+
+
+async def test_a_hundred_concurrent_streams_come_back_intact(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                await peer.echo()
+
+            nursery.start_soon(serve)
+            results: dict[int, bytes] = {}
+
+            async def post(index: int) -> None:
+                response = await client.post(server.url + "/", body=b"%03d" % index * 2000)
+                results[index] = await response.read()
+
+            async with trio.open_nursery() as requests:
+                for index in range(100):
+                    requests.start_soon(post, index)
+            assert results == {index: b"%03d" % index * 2000 for index in range(100)}
+            assert server.connections == 1
+
+
+async def test_requests_beyond_the_servers_stream_limit_wait_for_a_free_stream(
+    nursery: trio.Nursery,
+) -> None:
+    limits = duplex.ClientLimits(max_connections_per_origin=1)
+    settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2}
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery, settings)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                async with trio.open_nursery() as streams:
+                    for _ in range(5):
+                        request = await peer.next(h2.events.RequestReceived)
+                        peer.respond(request.stream_id)
+                        peer.h2.send_data(request.stream_id, b"ok", end_stream=True)
+                        await peer.send()
+                    await peer.closed.wait()
+                    streams.cancel_scope.cancel()
+
+            nursery.start_soon(serve)
+            bodies: list[bytes] = []
+
+            async def get() -> None:
+                response = await client.get(server.url + "/")
+                bodies.append(await response.read())
+
+            async with trio.open_nursery() as requests:
+                for _ in range(5):
+                    requests.start_soon(get)
+            assert bodies == [b"ok"] * 5
+            assert server.connections == 1
+
+
+async def test_two_reads_at_once_raise_busy_resource_error(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            async with trio.open_nursery() as readers:
+                readers.start_soon(response.body.read)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio.BusyResourceError):
+                    await response.body.read()
+                readers.cancel_scope.cancel()
+
+
+async def test_the_trailers_of_a_response_are_kept_on_its_body(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"body")
+                peer.h2.send_headers(request.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            assert await response.read() == b"body"
+            assert isinstance(response.body, H2ResponseBody)
+            assert response.body.trailers == [(b"grpc-status", b"0")]
+
+
 async def test_a_stream_reset_breaks_the_response_body(nursery: trio.Nursery) -> None:
     with trio.fail_after(TIMEOUT):
         server = await RawH2Server.start(nursery)
@@ -291,6 +449,32 @@ async def test_a_reset_stream_leaves_the_connection_to_the_other_streams(
                 await client.get(server.url + "/")
             response = await client.get(server.url + "/")
             assert await response.read() == b"fine"
+            assert server.connections == 1
+
+
+async def test_a_response_with_a_malformed_status_fails_only_its_request(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                peer.h2.config.validate_outbound_headers = False
+                first = await peer.next(h2.events.RequestReceived)
+                peer.h2.send_headers(first.stream_id, [(b":status", b"2x0")], end_stream=True)
+                await peer.send()
+                second = await peer.next(h2.events.RequestReceived)
+                peer.respond(second.stream_id)
+                peer.h2.send_data(second.stream_id, b"fine", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            with pytest.raises(duplex.ProtocolError, match="status"):
+                await client.get(server.url + "/")
+            assert await (await client.get(server.url + "/")).read() == b"fine"
             assert server.connections == 1
 
 
@@ -377,98 +561,38 @@ async def test_a_dead_connection_leaves_the_pool(nursery: trio.Nursery) -> None:
             assert client.pool.open_connections() == 0
 
 
-async def test_a_hundred_concurrent_streams_come_back_intact(nursery: trio.Nursery) -> None:
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge") as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                await peer.echo()
-
-            nursery.start_soon(serve)
-            results: dict[int, bytes] = {}
-
-            async def post(index: int) -> None:
-                response = await client.post(server.url + "/", body=b"%03d" % index * 2000)
-                results[index] = await response.read()
-
-            async with trio.open_nursery() as requests:
-                for index in range(100):
-                    requests.start_soon(post, index)
-            assert results == {index: b"%03d" % index * 2000 for index in range(100)}
-            assert server.connections == 1
-
-
-async def test_requests_beyond_the_servers_stream_limit_wait_for_a_free_stream(
+async def test_a_kept_connection_the_server_closed_unanswered_is_retried_on_a_new_one(
     nursery: trio.Nursery,
 ) -> None:
-    limits = duplex.ClientLimits(max_connections_per_origin=1)
-    settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2}
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery, settings)
-        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                async with trio.open_nursery() as streams:
-                    for _ in range(5):
-                        request = await peer.next(h2.events.RequestReceived)
-                        peer.respond(request.stream_id)
-                        peer.h2.send_data(request.stream_id, b"ok", end_stream=True)
-                        await peer.send()
-                    await peer.closed.wait()
-                    streams.cancel_scope.cancel()
-
-            nursery.start_soon(serve)
-            bodies: list[bytes] = []
-
-            async def get() -> None:
-                response = await client.get(server.url + "/")
-                bodies.append(await response.read())
-
-            async with trio.open_nursery() as requests:
-                for _ in range(5):
-                    requests.start_soon(get)
-            assert bodies == [b"ok"] * 5
-            assert server.connections == 1
-
-
-async def test_an_8_mib_bytes_body_against_an_echo_never_deadlocks(nursery: trio.Nursery) -> None:
-    data = bytes(range(256)) * (8 * 4096)
     with trio.fail_after(TIMEOUT):
         server = await RawH2Server.start(nursery)
         async with duplex.Client(http2="prior-knowledge") as client:
 
-            async def serve() -> None:
+            async def first_connection() -> None:
                 peer = await server.accept()
-                await peer.echo()
+                nursery.start_soon(second_connection)
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"first", end_stream=True)
+                await peer.send()
+                await peer.next(h2.events.RequestReceived)
+                await peer.stream.aclose()  # closed as idle, the request crossing it
 
-            nursery.start_soon(serve)
-            response = await client.post(server.url + "/", body=data)
-            assert await response.read() == data
-
-
-async def test_two_reads_at_once_raise_busy_resource_error(nursery: trio.Nursery) -> None:
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge") as client:
-
-            async def serve() -> None:
+            async def second_connection() -> None:
                 peer = await server.accept()
                 request = await peer.next(h2.events.RequestReceived)
                 peer.respond(request.stream_id)
+                peer.h2.send_data(request.stream_id, b"second", end_stream=True)
                 await peer.send()
                 await peer.closed.wait()
 
-            nursery.start_soon(serve)
-            response = await client.get(server.url + "/")
-            async with trio.open_nursery() as readers:
-                readers.start_soon(response.body.read)
-                await trio.testing.wait_all_tasks_blocked()
-                with pytest.raises(trio.BusyResourceError):
-                    await response.body.read()
-                readers.cancel_scope.cancel()
+            nursery.start_soon(first_connection)
+            assert await (await client.get(server.url + "/")).read() == b"first"
+            assert await (await client.get(server.url + "/")).read() == b"second"
+            assert server.connections == 2
+
+
+# -- timeouts, cancellation, closing ---------------------------------------------------
 
 
 async def test_a_silent_stream_raises_a_read_timeout(nursery: trio.Nursery) -> None:
@@ -494,6 +618,78 @@ async def test_a_silent_stream_raises_a_read_timeout(nursery: trio.Nursery) -> N
             assert caught.value.phase == "read"
             await reset.wait()
             assert resets == [h2.errors.ErrorCodes.CANCEL]
+
+
+async def test_a_window_that_stays_shut_raises_a_write_timeout(nursery: trio.Nursery) -> None:
+    limits = duplex.ClientLimits(write_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.closed.wait()  # reads nothing: the window never opens again
+
+            nursery.start_soon(serve)
+            response = await client.post(server.url + "/", body=b"x" * 200_000)
+            with pytest.raises(duplex.Timeout) as caught:
+                await response.body.read()
+            assert caught.value.phase == "write"
+
+
+async def test_a_request_waits_for_a_free_stream_no_longer_than_the_pool_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    limits = duplex.ClientLimits(max_connections_per_origin=1, pool_timeout=0.2)
+    settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1}
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery, settings)
+        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            first = await client.get(server.url + "/")
+            with pytest.raises(duplex.Timeout) as caught:
+                await client.get(server.url + "/")
+            assert caught.value.phase == "pool"
+            await first.aclose()
+
+
+async def test_a_request_cancelled_before_its_head_resets_only_its_stream(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                first = await peer.next(h2.events.RequestReceived)
+                reset = await peer.next(h2.events.StreamReset)
+                assert reset.stream_id == first.stream_id
+                second = await peer.next(h2.events.RequestReceived)
+                peer.respond(second.stream_id)
+                peer.h2.send_data(second.stream_id, b"still here", end_stream=True)
+                await peer.send()
+                await peer.closed.wait()
+
+            nursery.start_soon(serve)
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(client.get, server.url + "/")
+                await trio.testing.wait_all_tasks_blocked()
+                waiting.cancel_scope.cancel()
+            response = await client.get(server.url + "/")
+            assert await response.read() == b"still here"
+            assert server.connections == 1
 
 
 async def test_closing_the_response_resets_the_stream(nursery: trio.Nursery) -> None:
@@ -583,148 +779,6 @@ async def test_concurrent_posts_to_duplexs_server_share_one_connection(
             assert client.pool.open_connections() == 1
 
 
-async def test_duplex_request_speaks_h2c_with_prior_knowledge() -> None:
-    data = random.Random(2).randbytes(1 << 20)
-    with trio.fail_after(SUBPROCESS_TIMEOUT):
-        async with echo_process() as address:
-            result = await trio.run_process(
-                [*DUPLEX, "request", "POST", address, "--http2-prior-knowledge"],
-                stdin=data,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == data
-
-
-# -- timeouts, trailers, cancellation --------------------------------------------------
-
-
-async def test_a_window_that_stays_shut_raises_a_write_timeout(nursery: trio.Nursery) -> None:
-    limits = duplex.ClientLimits(write_timeout=0.2)
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                request = await peer.next(h2.events.RequestReceived)
-                peer.respond(request.stream_id)
-                await peer.send()
-                await peer.closed.wait()  # reads nothing: the window never opens again
-
-            nursery.start_soon(serve)
-            response = await client.post(server.url + "/", body=b"x" * 200_000)
-            with pytest.raises(duplex.Timeout) as caught:
-                await response.body.read()
-            assert caught.value.phase == "write"
-
-
-async def test_a_request_waits_for_a_free_stream_no_longer_than_the_pool_timeout(
-    nursery: trio.Nursery,
-) -> None:
-    limits = duplex.ClientLimits(max_connections_per_origin=1, pool_timeout=0.2)
-    settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1}
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery, settings)
-        async with duplex.Client(http2="prior-knowledge", limits=limits) as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                request = await peer.next(h2.events.RequestReceived)
-                peer.respond(request.stream_id)
-                await peer.send()
-                await peer.closed.wait()
-
-            nursery.start_soon(serve)
-            first = await client.get(server.url + "/")
-            with pytest.raises(duplex.Timeout) as caught:
-                await client.get(server.url + "/")
-            assert caught.value.phase == "pool"
-            await first.aclose()
-
-
-async def test_the_trailers_of_a_response_are_kept_on_its_body(nursery: trio.Nursery) -> None:
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge") as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                request = await peer.next(h2.events.RequestReceived)
-                peer.respond(request.stream_id)
-                peer.h2.send_data(request.stream_id, b"body")
-                peer.h2.send_headers(request.stream_id, [(b"grpc-status", b"0")], end_stream=True)
-                await peer.send()
-                await peer.closed.wait()
-
-            nursery.start_soon(serve)
-            response = await client.get(server.url + "/")
-            assert await response.read() == b"body"
-            assert isinstance(response.body, H2ResponseBody)
-            assert response.body.trailers == [(b"grpc-status", b"0")]
-
-
-async def test_a_request_cancelled_before_its_head_resets_only_its_stream(
-    nursery: trio.Nursery,
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge") as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                first = await peer.next(h2.events.RequestReceived)
-                reset = await peer.next(h2.events.StreamReset)
-                assert reset.stream_id == first.stream_id
-                second = await peer.next(h2.events.RequestReceived)
-                peer.respond(second.stream_id)
-                peer.h2.send_data(second.stream_id, b"still here", end_stream=True)
-                await peer.send()
-                await peer.closed.wait()
-
-            nursery.start_soon(serve)
-            async with trio.open_nursery() as waiting:
-                waiting.start_soon(client.get, server.url + "/")
-                await trio.testing.wait_all_tasks_blocked()
-                waiting.cancel_scope.cancel()
-            response = await client.get(server.url + "/")
-            assert await response.read() == b"still here"
-            assert server.connections == 1
-
-
-async def test_a_kept_connection_the_server_closed_unanswered_is_retried_on_a_new_one(
-    nursery: trio.Nursery,
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge") as client:
-
-            async def first_connection() -> None:
-                peer = await server.accept()
-                nursery.start_soon(second_connection)
-                request = await peer.next(h2.events.RequestReceived)
-                peer.respond(request.stream_id)
-                peer.h2.send_data(request.stream_id, b"first", end_stream=True)
-                await peer.send()
-                await peer.next(h2.events.RequestReceived)
-                await peer.stream.aclose()  # closed as idle, the request crossing it
-
-            async def second_connection() -> None:
-                peer = await server.accept()
-                request = await peer.next(h2.events.RequestReceived)
-                peer.respond(request.stream_id)
-                peer.h2.send_data(request.stream_id, b"second", end_stream=True)
-                await peer.send()
-                await peer.closed.wait()
-
-            nursery.start_soon(first_connection)
-            assert await (await client.get(server.url + "/")).read() == b"first"
-            assert await (await client.get(server.url + "/")).read() == b"second"
-            assert server.connections == 2
-
-
 async def test_responses_dropped_unread_free_their_streams(nursery: trio.Nursery) -> None:
     async def endless(request: duplex.Request) -> duplex.Response:
         async def chunks() -> AsyncIterator[bytes]:
@@ -747,92 +801,6 @@ async def test_responses_dropped_unread_free_their_streams(nursery: trio.Nursery
             assert client.pool.open_connections() == 1
 
 
-async def test_falls_back_to_http11_against_duplexs_server_with_http2_off(
-    nursery: trio.Nursery, tls: tuple[trustme.CA, ssl.SSLContext]
-) -> None:
-    ca, context = tls
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    with trio.fail_after(TIMEOUT):
-        server = await start_duplex(nursery, echo, ssl_context=server_context, http2=False)
-        async with duplex.Client(ssl_context=context, http2=True) as client:
-            output = duplex.Writable()
-            response = await client.post(url(server, scheme="https"), body=output)
-            assert response.http_version == "1.1"
-            await output.write(b"over 1.1")
-            assert await read_at_least(response.body, 8) == b"over 1.1"
-            await output.close_write()
-            assert await response.body.read() == b""
-
-
-def test_http2_takes_false_true_or_prior_knowledge_only() -> None:
-    with pytest.raises(ValueError, match="prior-knowledge"):
-        duplex.Client(http2="h2c")  # type: ignore[arg-type]
-
-
-async def test_a_response_with_a_malformed_status_fails_only_its_request(
-    nursery: trio.Nursery,
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        server = await RawH2Server.start(nursery)
-        async with duplex.Client(http2="prior-knowledge") as client:
-
-            async def serve() -> None:
-                peer = await server.accept()
-                peer.h2.config.validate_outbound_headers = False
-                first = await peer.next(h2.events.RequestReceived)
-                peer.h2.send_headers(first.stream_id, [(b":status", b"2x0")], end_stream=True)
-                await peer.send()
-                second = await peer.next(h2.events.RequestReceived)
-                peer.respond(second.stream_id)
-                peer.h2.send_data(second.stream_id, b"fine", end_stream=True)
-                await peer.send()
-                await peer.closed.wait()
-
-            nursery.start_soon(serve)
-            with pytest.raises(duplex.ProtocolError, match="status"):
-                await client.get(server.url + "/")
-            assert await (await client.get(server.url + "/")).read() == b"fine"
-            assert server.connections == 1
-
-
-async def test_an_http11_client_whose_context_offers_h2_fails_clearly(
-    tls: tuple[trustme.CA, ssl.SSLContext],
-) -> None:
-    ca, context = tls
-    context.set_alpn_protocols(["h2", "http/1.1"])  # as an HTTP/2 client sharing it would
-    with trio.fail_after(TIMEOUT):
-        async with hypercorn_h2(ca) as server, duplex.Client(ssl_context=context) as client:
-            with pytest.raises(duplex.ProtocolError, match="offers h2"):
-                await client.get(server.url + "/")
-
-
-async def test_concurrent_requests_after_an_alpn_fallback_each_get_a_connection(
-    tls: tuple[trustme.CA, ssl.SSLContext],
-) -> None:
-    ca, context = tls
-    with trio.fail_after(TIMEOUT):
-        async with (
-            hypercorn_h2(ca, alpn=["http/1.1"]) as server,
-            duplex.Client(ssl_context=context, http2=True) as client,
-        ):
-            outputs = [duplex.Writable() for _ in range(3)]
-            responses: list[duplex.ClientResponse] = []
-
-            async def post(output: duplex.Writable) -> None:
-                responses.append(await client.post(server.url + "/echo", body=output))
-
-            # Three streaming requests at once: none waits for another's connection.
-            async with trio.open_nursery() as requests:
-                for output in outputs:
-                    requests.start_soon(post, output)
-            assert [response.http_version for response in responses] == ["1.1"] * 3
-            for output in outputs:
-                await output.close_write()
-            for response in responses:
-                assert await response.read() == b""
-
-
 async def test_a_stream_in_flight_finishes_through_duplexs_graceful_shutdown(
     nursery: trio.Nursery,
 ) -> None:
@@ -852,6 +820,42 @@ async def test_a_stream_in_flight_finishes_through_duplexs_graceful_shutdown(
             assert await stream.read() == b""
             # The connection took no new stream, and closed with its last one.
             assert client.pool.open_connections() == 0
+
+
+async def test_falls_back_to_http11_against_duplexs_server_with_http2_off(
+    nursery: trio.Nursery, tls: tuple[trustme.CA, ssl.SSLContext]
+) -> None:
+    ca, context = tls
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, echo, ssl_context=server_context, http2=False)
+        async with duplex.Client(ssl_context=context, http2=True) as client:
+            output = duplex.Writable()
+            response = await client.post(url(server, scheme="https"), body=output)
+            assert response.http_version == "1.1"
+            await output.write(b"over 1.1")
+            assert await read_at_least(response.body, 8) == b"over 1.1"
+            await output.close_write()
+            assert await response.body.read() == b""
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+async def test_duplex_request_speaks_h2c_with_prior_knowledge() -> None:
+    data = random.Random(2).randbytes(1 << 20)
+    with trio.fail_after(SUBPROCESS_TIMEOUT):
+        async with echo_process() as address:
+            result = await trio.run_process(
+                [*DUPLEX, "request", "POST", address, "--http2-prior-knowledge"],
+                stdin=data,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == data
 
 
 async def test_duplex_request_with_http2_speaks_h2_over_tls(
