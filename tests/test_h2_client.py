@@ -592,6 +592,42 @@ async def test_a_kept_connection_the_server_closed_unanswered_is_retried_on_a_ne
             assert server.connections == 2
 
 
+async def test_a_request_body_shorter_than_its_content_length_resets_its_stream(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+            reset = trio.Event()
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id)
+                await peer.send()
+                await peer.next(h2.events.StreamReset, request.stream_id)
+                reset.set()
+
+            nursery.start_soon(serve)
+            output = duplex.Writable(length=10)
+            response = await client.post(server.url + "/", body=output)
+            await output.write(b"short")
+            await output.close_write()
+            await reset.wait()
+            with pytest.raises(duplex.ProtocolError, match="Content-Length"):
+                await response.body.read()
+
+
+async def test_a_bytes_body_that_contradicts_its_content_length_is_refused(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+            with pytest.raises(duplex.ProtocolError, match="Content-Length"):
+                await client.post(server.url + "/", body=b"four", headers={"content-length": "5"})
+
+
 # -- timeouts, cancellation, closing ---------------------------------------------------
 
 

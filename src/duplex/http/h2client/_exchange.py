@@ -87,6 +87,7 @@ class H2Exchange:
         self._linger: trio.CancelScope | None = None
         self._linger_left = 0
         self._received_before = 0
+        self._announced: int | None = None
         self.stream_id = 0
         self._request = _SENDING
         self._response = _HEAD
@@ -117,6 +118,9 @@ class H2Exchange:
         ``trio.BrokenResourceError`` if it has ended."""
         await checkpoint_if_cancelled()
         self._nursery = nursery
+        self._announced = _content_length(headers)
+        if isinstance(body, bytes) and self._announced not in (None, len(body)):
+            raise self._misframed(len(body))
         connection = self.connection
         empty = body is None or (isinstance(body, bytes) and not body)
         self._received_before = connection.bytes_received
@@ -175,8 +179,15 @@ class H2Exchange:
                             broken.__cause__ = error
                             self.abort(broken)
                             return
+                        if self._announced is not None and self.size + len(chunk) > self._announced:
+                            raise self._misframed(self.size + len(chunk))
                         await self._send_data(chunk)
+                if self._announced is not None and self.size != self._announced:
+                    raise self._misframed(self.size)
                 self._end_request()
+            except _Misframed as error:
+                failure = error
+                self.abort(error)
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 failure = error
                 self._request_failed(error)
@@ -212,6 +223,19 @@ class H2Exchange:
             return window
         assert scope.cancelled_caught
         raise Timeout("write", timeout or 0.0)
+
+    def _misframed(self, size: int) -> _Misframed:
+        if size > (self._announced or 0):
+            return _Misframed(
+                f"the request body goes over the {self._announced} bytes its"
+                " Content-Length announced",
+                500,
+            )
+        return _Misframed(
+            f"the request body ended after {size} of the {self._announced} bytes its"
+            " Content-Length announced",
+            500,
+        )
 
     def _request_broken(self, cause: BaseException | None) -> trio.BrokenResourceError:
         broken = trio.BrokenResourceError("the stream cannot carry more of the request")
@@ -582,6 +606,18 @@ class H2ResponseBody(Readable):
         self.close_read_nowait()
         if not self._exchange.finished:
             self._exchange.abort()
+
+
+class _Misframed(ProtocolError):
+    """A request body that does not match its Content-Length: the stream is reset, so
+    that the server never takes a cut body for a whole one."""
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
 
 
 async def _chunks(body: Readable | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
