@@ -94,29 +94,6 @@ class H1Exchange(RawHTTP):
         assert rest == b"", f"unexpected bytes before the close: {rest[:200]!r}"
 
 
-class _Peer(H2Peer):
-    """``H2Peer`` taking frames in one at a time, so that a graceful GOAWAY read
-    together with the DATA that follows it leaves the connection open for that DATA."""
-
-    _pending = b""
-
-    async def _receive_once(self) -> None:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            self.closed = True
-            raise EOFError("the server closed the connection")
-        pending = self._pending + data
-        while len(pending) >= 9 and len(pending) >= 9 + int.from_bytes(pending[:3], "big"):
-            size = 9 + int.from_bytes(pending[:3], "big")
-            for event in self.conn.receive_data(pending[:size]):
-                self._take(event)
-            pending = pending[size:]
-        self._pending = pending
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
-        await self.flush()
-
-
 class H2Exchange:
     """One stream of a raw HTTP/2 peer, read as ``RawHTTP`` reads a response."""
 
@@ -228,7 +205,7 @@ async def exchange(port: int, protocol: str) -> AsyncIterator[H1Exchange | H2Exc
             yield client
     else:
         assert protocol == "h2", protocol
-        async with _Peer.connect(port) as peer:
+        async with H2Peer.connect(port) as peer:
             yield H2Exchange(peer)
 
 
