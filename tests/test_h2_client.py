@@ -876,6 +876,21 @@ async def test_falls_back_to_http11_against_duplexs_server_with_http2_off(
             assert await response.body.read() == b""
 
 
+async def test_redirects_are_followed_over_the_same_connection(nursery: trio.Nursery) -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        if request.path == "/old":
+            return duplex.Response(302, headers={"location": "/new"}, body=b"moved")
+        return duplex.Response(200, body=f"{request.method} {request.path}".encode())
+
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, handler)
+        async with duplex.Client(http2="prior-knowledge", follow_redirects=True) as client:
+            response = await client.post(url(server, "/old"), body=b"data")
+            assert response.http_version == "2"
+            assert await response.read() == b"GET /new"
+            assert client.pool.open_connections() == 1
+
+
 # -- the command line ------------------------------------------------------------------
 
 
