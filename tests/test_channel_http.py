@@ -15,7 +15,8 @@ from _protocol_support import exchange
 CURL = shutil.which("curl")
 
 
-async def test_curl_receives_chunky_chunks_then_monkey_from_before_close() -> None:
+@pytest.mark.both_protocols
+async def test_curl_receives_chunky_chunks_then_monkey_from_before_close(protocol: str) -> None:
     async def chunky(channel: duplex.Channel) -> None:
         for count in range(3):
             await channel.send(f"chunky {count}\n")
@@ -36,14 +37,16 @@ async def test_curl_receives_chunky_chunks_then_monkey_from_before_close() -> No
         pytest.skip("curl is not installed")
     with trio.fail_after(10):
         async with serving(handler) as server:
+            over_h2 = ["--http2-prior-knowledge"] if protocol == "h2" else []
             result = await trio.run_process(
-                [CURL, "-sS", "-N", "-i", f"http://127.0.0.1:{server.port}/"],
+                [CURL, "-sS", "-N", "-i", *over_h2, f"http://127.0.0.1:{server.port}/"],
                 capture_stdout=True,
             )
     head, _, body = result.stdout.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ")
+    assert head.startswith({"h1": b"HTTP/1.1 200 ", "h2": b"HTTP/2 200"}[protocol])
     assert b"\r\ncontent-type: text/plain" in head.lower()
-    assert b"\r\ntransfer-encoding: chunked" in head.lower()
+    if protocol == "h1":
+        assert b"\r\ntransfer-encoding: chunked" in head.lower()
     assert body == b"chunky 0\nchunky 1\nchunky 2\nmonkey!\n"
 
 

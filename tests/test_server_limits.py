@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 import duplex
+from _protocol_support import exchange
 from _server_support import RawClient, Recorder, hello, request_bytes, serving
 
 
@@ -148,13 +149,20 @@ async def test_a_head_dribbled_slower_than_header_timeout_gets_408() -> None:
     assert 0.5 <= answered_after < 1
 
 
-async def test_a_connection_that_sends_nothing_is_closed_after_header_timeout() -> None:
+@pytest.mark.both_protocols
+async def test_a_connection_that_sends_no_request_is_closed_after_header_timeout(
+    protocol: str,
+) -> None:
+    """Over HTTP/2 the client sends its preface and SETTINGS, then no stream; the
+    server says GOAWAY before it closes."""
     with trio.fail_after(3):
         async with (
             serving(hello, limits=duplex.Limits(header_timeout=0.3)) as server,
-            await RawClient.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
+            start = trio.current_time()
             await client.expect_closed()
+    assert 0.3 <= trio.current_time() - start < 2
 
 
 async def test_a_request_line_that_is_not_http_gets_400() -> None:
@@ -173,19 +181,22 @@ async def test_an_unsupported_http_version_gets_505() -> None:
         assert await answer_to(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", duplex.Limits()) == 505
 
 
-async def test_an_idle_kept_alive_connection_closes_after_keep_alive_timeout() -> None:
+@pytest.mark.both_protocols
+async def test_an_idle_kept_alive_connection_closes_after_keep_alive_timeout(
+    protocol: str,
+) -> None:
     limits = duplex.Limits(keep_alive_timeout=0.3, header_timeout=10)
     with trio.fail_after(3):
         async with (
             serving(hello, limits=limits) as server,
-            await RawClient.connect(server.port) as client,
+            exchange(server.port, protocol) as client,
         ):
-            await client.send(request_bytes())
-            response = await client.read_response()
-            assert not response.closes
+            await client.request("/")
+            assert await client.read_body() == b"hello"
+            assert "connection" not in client.headers
             idle_since = trio.current_time()
             await client.expect_closed()
-    assert trio.current_time() - idle_since < 2
+    assert 0.3 <= trio.current_time() - idle_since < 2
 
 
 async def test_a_request_body_that_stalls_longer_than_read_timeout_gets_408() -> None:
