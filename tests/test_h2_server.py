@@ -5,7 +5,9 @@ nghttp, h2load, httpx) served over h2c and over TLS."""
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator
 
 import httpx
@@ -410,6 +412,39 @@ async def test_the_connection_closing_fails_the_exchanges_in_flight() -> None:
                 await peer.request("GET", "/")
                 await started.wait()
             await cancelled.wait()
+
+
+async def test_a_connection_reset_under_an_unread_body_leaves_the_server_serving() -> None:
+    started = trio.Event()
+    gone = trio.Event()
+
+    async def until_gone() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            gone.set()
+
+    async def unread(request: duplex.Request) -> duplex.Response:
+        if request.path == "/next":
+            return duplex.Response(200)
+        request.nursery.start_soon(until_gone)
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("not reached")
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(unread) as server:
+            async with H2Peer.connect(server.port) as peer:
+                stream_id = await peer.request("POST", "/", end=False)
+                await peer.send(stream_id, b"x" * 60000)
+                await started.wait()
+                # Reset, not closed: the window the server gives back as the stream's
+                # unread body is dropped finds a dead socket.
+                sock = peer.stream.socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await gone.wait()
+            async with H2Peer.connect(server.port) as peer:
+                assert (await peer.response(await peer.request("GET", "/next"))).status == 200
 
 
 async def test_shutdown_sends_goaway_first_and_lets_streams_in_flight_finish() -> None:

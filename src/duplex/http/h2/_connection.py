@@ -215,7 +215,12 @@ class H2ServerConnection:
         What it took only in part waits in the transport for the sender task."""
         if self._sending:
             return False
-        written = self.transport.write_nowait(self._outgoing)
+        try:
+            written = self.transport.write_nowait(self._outgoing)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            # (From any task, a read's acknowledgement too: never raised there.)
+            self._break(error)
+            return False
         if written is None:
             return False
         self._outgoing = []
@@ -256,8 +261,13 @@ class H2ServerConnection:
                 self._sent = target
                 self._sent_lot.unpark_all()
         except PEER_ERRORS as error:
-            log.debug("connection from %s: a send failed: %r", self.client, error)
+            self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        """A send failed: the connection is over (flushes waiting raise ``PeerGone``)."""
+        log.debug("connection from %s: a send failed: %r", self.client, error)
         self._broken = True
+        self._outgoing = []
         self._sent_lot.unpark_all()
         self.cancel_scope.cancel()
 
@@ -551,20 +561,28 @@ class H2ServerConnection:
         except Exception:
             log.exception("unexpected error on stream %d of %s", exchange.stream_id, self.client)
         finally:
-            if not exchange.failed:
-                # (A failed body stays failed: a reader in another task learns why.)
-                exchange.request_body.close_read_nowait()
-            if not exchange.out_ended:
-                # A response left unfinished (failed, cancelled) is cut.
-                exchange.reset(ErrorCodes.INTERNAL_ERROR)
-            elif not exchange.closed and not exchange.request_complete:
-                # Answered before its request ended: the peer need send no more.
-                exchange.reset(ErrorCodes.NO_ERROR)
-            exchange.end()
+            try:
+                self._close_stream(exchange)
+            except Exception:  # (nothing may reach the server's nursery)
+                log.exception("closing stream %d of %s failed", exchange.stream_id, self.client)
             if exchange.tasks is not None:
                 await exchange.tasks.wait()
             self.streams.pop(exchange.stream_id, None)
             self._check_idle()
+
+    def _close_stream(self, exchange: H2Exchange) -> None:
+        """The stream's task ends: its request body is closed, an unfinished response
+        cut (RST_STREAM), and the exchange over."""
+        if not exchange.failed:
+            # (A failed body stays failed: a reader in another task learns why.)
+            exchange.request_body.close_read_nowait()
+        if not exchange.out_ended:
+            # A response left unfinished (failed, cancelled) is cut.
+            exchange.reset(ErrorCodes.INTERNAL_ERROR)
+        elif not exchange.closed and not exchange.request_complete:
+            # Answered before its request ended: the peer need send no more.
+            exchange.reset(ErrorCodes.NO_ERROR)
+        exchange.end()
 
     async def _answer(self, exchange: H2Exchange, status: int) -> None:
         """Answer a stream whose request turned out bad with ``status``."""
