@@ -440,6 +440,7 @@ async def test_a_connection_reset_under_an_unread_body_leaves_the_server_serving
                 await started.wait()
                 # Reset, not closed: the window the server gives back as the stream's
                 # unread body is dropped finds a dead socket.
+                assert isinstance(peer.stream, trio.SocketStream)
                 sock = peer.stream.socket
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await gone.wait()
