@@ -213,7 +213,7 @@ class H2ServerConnection:
     def _write_now(self) -> bool:
         """Write what is outgoing if the socket takes it at once: True if it took all.
         What it took only in part waits in the transport for the sender task."""
-        if self._sending:
+        if self._sending or self._broken:
             return False
         try:
             written = self.transport.write_nowait(self._outgoing)
