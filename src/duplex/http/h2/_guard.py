@@ -21,6 +21,8 @@ import h2.events
 
 __all__ = ["Budget", "FloodGuard"]
 
+#: The fewest resets a peer may make at once (and a second), however low its limit.
+RESET_FLOOR = 100
 #: Frames that must be answered (SETTINGS, PING): a burst of this many, then this many
 #: a second.
 CONTROL_BURST, CONTROL_RATE = 100, 50.0
@@ -55,15 +57,17 @@ class Budget:
 class FloodGuard:
     """The budgets of one connection.
 
-    Resets: a peer may reset twice its concurrent stream limit of streams at once, and
-    its limit a second: a browser cancelling a page's fetches stays far below.
+    Resets: a peer may reset twice its concurrent stream limit of streams at once (and
+    at least ``RESET_FLOOR``), and as many a second: a browser cancelling a page's
+    fetches, or a client dropping every response of a server with a low limit, stays
+    below.
     """
 
     __slots__ = ("control", "empty", "resets")
 
     def __init__(self, max_concurrent_streams: int) -> None:
-        streams = max(max_concurrent_streams, 1)
-        self.resets = Budget(2 * streams, float(streams))
+        streams = max(2 * max_concurrent_streams, RESET_FLOOR)
+        self.resets = Budget(streams, float(streams))
         self.control = Budget(CONTROL_BURST, CONTROL_RATE)
         self.empty = Budget(EMPTY_BURST, EMPTY_RATE)
 
