@@ -3,7 +3,6 @@ second from ``after_open``) receives each chunk when it is sent, not all at the 
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 import duplex
@@ -11,7 +10,6 @@ from _channel_support import serving
 from duplex.demo import Demo
 
 
-@pytest.mark.both_protocols
 async def test_the_demo_stream_arrives_a_chunk_at_a_time() -> None:
     arrivals: list[tuple[float, bytes]] = []
     with trio.fail_after(10):
