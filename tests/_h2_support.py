@@ -141,9 +141,13 @@ class H2Peer:
         return stream_id
 
     async def send(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
-        """Send DATA as the server's window allows (reading meanwhile)."""
+        """Send DATA as the server's window allows (reading meanwhile); nothing more
+        once the server reset the stream (as it does with NO_ERROR after a complete
+        response, when it wants no more of the request)."""
         view = memoryview(data)
         while True:
+            if self.streams[stream_id].reset is not None:
+                return
             room = min(
                 self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
             )
@@ -157,8 +161,9 @@ class H2Peer:
                 return
 
     async def end(self, stream_id: int) -> None:
-        self.conn.end_stream(stream_id)
-        await self.flush()
+        if self.streams[stream_id].reset is None:
+            self.conn.end_stream(stream_id)
+            await self.flush()
 
     async def reset(self, stream_id: int) -> None:
         self.conn.reset_stream(stream_id, 8)  # CANCEL

@@ -29,6 +29,7 @@ __all__ = [
     "NO_BODY_STATUSES",
     "PEER_ERRORS",
     "REASONS",
+    "DirectOutput",
     "ResponseBodyFailed",
     "body_error",
     "content_length",
@@ -49,6 +50,19 @@ NO_BODY_STATUSES = frozenset({204, 304})
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 #: What the peer's own leaving (or slowness) looks like from a send: logged at DEBUG.
 PEER_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, Timeout)
+
+
+class DirectOutput(Writable):
+    """A ``Streamable``'s output whose writes go to the wire from the writer's own task,
+    as its protocol sends them: the queue of ``Writable`` stays empty."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the output was closed with, if any."""
+        return self._write_error
 
 
 class ResponseBodyFailed(Exception):
@@ -203,7 +217,7 @@ async def run_streamable(body: Streamable, stream: Stream) -> None:
         await stream.close_read()
         raise trio.BrokenResourceError("the streamable failed") from error
     await stream.aclose()
-    closed_with = getattr(output, "error", None)
+    closed_with = output.error if isinstance(output, DirectOutput) else None
     if closed_with is not None:
         # Its output closed with an error: whose, it says.
         raise body_error(

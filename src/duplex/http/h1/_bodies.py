@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from ..._body import BytesLike, Readable, Writable
+from ..._body import BytesLike, Readable
 from ..._errors import ProtocolError, Timeout
 from .._exchange import NO_WATCH, WATCH_READER, PeerGone
+from .._respond import DirectOutput
 
 if TYPE_CHECKING:
     from ._connection import ServerConnection
@@ -161,7 +162,7 @@ class RequestBody(Readable):
                 connection.watch_later()
 
 
-class ResponseOutput(Writable):
+class ResponseOutput(DirectOutput):
     """The output of a ``Streamable``'s stream: each write goes to the connection at
     once, framed as the response body, in the writer's own task, and returns once the
     socket took the bytes. The queue of ``Writable`` stays empty; its rules hold:
@@ -174,14 +175,9 @@ class ResponseOutput(Writable):
     """
 
     def __init__(self, connection: ServerConnection, exchange: H1Exchange) -> None:
-        super().__init__(0)
+        super().__init__()
         self._connection = connection
         self._exchange = exchange
-
-    @property
-    def error(self) -> BaseException | None:
-        """The error the output was closed with, if any."""
-        return self._write_error
 
     async def write(self, data: BytesLike) -> None:
         """Send ``data`` as the next piece of the response body; a checkpoint.

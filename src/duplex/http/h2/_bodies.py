@@ -16,6 +16,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_
 
 from ..._body import BytesLike, Writable
 from ..._errors import Timeout
+from .._respond import DirectOutput
 
 if TYPE_CHECKING:
     from ._exchange import H2Exchange
@@ -106,7 +107,7 @@ class StreamBody(Writable):
             self._exchange.body_failed(Timeout("read", timeout))
 
 
-class StreamOutput(Writable):
+class StreamOutput(DirectOutput):
     """The output of a ``Streamable``'s stream (and of a stream taken over): each write
     goes out as DATA at once, in the writer's own task, as the peer's window allows,
     and returns once the socket took it. The queue of ``Writable`` stays empty.
@@ -118,13 +119,8 @@ class StreamOutput(Writable):
     """
 
     def __init__(self, exchange: H2Exchange) -> None:
-        super().__init__(0)
+        super().__init__()
         self._exchange = exchange
-
-    @property
-    def error(self) -> BaseException | None:
-        """The error the output was closed with, if any."""
-        return self._write_error
 
     async def write(self, data: BytesLike) -> None:
         """Send ``data`` as the stream's next DATA; a checkpoint.

@@ -8,9 +8,10 @@ out before the next read, so that a peer that does not read stops being read: th
 outbound buffer never grows without bound. Everything h2 sends goes through
 ``flush``: straight to the socket when it takes them at once, else through the
 connection's sender task (one ``Transport``, its writes in order), so that a writer
-waiting for the socket can give up without leaving half a frame behind.
-Acknowledgements of request body bytes a handler read are left to the sender
-(``flush_soon``): a read never waits on the socket's write side.
+waiting for the socket can give up without leaving half a frame behind; the end of a
+response does not wait (``flush_end``), so that a batch of responses is one write.
+The WINDOW_UPDATE for request body bytes a handler read goes out without waiting
+(``acknowledge``): a read never waits on the socket's write side.
 
 Every batch of events is shown to the connection's ``FloodGuard`` before it is acted
 on: a peer that floods the server with resets, SETTINGS, PINGs or empty frames gets
