@@ -1,8 +1,11 @@
 """How the server reads a chunked request body off the socket: a peer that sends chunks
-of ``read_size`` has each one reach the reader whole, so that a streaming echo answers
-one chunk with one chunk rather than with a chunk and a few bytes of the next."""
+of one size has each one reach the reader whole (or in pieces of ``read_size``, when it
+is larger), so that a streaming echo answers one chunk with one chunk rather than with a
+chunk and a few bytes of the next."""
 
 from __future__ import annotations
+
+import pytest
 
 from duplex.http.h1._wire import ServerWire
 
@@ -49,3 +52,18 @@ def test_a_body_that_starts_mid_chunk_is_read_whole_chunks_from_the_next_one_on(
     pieces = read_body(wire, sent[1000:])
 
     assert [len(piece) for piece in pieces] == [1000 - 7, READ_SIZE - 993] + [READ_SIZE] * 3
+
+
+@pytest.mark.parametrize("size", [1000, 16384, 32768, 50000, 65536, 100000, 131072])
+def test_chunks_of_one_size_are_read_whole_once_the_first_has_come(size: int) -> None:
+    wire = ServerWire(
+        max_header_size=16384, max_request_line=8192, max_body_size=None, read_size=READ_SIZE
+    )
+    wire.begin_body(None)
+    chunks = [bytes([n]) * size for n in range(12)]
+
+    pieces = read_body(wire, chunked(chunks))
+
+    assert b"".join(pieces) == b"".join(chunks)
+    # One chunk comes in two pieces at most, while the server learns the peer's size.
+    assert len(pieces) <= len(chunks) * -(-size // READ_SIZE) + 1

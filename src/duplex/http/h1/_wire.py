@@ -125,6 +125,7 @@ class ServerWire:
 
     __slots__ = (
         "_chunk_left",
+        "_chunk_size",
         "_chunk_state",
         "_chunked_read_size",
         "_data",
@@ -151,9 +152,10 @@ class ServerWire:
         self.max_request_line = max_request_line
         self.max_body_size = inf if max_body_size is None else max_body_size
         self.read_size = read_size
-        # One chunk of read_size bytes as it comes on the wire: the CRLF that ends the
-        # chunk before it, its size line (hex digits and CRLF) and its data.
-        self._chunked_read_size = read_size + len(b"%x" % read_size) + 4
+        # The size of the last chunk of a chunked body, and what to read between chunks
+        # while the peer goes on sending chunks of that size (read_size until it sends).
+        self._chunk_size = read_size
+        self._chunked_read_size = self._whole_chunks(read_size)
         # Received and not yet consumed: self._data[self._pos:].
         self._data = b""
         self._pos = 0
@@ -201,12 +203,19 @@ class ServerWire:
             # Only body data: it reaches the reader as the very bytes read, uncopied.
             return min(self.read_size, self._chunk_left)
         if self._in_mode == CHUNKED:
-            # Exactly one chunk of read_size with its framing, so that a peer sending
-            # chunks of read_size has each one arrive whole in one read: a byte more
-            # would take the next chunk's first bytes, which then reach the reader
-            # (and an echo) as a short chunk of their own, one chunk in two.
             return self._chunked_read_size
         return None
+
+    def _whole_chunks(self, size: int) -> int:
+        """What to read between chunks of ``size`` bytes: as many whole chunks with their
+        framing (the CRLF that ends the chunk before, the size line, the data) as fit in
+        ``read_size``, at least one; of a larger chunk, its framing and ``read_size`` of
+        its data. A byte more would take the next chunk's first bytes, which would then
+        reach the reader (and an echo) as a short chunk of their own."""
+        framing = len(b"%x" % size) + 4
+        if size >= self.read_size:
+            return self.read_size + framing
+        return max(1, self.read_size // (size + framing)) * (size + framing)
 
     # -- request heads ----------------------------------------------------------------
 
@@ -364,6 +373,9 @@ class ServerWire:
         if size:
             self._chunk_state = _DATA
             self._chunk_left = size
+            if size != self._chunk_size:
+                self._chunk_size = size
+                self._chunked_read_size = self._whole_chunks(size)
         else:
             self._chunk_state = _TRAILERS
         return True
