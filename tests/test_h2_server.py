@@ -314,6 +314,21 @@ async def test_a_body_over_max_body_size_gets_413() -> None:
             assert (await peer.response(streamed)).status == 413
 
 
+async def test_data_past_the_content_length_fails_the_stream_alone() -> None:
+    async def reader(request: duplex.Request) -> duplex.Response:
+        return duplex.Response(200, body=await request.body.join())
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(reader) as server, H2Peer.connect(server.port) as peer:
+            neighbour = await peer.request("POST", "/", [("content-length", "3")], end=False)
+            stream_id = await peer.request("POST", "/", [("content-length", "3")], end=False)
+            await peer.send(stream_id, b"12345", end=True)
+            state = await peer.response(stream_id)
+            assert state.status == 400 or state.reset is not None
+            await peer.send(neighbour, b"abc", end=True)
+            assert bytes((await peer.response(neighbour)).data) == b"abc"
+
+
 async def test_a_plain_connect_gets_501() -> None:
     recorder = Recorder()
     with trio.fail_after(TIMEOUT):

@@ -127,11 +127,6 @@ async def test_a_client_vanishing_mid_request_body_breaks_the_handlers_read(
     assert isinstance(outcome[0], trio.BrokenResourceError)
 
 
-@pytest.mark.xfail_over_h2(
-    "DATA short of (or past) a request's content-length is a connection error (h2's "
-    "InvalidBodyLengthError: GOAWAY, every stream of the connection lost), not a stream "
-    "error (RST_STREAM PROTOCOL_ERROR, RFC 9113 8.1.1)"
-)
 async def test_a_request_body_ending_short_of_its_content_length_breaks_the_handlers_read(
     protocol: str,
 ) -> None:

@@ -21,6 +21,7 @@ GOAWAY (ENHANCE_YOUR_CALM) and starts no handler more (``_guard``).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from math import inf
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
@@ -68,6 +70,23 @@ _SETTINGS = 0x4
 #: closes, so that its GOAWAY is read rather than lost to a reset.
 _GOAWAY_LINGER = 1.0
 _GOAWAY_LINGER_SIZE = 1 << 20
+
+
+class _H2Connection(h2.connection.H2Connection):
+    """h2's connection, but for one rule: a request body is held to its Content-Length
+    by the driver (``_data``, ``_body_ended``), as a stream error (RFC 9113 §8.1.1);
+    h2 makes a mismatch a connection error, and every neighbour stream is lost."""
+
+    def _begin_new_stream(
+        self, stream_id: int, allowed_ids: h2.connection.AllowedStreamIDs
+    ) -> h2.stream.H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream._track_content_length = partial(_count_only, stream)  # type: ignore[method-assign]
+        return stream
+
+
+def _count_only(stream: h2.stream.H2Stream, length: int, end_stream: bool) -> None:
+    stream._actual_content_length += length
 
 
 class H2ServerConnection:
@@ -123,7 +142,7 @@ class H2ServerConnection:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config)
+        self.h2 = _H2Connection(config)
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -430,8 +449,8 @@ class H2ServerConnection:
                 self._open_stream(event)
             elif isinstance(event, h2.events.StreamEnded):
                 exchange = streams.get(event.stream_id)
-                if exchange is not None and isinstance(exchange.request_body, StreamBody):
-                    exchange.request_body.close_write_nowait()
+                if exchange is not None:
+                    self._body_ended(exchange)
             elif isinstance(event, h2.events.WindowUpdated):
                 if event.stream_id:
                     exchange = streams.get(event.stream_id)
@@ -459,16 +478,30 @@ class H2ServerConnection:
 
     def _data(self, exchange: H2Exchange, data: bytes, size: int) -> None:
         exchange.received += len(data)
+        body = exchange.request_body
         limit = self.limits.max_body_size
         if limit is not None and exchange.received > limit:
-            self.h2.acknowledge_received_data(size, exchange.stream_id)
-            exchange.body_failed(ProtocolError("the request body is too large", 413))
-            return
-        body = exchange.request_body
-        if isinstance(body, StreamBody):
+            error = ProtocolError("the request body is too large", 413)
+        elif body.length is not None and exchange.received > body.length:
+            error = ProtocolError("the request body is longer than its Content-Length")
+        elif isinstance(body, StreamBody):
             body.feed(data, size)
+            return
         else:
-            self.h2.acknowledge_received_data(size, exchange.stream_id)
+            error = ProtocolError("DATA on a request that had ended")
+        self.h2.acknowledge_received_data(size, exchange.stream_id)
+        exchange.body_failed(error)
+
+    def _body_ended(self, exchange: H2Exchange) -> None:
+        """The peer ended its stream (END_STREAM): the request body is whole, unless it
+        falls short of its Content-Length (a stream error, RFC 9113 §8.1.1)."""
+        body = exchange.request_body
+        if not isinstance(body, StreamBody):
+            return
+        if body.length is not None and exchange.received != body.length:
+            exchange.body_failed(ProtocolError("the request body ended short of its length"))
+        else:
+            body.close_write_nowait()
 
     def _open_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
