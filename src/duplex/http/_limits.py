@@ -46,7 +46,7 @@ class Limits:
     #: queue in between (kept so that code which sets it keeps working).
     body_buffer_size: int = 65536
     #: Bytes asked of the socket in one read (between the chunks of a chunked request
-    #: body, a chunk of ``read_size`` bytes with its framing, so that it arrives whole).
+    #: body, whole chunks with their framing, so that each arrives whole).
     read_size: int = 65536
     #: HTTP/2: streams a connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
     #: a peer that opens more than it acknowledged gets GOAWAY (PROTOCOL_ERROR).
