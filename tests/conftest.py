@@ -15,7 +15,8 @@ knowledge (the keyword's default is patched to ``"prior-knowledge"`` for the tes
 which duplex's servers answer on the same port as HTTP/1.1. A test that needs more (a
 raw peer of each protocol, an assertion on one protocol's framing) asks for the
 ``protocol`` fixture: ``"h1"`` or ``"h2"`` in a run of each, ``"h1"`` in a test not
-marked. What only HTTP/1.1 has (chunked framing, Content-Length, keep-alive,
+marked; ``_protocol_support`` has the raw peers of either protocol (``exchange``,
+``ask``, ``WebSocketPeer``). What only HTTP/1.1 has (chunked framing, Content-Length, keep-alive,
 pipelining, 100-continue, a raw socket's bytes) stays unmarked, or, in a module marked
 as a whole, says ``pytest.mark.both_protocols(False)``. A test that fails over
 HTTP/2 for a known bug carries ``pytest.mark.xfail_over_h2(reason)`` too: its ``[h2]``
