@@ -136,19 +136,10 @@ async def echo(request: duplex.Request) -> duplex.Response:
 
 
 async def test_an_exchange_whose_request_body_still_streams_finishes_within_the_grace_period(
-    protocol: str, io_path: str, request: pytest.FixtureRequest
+    protocol: str,
 ) -> None:
     """Over HTTP/2 the stream's DATA (and the window it needs) keeps flowing after the
     GOAWAY."""
-    if (protocol, io_path) == ("h1", "portable"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="on the portable path a Streamable's end (0 CRLF CRLF) goes to a "
-                "server task (write_nowait cannot send it at once), and the connection, "
-                "closing for the shutdown, closes the socket before that task sends it",
-            )
-        )
     late = bytes(range(256)) * 1200  # several HTTP/2 stream windows
     with trio.fail_after(5):
         async with serving(echo) as server, exchange(server.port, protocol) as client:

@@ -292,7 +292,8 @@ class ResponseOutput(DirectOutput):
             if not sent:
                 # (None: nothing went out yet; False: part of it is pending.)
                 rest = pieces if sent is None else []
-                connection.nursery.start_soon(_send_quietly, connection, rest)
+                done = connection.ending = trio.Event()
+                connection.nursery.start_soon(_send_quietly, connection, rest, done)
         except (trio.BrokenResourceError, RuntimeError) as error:
             # The peer has gone, or the server is closing (its nursery takes no task):
             # closing never raises for that.
@@ -309,10 +310,15 @@ class ResponseOutput(DirectOutput):
             log.debug("the end of a response could not be sent: %r", error)
 
 
-async def _send_quietly(connection: ServerConnection, pieces: list[bytes]) -> None:
-    """Send ``pieces`` (and what is pending) from a task of the server's: a peer that
-    is gone by then is the exchange's business, not the server's."""
+async def _send_quietly(
+    connection: ServerConnection, pieces: list[bytes], done: trio.Event
+) -> None:
+    """Send ``pieces`` (and what is pending) from a task of the server's, then set
+    ``done`` (the connection waits for it before it closes): a peer that is gone by
+    then is the exchange's business, not the server's."""
     try:
         await connection.transport.send_pieces(pieces)
     except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
         log.debug("the end of a response could not be sent: %r", error)
+    finally:
+        done.set()

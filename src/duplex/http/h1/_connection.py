@@ -45,6 +45,7 @@ class ServerConnection:
         "cancel_scope",
         "client",
         "closing",
+        "ending",
         "failed_exchange",
         "framer",
         "handover",
@@ -101,6 +102,9 @@ class ServerConnection:
         #: speaks HTTP/2 on the transport (h2c with prior knowledge).
         self.handover: bytes | None = None
         self.responder = Responder(self)
+        #: Set once the end of a response handed to a server task (``Streamable``
+        #: output closed while the socket could not take it at once) has gone out.
+        self.ending: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<connection from {self.client}>"
@@ -174,6 +178,7 @@ class ServerConnection:
         try:
             with self.cancel_scope:
                 lingering = await self._run(resumed)
+            await self._wait_ending()
             if self.parked is not None:
                 self.server.parking.park(self)
                 return
@@ -197,6 +202,16 @@ class ServerConnection:
                 if self.handover is None:
                     await self.transport.aclose()
                 self.server.connection_closed(self)
+
+    async def _wait_ending(self) -> None:
+        """Let the end of a response that a server task is sending go out before the
+        connection closes (bounded: that send has the write timeout; cancelled with
+        the server)."""
+        ending = self.ending
+        if ending is not None and not ending.is_set():
+            timeout = self.limits.write_timeout
+            with trio.move_on_after(inf if timeout is None else timeout):
+                await ending.wait()
 
     async def _run(self, resumed: Exchange | None) -> bool:
         """Serve; True if the connection should linger before it closes (a request
