@@ -499,6 +499,29 @@ async def test_max_requests_per_connection_goes_away_after_the_last_one() -> Non
             assert peer.goaway is not None and peer.goaway.last_stream_id == second
 
 
+async def test_a_clients_graceful_goaway_lets_its_streams_in_flight_finish() -> None:
+    release = trio.Event()
+    started = trio.Event()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        started.set()
+        await release.wait()
+        return duplex.Response(200, body=b"still answered")
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(handler) as server, H2Peer.connect(server.port) as peer:
+            stream_id = await peer.request("GET", "/")
+            await started.wait()
+            peer.conn.close_connection()  # GOAWAY, NO_ERROR
+            await peer.flush()
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            state = await peer.response(stream_id)
+            assert bytes(state.data) == b"still answered"
+            with pytest.raises(EOFError):
+                await peer.until(lambda: False)  # then the server closes
+
+
 async def test_an_idle_connection_is_closed_with_goaway() -> None:
     limits = duplex.Limits(keep_alive_timeout=0.1)
     with trio.fail_after(TIMEOUT):

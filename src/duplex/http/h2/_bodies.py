@@ -84,8 +84,15 @@ class StreamBody(Writable):
     # -- the reader's side --------------------------------------------------------------
 
     async def _receive(self, max_bytes: int | None) -> bytes:
-        data = await super()._receive(max_bytes)
         exchange = self._exchange
+        try:
+            data = await super()._receive(max_bytes)
+        except trio.BrokenResourceError:
+            if exchange is not None and exchange.failed:
+                # The reader learns of the failure first, then its exchange ends (as
+                # over HTTP/1.1, where a read finds it): the server answers it.
+                exchange.cancel()
+            raise
         if not data and exchange is not None and not exchange.request_complete:
             exchange.complete_request()
         return data

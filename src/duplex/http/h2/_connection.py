@@ -31,6 +31,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import hyperframe.frame
 import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
@@ -73,9 +74,25 @@ _GOAWAY_LINGER_SIZE = 1 << 20
 
 
 class _H2Connection(h2.connection.H2Connection):
-    """h2's connection, but for one rule: a request body is held to its Content-Length
-    by the driver (``_data``, ``_body_ended``), as a stream error (RFC 9113 §8.1.1);
-    h2 makes a mismatch a connection error, and every neighbour stream is lost."""
+    """h2's connection, but for two rules where h2 would lose every stream in flight:
+
+    - a request body is held to its Content-Length by the driver (``_data``,
+      ``_body_ended``), as a stream error (RFC 9113 §8.1.1), where h2 makes a mismatch
+      a connection error;
+    - a client's graceful GOAWAY (NO_ERROR) says it opens no more streams: the streams
+      in flight are still answered, where h2 would send nothing more after one.
+    """
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def _begin_new_stream(
         self, stream_id: int, allowed_ids: h2.connection.AllowedStreamIDs
@@ -467,10 +484,14 @@ class H2ServerConnection:
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._wake_senders()
             elif isinstance(event, h2.events.ConnectionTerminated):
-                # h2 sends nothing after a GOAWAY: what is in flight cannot finish.
-                self.closing = True
-                for exchange in list(streams.values()):
-                    exchange.peer_reset(PeerGone("the peer closed the connection (GOAWAY)"))
+                if event.error_code == ErrorCodes.NO_ERROR:
+                    # No new stream: those in flight finish, then the connection ends.
+                    self._go_away()
+                else:
+                    # h2 sends nothing after that GOAWAY: what is in flight cannot finish.
+                    self.closing = True
+                    for exchange in list(streams.values()):
+                        exchange.peer_reset(PeerGone(f"the peer closed the connection ({event})"))
 
     def _wake_senders(self) -> None:
         for exchange in self.streams.values():
@@ -524,12 +545,12 @@ class H2ServerConnection:
             exchange.request_complete = True
         limit = self.limits.max_body_size
         if _list_size(event) > self.limits.header_list_size:
-            exchange.body_failed(ProtocolError("the request head is too large", 431))
+            exchange.refuse(ProtocolError("the request head is too large", 431))
         elif length is not None and limit is not None and length > limit:
-            exchange.body_failed(ProtocolError("the request body is too large", 413))
+            exchange.refuse(ProtocolError("the request body is too large", 413))
         elif request.method == "CONNECT" and "upgrade" not in request.headers:
             # A tunnel, not an extended CONNECT: duplex is no proxy (as over HTTP/1.1).
-            exchange.body_failed(ProtocolError("CONNECT is not supported", 501))
+            exchange.refuse(ProtocolError("CONNECT is not supported", 501))
         self.streams[stream_id] = exchange
         self.nursery.start_soon(self._run_stream, exchange)
         most = self.limits.max_requests_per_connection
@@ -584,7 +605,7 @@ class H2ServerConnection:
 
     async def _run_stream(self, exchange: H2Exchange) -> None:
         try:
-            if not exchange.failed:  # (refused before its handler started: 413, 501)
+            if not exchange.refused:
                 with exchange.scope:
                     await respond(exchange)
             status = exchange.error_status

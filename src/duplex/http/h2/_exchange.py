@@ -14,7 +14,7 @@ from h2.exceptions import H2Error
 from ..._body import Writable
 from ..._errors import ProtocolError, Timeout
 from ..._foreign import translate
-from .._exchange import HANDLING, RESPONDED, RESPONDING, Exchange, PeerGone
+from .._exchange import FAILED, HANDLING, RESPONDED, RESPONDING, Exchange, PeerGone
 from .._models import Request
 from ..h1._framing import http_date
 
@@ -50,6 +50,7 @@ class H2Exchange(Exchange):
         "error_status",
         "out_ended",
         "received",
+        "refused",
         "sending",
         "sent",
         "stream_id",
@@ -74,6 +75,8 @@ class H2Exchange(Exchange):
         self.closed = False
         #: Request body bytes received so far (for ``max_body_size``).
         self.received = 0
+        #: True once the request was refused from its head: its handler never runs.
+        self.refused = False
         #: Response body bytes sent so far, and the Content-Length the response named.
         self.sent = 0
         self.declared: int | None = None
@@ -95,13 +98,31 @@ class H2Exchange(Exchange):
         """The request body has been read to its end."""
         self.request_complete = True
 
+    def refuse(self, error: ProtocolError) -> None:
+        """The request is refused from its head (413, 431, 501): its handler never runs,
+        and the stream is answered with the error's status."""
+        log.debug("request refused on stream %d: %s", self.stream_id, error)
+        self.error_status = error.status
+        self.refused = True
+        self.fail(trio.BrokenResourceError(str(error)))
+
     def body_failed(self, error: ProtocolError | Timeout) -> None:
-        """The request body turned out bad: answer with its status if still possible."""
+        """The request body turned out bad: the stream is answered with its status if
+        the response has not begun (else cut). The body's reads raise from now on. A
+        handler that has not begun its response learns of it from its next read, which
+        then cancels the exchange, as over HTTP/1.1, where a read finds such a failure;
+        one that never reads answers as it likes."""
         status = 408 if isinstance(error, Timeout) else error.status
         log.debug("bad request body on stream %d: %s", self.stream_id, error)
         if self.error_status is None:
             self.error_status = status
-        self.fail(error if isinstance(error, Timeout) else trio.BrokenResourceError(str(error)))
+        broken = error if isinstance(error, Timeout) else trio.BrokenResourceError(str(error))
+        if self.head_started:
+            self.fail(broken)
+            return
+        if not self.ended:
+            self.to(FAILED)
+        self.request_body.fail(broken)
 
     def peer_reset(self, error: BaseException) -> None:
         """The stream is gone (the peer reset it, or the connection closed)."""
