@@ -535,8 +535,28 @@ async def _wait_gone_portably(
         while data:
             if room <= 0:
                 await trio.sleep_forever()
-            data = await sock.recv(room)
+            # Wait, then take and stash with no checkpoint in between: a watcher woken
+            # with bytes in hand but cancelled before it could stash them (the request's
+            # reader taking over the socket) would stash them after the reader's later
+            # bytes, out of order. trio's recv checkpoints after its read; this does not.
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = _recv_now(sock, room)
+            except BlockingIOError:
+                continue  # (woken for nothing: wait again)
             if data:
                 room = stash(data)  # type: ignore[misc]
     except OSError:
         return
+
+
+def _recv_now(sock: trio.socket.SocketType, size: int) -> bytes:
+    """Read up to ``size`` bytes from ``sock`` without waiting and without a checkpoint
+    (raises ``BlockingIOError`` if there are none), through a stdlib socket object over
+    the same descriptor, detached afterwards so that it closes nothing."""
+    plain = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+    try:
+        plain.setblocking(False)
+        return plain.recv(size)
+    finally:
+        plain.detach()
