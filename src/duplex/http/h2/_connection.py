@@ -34,7 +34,7 @@ import h2.stream
 import hyperframe.frame
 import trio
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from ..._body import EmptyBody
 from ..._errors import ProtocolError, Timeout
@@ -64,6 +64,9 @@ _DEFAULT_WINDOW = 65535
 _HARD_HEADER_LIST_SIZE = 65536
 #: What each field counts on top of its name and value (RFC 9113 §6.5.2).
 _FIELD_OVERHEAD = 32
+#: SETTINGS_MAX_FRAME_SIZE's bounds (RFC 9113 §6.5.2).
+_MIN_FRAME_SIZE = 1 << 14
+_MAX_FRAME_SIZE = (1 << 24) - 1
 #: The preface and the first frame's head up to its type, which must be SETTINGS.
 _OPENING = len(PREFACE) + 4
 _SETTINGS = 0x4
@@ -80,7 +83,11 @@ class _H2Connection(h2.connection.H2Connection):
       ``_body_ended``), as a stream error (RFC 9113 §8.1.1), where h2 makes a mismatch
       a connection error;
     - a client's graceful GOAWAY (NO_ERROR) says it opens no more streams: the streams
-      in flight are still answered, where h2 would send nothing more after one.
+      in flight are still answered, where h2 would send nothing more after one;
+
+    and for two costs: a received frame is not formatted for h2's trace log
+    (``_receive_frame``), nor each frame sent checked against the peer's frame size
+    (``_prepare_for_sending``), both otherwise h2's own.
     """
 
     def _receive_goaway_frame(
@@ -93,6 +100,42 @@ class _H2Connection(h2.connection.H2Connection):
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
+
+    def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[h2.events.Event]:
+        # h2's own, but for its first line: ``trace("Received frame: %s", repr(frame))``,
+        # which formats every frame (hexlifying a DATA frame's whole payload) for a log
+        # h2 only keeps when asked to: a sixth of what h2 costs per DATA frame received.
+        events: list[h2.events.Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as error:
+            if self._stream_is_closed_by_reset(error.stream_id):
+                reset = RstStreamFrame(error.stream_id)
+                reset.error_code = error.error_code
+                self._prepare_for_sending([reset])
+                events = error._events
+            else:
+                raise
+        except h2.exceptions.StreamIDTooLowError as error:
+            if self._stream_is_closed_by_reset(error.stream_id):
+                reset = RstStreamFrame(error.stream_id)
+                reset.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([reset])
+                events = []
+            elif self._stream_is_closed_by_end(error.stream_id):
+                raise h2.exceptions.StreamClosedError(error.stream_id) from error
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
+
+    def _prepare_for_sending(self, frames: list[hyperframe.frame.Frame]) -> None:
+        # h2's own, but without its assertion that no frame exceeds the peer's maximum
+        # frame size (a generator over every frame sent, on every send): h2 cuts every
+        # frame it makes to that size, and duplex makes none itself through h2.
+        if frames:
+            self._data_to_send += b"".join([frame.serialize() for frame in frames])
 
     def _begin_new_stream(
         self, stream_id: int, allowed_ids: h2.connection.AllowedStreamIDs
@@ -167,8 +210,11 @@ class H2ServerConnection:
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_list_size,
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: _max_frame_size(limits.stream_window_size),
             },
         )
+        # (Settings made so hold at once, and h2 read this one at its making.)
+        self.h2.max_inbound_frame_size = self.h2.local_settings.max_frame_size
         # HPACK is decoded whole up to a hard limit (beyond it, the connection fails: the
         # decoder's state cannot be trusted); a list over the advertised limit but under
         # that one is answered 431 on its stream, and the connection goes on.
@@ -649,6 +695,15 @@ class H2ServerConnection:
         with trio.move_on_after(self.limits.linger_timeout):
             await exchange.start(status, headers)
             await exchange.send(body, end=True)
+
+
+def _max_frame_size(window: int) -> int:
+    """The SETTINGS_MAX_FRAME_SIZE duplex advertises: a stream's window (a DATA frame
+    never exceeds it anyway), so that a peer sends a request body in as few frames as
+    flow control allows (each frame costs its parsing and events); within what HTTP/2
+    permits (RFC 9113 §6.5.2). A frame is buffered whole before it is parsed: this is
+    what one connection may buffer of a frame."""
+    return max(_MIN_FRAME_SIZE, min(window, _MAX_FRAME_SIZE))
 
 
 def _list_size(event: h2.events.RequestReceived) -> int:
