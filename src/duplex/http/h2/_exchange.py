@@ -160,6 +160,19 @@ class H2Exchange(Exchange):
         """Send the response head (with END_STREAM when ``end``): ``headers`` are valid
         fields; those HTTP/2 forbids (connection-specific ones) are dropped. Without
         ``flush`` the head waits for what the caller sends next (one write for both)."""
+        self.start_nowait(status, headers, end=end)
+        if end:
+            await self.connection.flush_end()
+        elif flush:
+            await self.connection.flush()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def start_nowait(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, end: bool = False
+    ) -> None:
+        """Queue the response head as ``start`` does, for what is sent next to take it
+        along (no wait: the caller sends, or flushes, next)."""
         if not 200 <= status <= 999:
             raise ProtocolError(f"cannot send this message: a response with {status}", 500)
         self._check_open()
@@ -177,9 +190,8 @@ class H2Exchange(Exchange):
         if not dated:
             fields.append((b"date", http_date()))
         fields += [field for field in headers if field[0] not in CONNECTION_HEADERS]
-        connection = self.connection
         try:
-            connection.h2.send_headers(self.stream_id, fields, end_stream=end)
+            self.connection.h2.send_headers(self.stream_id, fields, end_stream=end)
         except H2Error as error:
             raise translate(error) from error
         if self.state is HANDLING:
@@ -188,11 +200,6 @@ class H2Exchange(Exchange):
             self.head_started = True  # (a failed exchange answered by the server)
         if end:
             self._ended()
-            await connection.flush_end()
-        elif flush:
-            await connection.flush()
-        else:
-            await trio.lowlevel.checkpoint()
 
     async def send(self, data: bytes, *, end: bool = False) -> None:
         """Send ``data`` as DATA frames as the peer's window allows (END_STREAM on the

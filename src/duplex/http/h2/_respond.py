@@ -65,9 +65,13 @@ async def _send_response(exchange: H2Exchange, response: Response) -> None:
     exchange.trailers = trailers
     if isinstance(body, bytes):
         ends = no_body or not (body or trailers)
-        await exchange.start(status, headers, end=ends, flush=ends)
-        if not ends:
-            await exchange.send(body, end=not trailers)
+        if ends:
+            await exchange.start(status, headers, end=True)
+            return
+        # The head goes out with the body, in one flush (and one checkpoint).
+        exchange.start_nowait(status, headers)
+        await exchange.send(body, end=not trailers)
+        if trailers:
             await exchange.finish()
         return
     await exchange.start(status, headers, end=no_body)
