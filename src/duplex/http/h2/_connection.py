@@ -552,6 +552,8 @@ class H2ServerConnection:
             self._set_idle_deadline(trio.current_time() + timeout)
 
     def _set_idle_deadline(self, deadline: float) -> None:
+        if deadline == self._idle_deadline:
+            return  # (each stream opened says inf: a scope's deadline is costly to set)
         self._idle_deadline = deadline
         if self._idle is not None:
             self._idle.deadline = deadline

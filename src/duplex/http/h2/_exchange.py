@@ -253,6 +253,28 @@ class H2Exchange(Exchange):
             if not view:
                 return
 
+    def send_nowait(self, data: bytes, *, end: bool = False) -> bool:
+        """Queue ``data`` as ``send`` would if the window takes all of it now (then
+        True: the caller flushes), else nothing (False: the caller ``send``s)."""
+        self._check_open()
+        h2 = self.connection.h2
+        size = len(data)
+        if self.clogged or not size or self._window() < size:
+            return False
+        self.sent += size
+        if self.declared is not None and self.sent > self.declared:
+            raise _cannot_send("too much data for declared Content-Length")
+        frame_size = h2.max_outbound_frame_size
+        try:
+            for start in range(0, size, frame_size):
+                piece = data if size <= frame_size else data[start : start + frame_size]
+                h2.send_data(self.stream_id, piece, end_stream=end and start + frame_size >= size)
+        except H2Error as error:
+            raise translate(error) from error
+        if end:
+            self._ended()
+        return True
+
     def _window(self) -> int:
         """How much DATA the peer takes on this stream now (its and the connection's
         flow-control windows)."""

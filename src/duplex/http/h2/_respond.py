@@ -70,6 +70,9 @@ async def _send_response(exchange: H2Exchange, response: Response) -> None:
             return
         # The head goes out with the body, in one flush (and one checkpoint).
         exchange.start_nowait(status, headers)
+        if not trailers and exchange.send_nowait(body, end=True):
+            await exchange.connection.flush_end()
+            return
         await exchange.send(body, end=not trailers)
         if trailers:
             await exchange.finish()
