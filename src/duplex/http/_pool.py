@@ -196,9 +196,7 @@ class Pool:
         HTTP/1.1 by ALPN. Raises as ``acquire`` does, and ``duplex.ProtocolError`` when
         HTTP/2 was required (``"prior-knowledge"``) and the server chose otherwise."""
         limits = self.limits
-        deadline = trio.current_time() + (
-            inf if limits.pool_timeout is None else limits.pool_timeout
-        )
+        deadline = self._pool_deadline()
         await trio.lowlevel.checkpoint()
         while True:
             if self.closed:
@@ -280,6 +278,11 @@ class Pool:
             return sum(len(idle) for idle in self._idle.values())
         return len(self._idle.get(origin, ()))
 
+    def _pool_deadline(self) -> float:
+        """When a wait for a free connection (or stream) that starts now times out."""
+        timeout = self.limits.pool_timeout
+        return trio.current_time() + (inf if timeout is None else timeout)
+
     async def acquire(self, origin: Origin) -> PooledConnection:
         """A connection to ``origin``: an idle one, a new one, or the first one freed.
 
@@ -289,9 +292,7 @@ class Pool:
         """
         limits = self.limits
         # The pool timeout bounds the wait for a free slot, never a connect under way.
-        deadline = trio.current_time() + (
-            inf if limits.pool_timeout is None else limits.pool_timeout
-        )
+        deadline = self._pool_deadline()
         # Checkpoint first, so that an idle connection is checked for staleness and
         # handed over with no yield between: a connection taken then cancelled at a
         # checkpoint would be in no list, never closed; and the later the check, the

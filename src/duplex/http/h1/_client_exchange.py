@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from math import inf
 from typing import Any, Protocol, TypeAlias
 
@@ -17,6 +17,7 @@ from trio.lowlevel import TrioToken
 from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
 from .._limits import ClientLimits
+from .._request_body import close_unsent, send_chunks
 from ._client import HTTPConnection, client_error
 
 __all__ = ["ClientExchange", "Lease", "RequestContent"]
@@ -151,22 +152,18 @@ class RequestSender:
         assert self.scope is not None
         http = self.http
         exchange = self._exchange
-        chunks = _chunks(body)
         failure: BaseException | None = None
+
+        async def send(chunk: bytes) -> None:
+            self.size += len(chunk)
+            await http.send(h11.Data(data=chunk))
+
         with self.scope:
             try:
-                while True:
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    except Exception as error:
-                        log.debug("request body failed: %r", error)
-                        failure = error
-                        exchange.abort(error)
-                        return
-                    self.size += len(chunk)
-                    await http.send(h11.Data(data=chunk))
+                produced = await send_chunks(body, send)
+                if produced is not None:
+                    exchange.abort(produced)
+                    return
                 await http.send(h11.EndOfMessage())
                 exchange.request_ended(_SENT)
             except ProtocolError as error:
@@ -175,19 +172,7 @@ class RequestSender:
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 failure = error
                 exchange.request_failed(error)
-        if isinstance(body, Readable) and (failure is not None or self.scope.cancel_called):
-            with trio.CancelScope(shield=True):
-                await body.aclose(failure or exchange.error)
-
-
-async def _chunks(body: Readable | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    if isinstance(body, Readable):
-        while chunk := await body.read():
-            yield chunk
-    else:
-        async for chunk in body:
-            if chunk:
-                yield chunk
+        await close_unsent(body, failure, self.scope.cancel_called, exchange.error)
 
 
 class ClientExchange:

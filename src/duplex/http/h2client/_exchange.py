@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from math import inf
 from typing import TypeAlias
 
@@ -24,6 +24,7 @@ from trio.lowlevel import (
 
 from ..._body import Readable
 from ..._errors import ProtocolError, Timeout
+from .._request_body import close_unsent, send_chunks
 from ._connection import H2ClientConnection, StreamRefused
 
 __all__ = ["H2Exchange", "H2ResponseBody", "RequestContent", "StreamReset"]
@@ -161,27 +162,23 @@ class H2Exchange:
         ``__cause__``."""
         assert self._sender is not None
         failure: BaseException | None = None
+
+        async def send(chunk: bytes) -> None:
+            if self._announced is not None and self.size + len(chunk) > self._announced:
+                raise self._misframed(self.size + len(chunk))
+            await self._send_data(chunk)
+
         with self._sender:
             try:
                 if isinstance(body, bytes):
                     await self._send_data(body)
                 else:
-                    chunks = _chunks(body)
-                    while True:
-                        try:
-                            chunk = await chunks.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        except Exception as error:
-                            log.debug("request body failed: %r", error)
-                            failure = error
-                            broken = ProtocolError(f"the request body failed: {error}")
-                            broken.__cause__ = error
-                            self.abort(broken)
-                            return
-                        if self._announced is not None and self.size + len(chunk) > self._announced:
-                            raise self._misframed(self.size + len(chunk))
-                        await self._send_data(chunk)
+                    produced = await send_chunks(body, send)
+                    if produced is not None:
+                        broken = ProtocolError(f"the request body failed: {produced}")
+                        broken.__cause__ = produced
+                        self.abort(broken)
+                        return
                 if self._announced is not None and self.size != self._announced:
                     raise self._misframed(self.size)
                 self._end_request()
@@ -191,9 +188,7 @@ class H2Exchange:
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
                 failure = error
                 self._request_failed(error)
-        if isinstance(body, Readable) and (failure is not None or self._sender.cancel_called):
-            with trio.CancelScope(shield=True):
-                await body.aclose(failure or self.error)
+        await close_unsent(body, failure, self._sender.cancel_called, self.error)
 
     async def _send_data(self, data: bytes) -> None:
         sent = 0
@@ -618,16 +613,6 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
         if name == b"content-length" and value.isdigit():
             return int(value)
     return None
-
-
-async def _chunks(body: Readable | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    if isinstance(body, Readable):
-        while chunk := await body.read():
-            yield chunk
-    else:
-        async for chunk in body:
-            if chunk:
-                yield bytes(chunk)
 
 
 def _code_name(code: int) -> str:
