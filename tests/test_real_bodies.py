@@ -328,6 +328,75 @@ async def h2_client_stream_input(chunks: list[bytes]) -> AsyncIterator[Source]:
         yield StreamReader(duplex.Stream(response.body, output))
 
 
+# The server's bodies over HTTP/2: a request body and a Streamable's input, the client
+# (duplex's, h2c) writing one chunk per read.
+
+
+@asynccontextmanager
+async def _h2_post(
+    handler: duplex.Handler, chunks: list[bytes], *, length: bool
+) -> AsyncIterator[tuple[duplex.Server, trio.Nursery]]:
+    """Serve ``handler``, and POST ``chunks`` to it over one HTTP/2 stream from a task:
+    each chunk written only once every task waits (so that each is one read), then the
+    end (with Content-Length when ``length``)."""
+    async with (
+        deadlock_guard(),
+        serving(handler) as server,
+        duplex.Client(http2="prior-knowledge") as client,
+        tasks() as nursery,
+    ):
+        output = duplex.Writable(length=sum(map(len, chunks)) if length else None)
+
+        async def post() -> None:
+            response = await client.post(url(server), body=output)
+            assert response.http_version == "2"
+            await response.body.discard()
+
+        async def write() -> None:
+            await drip(chunks, output.write)
+            await output.close_write()
+
+        nursery.start_soon(post)
+        nursery.start_soon(write)
+        yield server, nursery
+
+
+@asynccontextmanager
+async def h2_server_request_body(chunks: list[bytes]) -> AsyncIterator[duplex.Readable]:
+    """``request.body`` of an HTTP/2 stream of unknown length."""
+    handoff: Handoff[duplex.Readable] = Handoff()
+    async with (
+        _h2_post(hand_over_body(handoff), chunks, length=False),
+        handoff.taken() as body,
+    ):
+        yield body
+
+
+@asynccontextmanager
+async def h2_server_request_body_with_length(
+    chunks: list[bytes],
+) -> AsyncIterator[duplex.Readable]:
+    """``request.body`` of an HTTP/2 stream with Content-Length."""
+    handoff: Handoff[duplex.Readable] = Handoff()
+    async with (
+        _h2_post(hand_over_body(handoff), chunks, length=True),
+        handoff.taken() as body,
+    ):
+        yield body
+
+
+@asynccontextmanager
+async def h2_streamable_input(chunks: list[bytes]) -> AsyncIterator[Source]:
+    """The reading side of a ``Streamable``'s stream over one HTTP/2 stream."""
+    handoff: Handoff[duplex.Stream] = Handoff()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.Response(200, body=duplex.Streamable(handoff.give))
+
+    async with _h2_post(handler, chunks, length=False), handoff.taken() as stream:
+        yield StreamReader(stream)
+
+
 READABLES: list[Factory] = [
     server_request_body,
     server_request_body_with_length,
@@ -339,11 +408,15 @@ READABLES: list[Factory] = [
     h2_client_response_body,
     h2_client_response_body_with_length,
     h2_client_stream_input,
+    h2_server_request_body,
+    h2_server_request_body_with_length,
+    h2_streamable_input,
 ]
 READABLES_WITH_LENGTH: list[BodyFactory] = [
     server_request_body_with_length,
     client_response_body_with_length,
     h2_client_response_body_with_length,
+    h2_server_request_body_with_length,
 ]
 
 
