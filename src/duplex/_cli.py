@@ -1,4 +1,8 @@
-"""The ``duplex`` command line: ``echo``, ``serve``, ``request``."""
+"""The ``duplex`` command line: ``demo``, ``echo``, ``serve``, ``request``.
+
+A mistake in the arguments (a URL without its scheme, a port out of range, an unknown
+log level) is one line on standard error and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import trio
 
 from ._errors import Timeout
 from ._stream import Stream
+from ._version import __version__
 from ._workers import WorkersFailed, serve_workers
 from .demo import Demo
 from .http import Client, Handler, Request, Response, Server, Streamable
@@ -137,9 +142,27 @@ async def run_request(
     return 0
 
 
+DESCRIPTION = (
+    "Bidirectional byte streams over HTTP: serve the demo page, a full-duplex echo or "
+    "your own handler (HTTP/1.1 and HTTP/2), or send a request that streams both ways."
+)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _port(text: str) -> int:
+    """A TCP port (0: any free one); argparse reports anything else."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 0 to 65535, not {port}")
+    return port
+
+
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
+    parser.add_argument("--port", type=_port, default=8000, help="port to bind (8000)")
     parser.add_argument(
         "--certfile", help="serve TLS with this certificate chain (PEM), HTTP/2 by ALPN"
     )
@@ -180,16 +203,36 @@ def server_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
-    parser.add_argument("--log-level", default="warning", help="logging level (warning)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="duplex", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"duplex {__version__}")
+    # --log-level goes before or after the command alike (the command's copy only
+    # overrides when given).
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="logging level (warning)",
+    )
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, default="warning",
+        help="logging level (warning)",
+    )  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_parser = commands.add_parser(
-        "demo", help="serve a page that shows SSE, WebSocket, long-polling and streaming"
+        "demo",
+        parents=[logging_options],
+        help="serve a page that shows SSE, WebSocket, long-polling and streaming",
     )
     _add_address(demo_parser)
-    echo_parser = commands.add_parser("echo", help="stream every request body back")
+    echo_parser = commands.add_parser(
+        "echo", parents=[logging_options], help="stream every request body back"
+    )
     _add_address(echo_parser)
-    serve_parser = commands.add_parser("serve", help="serve module:handler")
+    serve_parser = commands.add_parser(
+        "serve", parents=[logging_options], help="serve module:handler"
+    )
     serve_parser.add_argument("handler", help="the handler, as module:attribute")
     _add_address(serve_parser)
     serve_parser.add_argument(
@@ -199,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     request_parser = commands.add_parser(
         "request",
+        parents=[logging_options],
         help="send a request: standard input streams up while the response streams down",
     )
     request_parser.add_argument("method", help="GET, POST, PUT, ...")
@@ -226,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "request":
+        if not args.url.lower().startswith(("http://", "https://")):
+            print(
+                f"duplex: the URL needs its scheme: http://{args.url} or https://{args.url}",
+                file=sys.stderr,
+            )
+            return 2
         method = args.method.upper()
         send_body = args.body if args.body is not None else method in ("POST", "PUT", "PATCH")
         http2: bool | Literal["prior-knowledge"] = (

@@ -1,0 +1,46 @@
+"""The command line's answer to a mistake in its arguments: one clear line on standard
+error and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+DUPLEX = [sys.executable, "-m", "duplex"]
+
+
+def duplex(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DUPLEX, *arguments], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    # The reason is the last line (argparse puts its usage before it).
+    assert text in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_port_out_of_range_is_refused_not_replaced() -> None:
+    one_clear_line(duplex("echo", "--port", "99999"), "a port is from 0 to 65535")
+
+
+def test_a_url_without_its_scheme_is_one_line() -> None:
+    result = duplex("request", "GET", "127.0.0.1:8140/")
+    one_clear_line(result, "the URL needs its scheme: http://127.0.0.1:8140/")
+
+
+def test_an_unknown_log_level_is_refused_before_or_after_the_command() -> None:
+    one_clear_line(duplex("--log-level", "nonsense", "echo"), "invalid choice: 'nonsense'")
+    one_clear_line(duplex("echo", "--log-level", "nonsense"), "invalid choice: 'nonsense'")
+
+
+def test_version_and_help_name_every_command_in_plain_text() -> None:
+    version = duplex("--version")
+    assert version.returncode == 0 and version.stdout.startswith("duplex ")
+    usage = duplex("--help")
+    assert usage.returncode == 0
+    for command in ("demo", "echo", "serve", "request"):
+        assert command in usage.stdout
+    assert "``" not in usage.stdout
