@@ -1,10 +1,13 @@
-"""The command line's answer to a mistake in its arguments: one clear line on standard
-error and a non-zero exit, never a traceback."""
+"""The command line's answer to a user's mistake: one clear line on standard error and a
+non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+
+import pytest
 
 DUPLEX = [sys.executable, "-m", "duplex"]
 
@@ -20,6 +23,21 @@ def one_clear_line(result: subprocess.CompletedProcess[str], text: str) -> None:
     assert "Traceback" not in result.stderr
     # The reason is the last line (argparse puts its usage before it).
     assert text in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["echo", "demo", "serve duplex._cli:echo"])
+def test_a_port_in_use_is_one_line(command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = duplex(*command.split(), "--port", port)
+    one_clear_line(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_an_address_that_does_not_resolve_is_one_line() -> None:
+    result = duplex("echo", "--host", "no-such-host.invalid", "--port", "0")
+    one_clear_line(result, "cannot listen on no-such-host.invalid:0")
 
 
 def test_a_port_out_of_range_is_refused_not_replaced() -> None:

@@ -1,7 +1,8 @@
 """The ``duplex`` command line: ``demo``, ``echo``, ``serve``, ``request``.
 
-A mistake in the arguments (a URL without its scheme, a port out of range, an unknown
-log level) is one line on standard error and a non-zero exit, never a traceback.
+A user's mistake (a port in use, an address that does not resolve, a URL without its
+scheme, a port out of range, an unknown log level) is one line on standard error and a
+non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -286,8 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls = {"ssl_context": context, "http2": args.http2}
     if args.command == "demo":
         demo = Demo()
-        trio.run(run_server, Server(demo.handler, args.host, args.port, **tls), demo.run)
-        return 0
+        server = Server(demo.handler, args.host, args.port, **tls)
+        return _serve_or_say_why(server, demo.run)
     if args.command == "serve" and args.workers is not None:
         if args.workers < 1:
             parser.error("--workers takes a number from 1 up")
@@ -297,8 +298,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
     reuse_port = args.command == "serve" and args.worker
-    trio.run(run_server, Server(handler, args.host, args.port, reuse_port=reuse_port, **tls))
+    server = Server(handler, args.host, args.port, reuse_port=reuse_port, **tls)
+    return _serve_or_say_why(server, None)
+
+
+def _serve_or_say_why(server: Server, background: Callable[[], Awaitable[object]] | None) -> int:
+    """Run ``server`` until a signal stops it (0); if it cannot listen (the port is in
+    use, the address does not resolve), say so in one line (1)."""
+    try:
+        trio.run(run_server, server, background)
+    except (OSError, BaseExceptionGroup) as error:
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause)
+        where = f"{server.host}:{server.requested_port}"
+        print(f"duplex: cannot listen on {where}: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` that ``error`` is, or is all of (through exception groups)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, OSError) else None
 
 
 def run_workers(
