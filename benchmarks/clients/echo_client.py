@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import h2.config
 import h2.connection
@@ -142,6 +143,86 @@ class H2Echo:
         return got
 
 
+State = dict[str, float | int | str | None]
+
+
+def new_state() -> State:
+    """What a run counts: bytes sent and echoed, when the first and last echo came, and
+    when there was progress last (for the stall detector)."""
+    return {
+        "sent": 0,
+        "echoed": 0,
+        "first": None,
+        "sent_at_first": None,
+        "last": None,
+        "progress": time.perf_counter(),
+    }
+
+
+def count_echo(state: State, got: int, now: float) -> None:
+    """``got`` payload bytes came back at ``now``."""
+    if state["first"] is None:
+        state["first"] = now
+        state["sent_at_first"] = state["sent"]
+    state["last"] = now
+    state["echoed"] = int(state["echoed"] or 0) + got
+
+
+async def drive(
+    args: argparse.Namespace,
+    stream: trio.SocketStream,
+    state: State,
+    sender: Callable[[], Awaitable[None]],
+    receiver: Callable[[], Awaitable[None]],
+) -> dict[str, object]:
+    """Run ``sender`` beside ``receiver`` (bounded by ``--timeout`` and the stall
+    detector), close the stream, and report the run."""
+    start = 0.0
+
+    async def watchdog(cancel: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(0.25)
+            if time.perf_counter() - float(state["progress"] or 0) > args.stall:
+                state["stalled"] = 1
+                cancel.cancel()
+                return
+
+    outcome = "ok"
+    async with stream:
+        with trio.move_on_after(args.timeout) as scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    start = time.perf_counter()
+                    state["progress"] = start
+                    nursery.start_soon(watchdog, nursery.cancel_scope)
+                    nursery.start_soon(sender)
+                    await receiver()
+                    nursery.cancel_scope.cancel()
+            except* trio.BrokenResourceError as group:
+                outcome = "connection broken"
+                state["detail"] = repr(group.exceptions[0])
+        if scope.cancelled_caught:
+            outcome = "timeout"
+        if state.get("stalled"):
+            outcome = "stalled"
+    echoed = int(state["echoed"] or 0)
+    end = float(state["last"] or time.perf_counter())
+    first = state["first"]
+    if echoed < args.total and outcome == "ok":
+        outcome = "short"
+    return {
+        "mode": args.mode,
+        "outcome": outcome,
+        "sent": state["sent"],
+        "echoed": echoed,
+        "seconds": end - start,
+        "first_byte_seconds": None if first is None else float(first) - start,
+        "sent_at_first_echo": state["sent_at_first"],
+        "mib_per_s": echoed / (1 << 20) / (end - start) if echoed else 0.0,
+        **({"detail": state["detail"]} if "detail" in state else {}),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     if args.mode == "h2":
         return await run_h2(args)
@@ -151,15 +232,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     http = args.mode == "http"
     frame = f"{chunk_size:x}\r\n".encode() + payload + b"\r\n" if http else payload
     stream = await trio.open_tcp_stream(args.host, args.port)
-    state: dict[str, float | int | str | None] = {
-        "sent": 0,
-        "echoed": 0,
-        "first": None,
-        "sent_at_first": None,
-        "last": None,
-        "progress": time.perf_counter(),
-    }
-    start = 0.0
+    state = new_state()
 
     async def sender() -> None:
         if http:
@@ -202,56 +275,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 data = bytes(head[end + 4 :])
             got = counter.feed(data) if counter is not None else len(data)
             if got:
-                if state["first"] is None:
-                    state["first"] = now
-                    state["sent_at_first"] = state["sent"]
-                state["last"] = now
-                state["echoed"] = int(state["echoed"] or 0) + got
+                count_echo(state, got, now)
             if (counter is not None and counter.done) or int(state["echoed"] or 0) >= total:
                 return
 
-    async def watchdog(cancel: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(0.25)
-            if time.perf_counter() - float(state["progress"] or 0) > args.stall:
-                state["stalled"] = 1
-                cancel.cancel()
-                return
-
-    outcome = "ok"
-    async with stream:
-        with trio.move_on_after(args.timeout) as scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    start = time.perf_counter()
-                    state["progress"] = start
-                    nursery.start_soon(watchdog, nursery.cancel_scope)
-                    nursery.start_soon(sender)
-                    await receiver()
-                    nursery.cancel_scope.cancel()
-            except* trio.BrokenResourceError as group:
-                outcome = "connection broken"
-                state["detail"] = repr(group.exceptions[0])
-        if scope.cancelled_caught:
-            outcome = "timeout"
-        if state.get("stalled"):
-            outcome = "stalled"
-    echoed = int(state["echoed"] or 0)
-    end = float(state["last"] or time.perf_counter())
-    first = state["first"]
-    if echoed < total and outcome == "ok":
-        outcome = "short"
-    return {
-        "mode": args.mode,
-        "outcome": outcome,
-        "sent": state["sent"],
-        "echoed": echoed,
-        "seconds": end - start,
-        "first_byte_seconds": None if first is None else float(first) - start,
-        "sent_at_first_echo": state["sent_at_first"],
-        "mib_per_s": echoed / (1 << 20) / (end - start) if echoed else 0.0,
-        **({"detail": state["detail"]} if "detail" in state else {}),
-    }
+    return await drive(args, stream, state, sender, receiver)
 
 
 async def run_h2(args: argparse.Namespace) -> dict[str, object]:
@@ -260,15 +288,7 @@ async def run_h2(args: argparse.Namespace) -> dict[str, object]:
     payload = bytes(range(256)) * (chunk_size // 256)
     stream = await trio.open_tcp_stream(args.host, args.port)
     echo = H2Echo(stream, args.host, args.port)
-    state: dict[str, float | int | str | None] = {
-        "sent": 0,
-        "echoed": 0,
-        "first": None,
-        "sent_at_first": None,
-        "last": None,
-        "progress": time.perf_counter(),
-    }
-    start = 0.0
+    state = new_state()
 
     async def sender() -> None:
         await echo.open()
@@ -288,54 +308,9 @@ async def run_h2(args: argparse.Namespace) -> dict[str, object]:
             got = echo.receive(data)
             await echo.flush()  # window updates, settings acknowledgements
             if got:
-                if state["first"] is None:
-                    state["first"] = now
-                    state["sent_at_first"] = state["sent"]
-                state["last"] = now
-                state["echoed"] = int(state["echoed"] or 0) + got
+                count_echo(state, got, now)
 
-    async def watchdog(cancel: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(0.25)
-            if time.perf_counter() - float(state["progress"] or 0) > args.stall:
-                state["stalled"] = 1
-                cancel.cancel()
-                return
-
-    outcome = "ok"
-    async with stream:
-        with trio.move_on_after(args.timeout) as scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    start = time.perf_counter()
-                    state["progress"] = start
-                    nursery.start_soon(watchdog, nursery.cancel_scope)
-                    nursery.start_soon(sender)
-                    await receiver()
-                    nursery.cancel_scope.cancel()
-            except* trio.BrokenResourceError as group:
-                outcome = "connection broken"
-                state["detail"] = repr(group.exceptions[0])
-        if scope.cancelled_caught:
-            outcome = "timeout"
-        if state.get("stalled"):
-            outcome = "stalled"
-    echoed = int(state["echoed"] or 0)
-    end = float(state["last"] or time.perf_counter())
-    first = state["first"]
-    if echoed < total and outcome == "ok":
-        outcome = "short"
-    return {
-        "mode": args.mode,
-        "outcome": outcome,
-        "sent": state["sent"],
-        "echoed": echoed,
-        "seconds": end - start,
-        "first_byte_seconds": None if first is None else float(first) - start,
-        "sent_at_first_echo": state["sent_at_first"],
-        "mib_per_s": echoed / (1 << 20) / (end - start) if echoed else 0.0,
-        **({"detail": state["detail"]} if "detail" in state else {}),
-    }
+    return await drive(args, stream, state, sender, receiver)
 
 
 def main() -> None:
