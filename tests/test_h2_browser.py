@@ -18,17 +18,7 @@ import pytest
 import trio
 
 import duplex
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from test_demo_browser import CHROMIUM, CHROMIUM_ARGS
 
 T = TypeVar("T")
 
