@@ -12,6 +12,7 @@ closes once its last one ends; a dead one leaves the pool at once.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from math import inf
 from typing import Literal, TypeAlias
 
@@ -24,7 +25,15 @@ from ._limits import ClientLimits
 from .h1._client import HTTPConnection
 from .h2client import H2ClientConnection
 
-__all__ = ["HTTP2", "Origin", "Pool", "PooledConnection", "open_connection", "open_stream"]
+__all__ = [
+    "HTTP2",
+    "Connector",
+    "Origin",
+    "Pool",
+    "PooledConnection",
+    "open_connection",
+    "open_stream",
+]
 
 #: Where a connection goes: (scheme, host, port).
 Origin: TypeAlias = tuple[str, str, int]
@@ -32,6 +41,10 @@ Origin: TypeAlias = tuple[str, str, int]
 #: Whether a client speaks HTTP/2: not at all, when the server picks it by ALPN (https
 #: only), or from the first byte (h2c on http; h2 on https, never falling back).
 HTTP2: TypeAlias = "bool | Literal['prior-knowledge']"
+
+#: Opens the stream a new connection to an origin runs on, in place of TCP (and TLS):
+#: see ``Pool.connector``.
+Connector: TypeAlias = Callable[[Origin], Awaitable[trio.abc.Stream]]
 
 
 async def open_connection(
@@ -170,6 +183,10 @@ class Pool:
         self._open: dict[Origin, int] = {}
         self._waiters: dict[Origin, ParkingLot] = {}
         self.closed = False
+        #: When set, every new connection runs on the stream it returns for the origin
+        #: rather than on a socket (``duplex.testing`` serves a handler in memory so);
+        #: no TLS is added, and HTTP/2 is spoken as over h2c.
+        self.connector: Connector | None = None
 
     def open_connections(self, origin: Origin | None = None) -> int:
         """Connections open (busy or idle), to ``origin`` or in all; not those
@@ -226,12 +243,15 @@ class Pool:
         self._open[origin] = self._open.get(origin, 0) + 1
         self._connecting.add(origin)
         try:
-            stream = await open_stream(
-                origin,
-                limits=self.limits,
-                ssl_context=self._ssl_context,
-                alpn=["h2"] if prior_knowledge else ["h2", "http/1.1"],
-            )
+            if self.connector is not None:
+                stream = await self.connector(origin)
+            else:
+                stream = await open_stream(
+                    origin,
+                    limits=self.limits,
+                    ssl_context=self._ssl_context,
+                    alpn=["h2"] if prior_knowledge else ["h2", "http/1.1"],
+                )
         except BaseException:
             self._connecting.discard(origin)
             self._forget(origin)
@@ -308,12 +328,7 @@ class Pool:
             if self._open.get(origin, 0) < limits.max_connections_per_origin:
                 self._open[origin] = self._open.get(origin, 0) + 1
                 try:
-                    http = await open_connection(
-                        origin,
-                        limits=limits,
-                        ssl_context=self._ssl_context,
-                        direct_io=self._direct_io,
-                    )
+                    http = await self._open_http1(origin)
                 except BaseException:
                     self._forget(origin)
                     raise
@@ -324,6 +339,13 @@ class Pool:
                 await self._waiters.setdefault(origin, ParkingLot()).park()
             if scope.cancelled_caught:
                 raise Timeout("pool", limits.pool_timeout or 0.0)
+
+    async def _open_http1(self, origin: Origin) -> HTTPConnection:
+        if self.connector is not None:
+            return _http1(await self.connector(origin), self.limits, self._direct_io)
+        return await open_connection(
+            origin, limits=self.limits, ssl_context=self._ssl_context, direct_io=self._direct_io
+        )
 
     def _take_idle(self, origin: Origin) -> PooledConnection | None:
         idle = self._idle.get(origin)

@@ -24,7 +24,7 @@ from ._limits import Limits
 from ._models import Request, Response
 from ._parking import Parking, Watchers
 from ._platform import capabilities
-from ._transport import Transport
+from ._transport import Transport, raw_socket
 from .h1._bodies import PeerGone
 from .h1._closing import answer_and_close
 from .h1._connection import ServerConnection
@@ -130,15 +130,20 @@ class Server:
             raise
         return trio.SocketListener(sock)
 
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: Any = trio.TASK_STATUS_IGNORED, listen: bool = True
+    ) -> None:
         """Listen and serve until ``shutdown()`` finishes or the caller is cancelled.
 
-        ``task_status.started`` receives this server once it is listening.
+        ``task_status.started`` receives this server once it is listening. With
+        ``listen=False`` it opens no socket and serves only the streams given to
+        ``serve_stream`` (``duplex.testing`` does so).
         """
         platform = capabilities()
         self._direct_io = platform.direct_io
-        self.listeners = [await self._listen()]
-        log.info("listening on %s:%d", self.host, self.port)
+        if listen:
+            self.listeners = [await self._listen()]
+            log.info("listening on %s:%d", self.host, self.port)
         try:
             with self._serve_scope:
                 async with trio.open_nursery() as nursery:
@@ -205,7 +210,12 @@ class Server:
         finally:
             listening.detach()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve ``stream`` as a connection just accepted (an in-memory one, say), in the
+        server's nursery; the server must be serving."""
+        self.nursery.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         transport: trio.abc.Stream = stream
         if self.ssl_context is not None:
             transport = trio.SSLStream(
@@ -215,8 +225,9 @@ class Server:
             # Over TLS too: a plain-text answer would only break the client's handshake.
             await answer_and_close(Transport(transport), 503, "too many connections")
             return
+        sock = raw_socket(stream)
         try:
-            client = stream.socket.getpeername()
+            client = None if sock is None else sock.getpeername()
         except OSError:
             client = None
         if isinstance(transport, trio.SSLStream) and self.http2:
