@@ -9,7 +9,7 @@ A handler returns ``channel(request, ...)``; the request picks the transport. Th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, TypedDict, Unpack
 
 import trio
@@ -22,7 +22,8 @@ from ._messages import Message, Stamped, size_of
 from ._queue import MessageQueue
 from ._runner import Writer
 from ._status import CloseStatus
-from ._transports import TransportName, transport_for
+from ._transports import TransportName, WebSocketTransport, transport_for
+from ._websocket import COMPRESS_MIN_SIZE
 
 __all__ = ["Channel", "channel"]
 
@@ -83,6 +84,8 @@ class Channel:
         "_transport",
         "_trio_token",
         "_writer",
+        "compress",
+        "compress_min_size",
         "heartbeat",
         "last_event_id",
         "max_message_size",
@@ -93,6 +96,7 @@ class Channel:
         "on_receive",
         "ping_interval",
         "request",
+        "subprotocols",
         "when_full",
     )
 
@@ -115,6 +119,9 @@ class Channel:
         when_full: WhenFull = "close",
         max_message_size: int = 1 << 20,
         ping_interval: float | None = 20.0,
+        subprotocols: Sequence[str] | None = None,
+        compress: bool = False,
+        compress_min_size: int = COMPRESS_MIN_SIZE,
     ) -> None:
         self.request = request
         self._life = Lifecycle()  # first: the headers ask it whether they may change
@@ -129,6 +136,11 @@ class Channel:
         self.when_full = when_full
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
+        if isinstance(subprotocols, str):
+            raise TypeError("subprotocols is a list of names, not one string")
+        self.subprotocols: Sequence[str] = tuple(subprotocols or ())
+        self.compress = compress
+        self.compress_min_size = compress_min_size
         #: The ``Last-Event-ID`` an SSE client reconnected with, if any.
         self.last_event_id: str | None = request.headers.get("last-event-id")
         self._transport = transport_for(request)
@@ -160,6 +172,13 @@ class Channel:
     @property
     def is_websocket(self) -> bool:
         return self._transport.name == "websocket"
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The WebSocket subprotocol agreed with the client (set before ``on_open``
+        runs); None if it offered none, and on other transports."""
+        transport = self._transport
+        return transport.subprotocol if isinstance(transport, WebSocketTransport) else None
 
     @property
     def close_status(self) -> CloseStatus | None:
@@ -337,6 +356,9 @@ class ChannelOptions(TypedDict, total=False):
     when_full: WhenFull
     max_message_size: int
     ping_interval: float | None
+    subprotocols: Sequence[str] | None
+    compress: bool
+    compress_min_size: int
 
 
 def channel(request: Request, **options: Unpack[ChannelOptions]) -> Response:
@@ -353,5 +375,13 @@ def channel(request: Request, **options: Unpack[ChannelOptions]) -> Response:
     message)``, ``on_close(channel, status)``; hooks take the channel (``before_chunk``
     takes and returns the list of chunks). ``max_queue`` and ``max_queue_bytes`` bound
     the queue; ``when_full`` says what ``offer`` does when it is full.
+
+    WebSocket only: ``subprotocols`` lists the subprotocols the channel speaks; the
+    first of the client's offers (in its order) that is listed is agreed
+    (``channel.subprotocol``), a client that offers none gets None, and one that offers
+    only others is answered 400 naming the supported ones. ``compress=True`` accepts
+    the client's permessage-deflate offer (RFC 7692); messages under
+    ``compress_min_size`` bytes then go uncompressed, and a message the client sends
+    may inflate to ``max_message_size`` bytes at most (beyond it: close code 1009).
     """
     return Channel(request, **options).response()

@@ -15,7 +15,7 @@ The strategy decides what goes on the wire; the channel's ``Runner`` decides whe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import ClassVar, Literal, Protocol, TypeAlias
 
 import trio
@@ -62,6 +62,9 @@ class ChannelHead(Protocol):
     request: Request
     max_message_size: int
     ping_interval: float | None
+    subprotocols: Sequence[str]
+    compress: bool
+    compress_min_size: int
 
     @property
     def status(self) -> int: ...
@@ -270,12 +273,14 @@ class WebSocketTransport(Transport):
     """WebSocket: a frame per message (text for str, binary for bytes), pings, and the
     closing handshake with the close status's code."""
 
-    __slots__ = ("websocket",)
+    __slots__ = ("subprotocol", "websocket")
     name = "websocket"
     always_receives = True
 
     def __init__(self) -> None:
         self.websocket: WebSocket | None = None
+        #: The subprotocol agreed with the client, once the handshake is read.
+        self.subprotocol: str | None = None
 
     async def open(
         self,
@@ -285,7 +290,13 @@ class WebSocketTransport(Transport):
         close: Callable[[CloseStatus], object],
     ) -> None:
         assert nursery is not None  # a WebSocket always has its receiving task
-        handshake = Handshake(channel.request)
+        handshake = Handshake(
+            channel.request,
+            subprotocols=channel.subprotocols,
+            compress=channel.compress,
+            compress_min_size=channel.compress_min_size,
+            max_message_size=channel.max_message_size,
+        )
         refusal = handshake.refusal
         if refusal is not None:
             # Answered over HTTP, before the connection is taken over.
@@ -294,9 +305,13 @@ class WebSocketTransport(Transport):
             await control.write(f"{refusal.reason}\n".encode())
             await control.end()
             raise Refused(refusal.reason)
+        self.subprotocol = handshake.subprotocol
         if channel.request.http_version == "2":
             # An extended CONNECT (RFC 8441) is answered 200, then the stream carries it.
-            await control.start(200, channel.headers)
+            headers = channel.headers.copy()
+            for name, value in handshake.fields:
+                headers[name.decode()] = value.decode()
+            await control.start(200, headers)
         stream, rest = await control.detach()
         try:
             with trio.fail_after(HANDSHAKE_SECONDS):

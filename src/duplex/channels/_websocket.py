@@ -9,7 +9,8 @@ permessage-deflate) and no subprotocol is negotiated.
 
 Every buffer has a bound:
 
-- a message may take ``max_message_size`` bytes, where each frame of a fragmented
+- a message may take ``max_message_size`` bytes (inflated, when compressed: inflation
+  stops there, so a deflate bomb costs no more), where each frame of a fragmented
   message but the last counts ``FRAME_ALLOWANCE`` bytes on top of its payload, so that
   neither a big message nor an endless run of small or empty fragments can grow memory
   (or last for ever); beyond it, the connection fails with 1009;
@@ -32,6 +33,8 @@ import binascii
 import contextlib
 import math
 import os
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -46,20 +49,31 @@ from wsproto.events import (
     Ping,
     Pong,
     RejectConnection,
+    RejectData,
     TextMessage,
 )
+from wsproto.events import Request as Upgrade
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from .._errors import ProtocolError, Timeout
 from ..http._models import Request
 
 __all__ = [
+    "COMPRESS_MIN_SIZE",
     "FRAME_ALLOWANCE",
     "READ_SIZE",
+    "REFUSAL_BODY_SIZE",
     "WRITE_SIZE",
+    "BoundedDeflate",
     "ConnectionClosed",
     "Handshake",
+    "HandshakeRefused",
     "Refusal",
     "WebSocket",
+    "open_client",
 ]
 
 #: What each frame of a fragmented message but the last counts against
@@ -69,6 +83,11 @@ FRAME_ALLOWANCE = 64
 READ_SIZE = 65536
 #: Bytes written under one ``write_timeout``: a longer frame gets one per piece.
 WRITE_SIZE = 65536
+#: Messages shorter than this go uncompressed, where permessage-deflate was agreed:
+#: deflating them costs more time than it saves bytes.
+COMPRESS_MIN_SIZE = 1024
+#: What a client keeps of the body of a refused handshake.
+REFUSAL_BODY_SIZE = 65536
 
 
 class ConnectionClosed(Exception):
@@ -84,6 +103,153 @@ class ConnectionClosed(Exception):
         super().__init__(f"the WebSocket closed with {code}" + (f": {reason}" if reason else ""))
         self.code = code
         self.reason = reason
+
+
+class HandshakeRefused(Exception):
+    """The server answered the WebSocket handshake with ``status`` rather than 101.
+
+    ``headers`` are the response's (a ``Headers``-like list of pairs), ``body`` its
+    first ``REFUSAL_BODY_SIZE`` bytes: a duplex server says there why it refused.
+    """
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        text = body.decode("utf-8", errors="replace").strip()
+        super().__init__(
+            f"the server refused the WebSocket with {status}" + (f": {text}" if text else "")
+        )
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate (RFC 7692) whose inflation is bounded, on wsproto's.
+
+    wsproto inflates whatever a frame holds; here a message inflates to at most
+    ``max_message_size`` bytes (and one more, to tell), after which the connection
+    fails with 1009: a deflate bomb never costs more memory than an honest message.
+    Messages (sent whole) under ``min_size`` bytes go out uncompressed. Of a client's
+    several offers, the first acceptable one is taken; an offer with a parameter RFC
+    7692 does not define, or a window size out of range, is declined, never an error.
+    """
+
+    _PARAMETERS = frozenset(
+        {
+            "client_no_context_takeover",
+            "server_no_context_takeover",
+            "client_max_window_bits",
+            "server_max_window_bits",
+        }
+    )
+
+    def __init__(self, *, max_message_size: int, min_size: int = COMPRESS_MIN_SIZE) -> None:
+        super().__init__()
+        self.max_message_size = max_message_size
+        self.min_size = min_size
+        #: Bytes inflated so far of the message coming in.
+        self._inflated = 0
+        #: Whether the message going out is compressed (its first frame decided).
+        self._compressing = False
+
+    def accept(self, offer: str) -> bool | str | None:
+        if self._enabled:
+            return None  # the first acceptable offer is the one agreed
+        names = [part.split("=", 1)[0].strip() for part in offer.split(";")[1:]]
+        if any(name not in self._PARAMETERS for name in names) or len(set(names)) < len(names):
+            return None
+        # Tried on a fresh extension: wsproto's accept changes what it is called on
+        # before it knows whether it accepts.
+        trial = PerMessageDeflate()
+        try:
+            answer = trial.accept(offer)
+        except ValueError:  # a window size that is not a number
+            return None
+        if answer is None:
+            return None
+        self.client_no_context_takeover = trial.client_no_context_takeover
+        self.server_no_context_takeover = trial.server_no_context_takeover
+        self.client_max_window_bits = trial.client_max_window_bits
+        self.server_max_window_bits = trial.server_max_window_bits
+        self._enabled = True
+        return answer
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        """``data`` inflated, or 1009 once the message would pass ``max_message_size``."""
+        assert self._decompressor is not None
+        room = self.max_message_size - self._inflated
+        try:
+            # At most one byte more than there is room for: enough to know it is over.
+            inflated = self._decompressor.decompress(data, room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(inflated)
+        if self._inflated > self.max_message_size or self._decompressor.unconsumed_tail:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if not fin:
+            return None
+        compressed = self._inbound_compressed and self._inbound_is_compressible
+        self._inbound_compressed = None
+        if not compressed:
+            return None
+        # The end of a message: the 4 bytes RFC 7692 has the sender take off.
+        inflated = self._inflate(b"\x00\x00\xff\xff")
+        self._inflated = 0
+        takeover_off = (
+            self.server_no_context_takeover if proto.client else self.client_no_context_takeover
+        )
+        if takeover_off:
+            self._decompressor = None
+        return inflated
+
+    def frame_outbound(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        data: bytes,
+        fin: bool,
+    ) -> tuple[RsvBits, bytes]:
+        if opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._compressing = not fin or len(data) >= self.min_size
+        if not self._compressing and self._compressible_opcode(opcode):
+            return (rsv, data)
+        return super().frame_outbound(proto, opcode, rsv, data, fin)
+
+
+def _offered(request: Request, name: str) -> list[str]:
+    """The comma-separated items of every ``name`` field, in order."""
+    return [
+        item.strip()
+        for value in request.headers.get_all(name)
+        for item in value.split(",")
+        if item.strip()
+    ]
+
+
+def _choose_subprotocol(offered: list[str], supported: Sequence[str]) -> str | Refusal | None:
+    """The first of ``offered`` that is ``supported``, None if none is offered, and a
+    refusal if only others are."""
+    chosen = next((name for name in offered if name in supported), None)
+    if chosen is not None or not offered:
+        return chosen
+    spoken = ", ".join(supported) if supported else "none"
+    return Refusal(
+        400,
+        f"none of the offered WebSocket subprotocols ({', '.join(offered)}) is spoken here;"
+        f" supported: {spoken}",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +300,54 @@ class Handshake:
 
     ``refusal`` says why the request cannot open a WebSocket (answer it over HTTP then,
     before taking the connection over); if it is None, ``accept`` opens it.
+    ``subprotocol`` is the one agreed (None if the client offered none), ``fields`` what
+    the answer carries of the negotiation (``Sec-WebSocket-Protocol``,
+    ``Sec-WebSocket-Extensions``): over HTTP/2 they go into the 200.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(
+        self,
+        request: Request,
+        *,
+        subprotocols: Sequence[str] = (),
+        compress: bool = False,
+        compress_min_size: int = COMPRESS_MIN_SIZE,
+        max_message_size: int = 1 << 20,
+    ) -> None:
         self._connection: WSConnection | Connection
         self._accepted = False
         self.refusal: Refusal | None
+        self.subprotocol: str | None = None
+        self.fields: list[tuple[bytes, bytes]] = []
+        self._extensions: list[Extension] = []
+        if compress:
+            self._extensions.append(
+                BoundedDeflate(max_message_size=max_message_size, min_size=compress_min_size)
+            )
         if request.http_version == "2":
-            self._connection = Connection(ConnectionType.SERVER)
-            self.refusal = _refusal_over_http2(request)
+            self.refusal = _refusal_over_http2(request) or self._negotiate(request, subprotocols)
+            if self.refusal is None:
+                agreed = server_extensions_handshake(
+                    _offered(request, "sec-websocket-extensions"), self._extensions
+                )
+                if agreed is not None:
+                    self.fields.append((b"sec-websocket-extensions", agreed))
+            extensions = [extension for extension in self._extensions if extension.enabled()]
+            self._connection = Connection(ConnectionType.SERVER, extensions)
             return
         self._connection = WSConnection(ConnectionType.SERVER)
-        self.refusal = _refusal(request) or self._replay(request)
+        self.refusal = (
+            _refusal(request) or self._negotiate(request, subprotocols) or self._replay(request)
+        )
+
+    def _negotiate(self, request: Request, subprotocols: Sequence[str]) -> Refusal | None:
+        chosen = _choose_subprotocol(_offered(request, "sec-websocket-protocol"), subprotocols)
+        if isinstance(chosen, Refusal):
+            return chosen
+        self.subprotocol = chosen
+        if chosen is not None:
+            self.fields.append((b"sec-websocket-protocol", chosen.encode()))
+        return None
 
     def _replay(self, request: Request) -> Refusal | None:
         """Feed the request to wsproto's handshake; its refusal, if it has one."""
@@ -163,7 +365,7 @@ class Handshake:
             # that is not ASCII.
             return Refusal(400, f"not a WebSocket handshake: {error}")
         for _ in self._connection.events():
-            pass  # the Request event: what it offers (extensions, subprotocols) is declined
+            pass  # the Request event: what it offers was read from the request itself
         return None
 
     async def accept(
@@ -192,13 +394,23 @@ class Handshake:
         self._accepted = True
         response = b""
         if isinstance(self._connection, WSConnection):
-            response = self._connection.send(AcceptConnection(extra_headers=extra_headers or []))
+            # The subprotocol goes in as a header: wsproto would check it against its
+            # own reading of the offers, which keeps only the last of several fields.
+            headers = [field for field in self.fields if field[0] == b"sec-websocket-protocol"]
+            response = self._connection.send(
+                AcceptConnection(
+                    extensions=self._extensions,
+                    extra_headers=headers + (extra_headers or []),
+                )
+            )
         websocket = WebSocket(
             stream,
             self._connection,
             max_message_size=max_message_size,
             write_timeout=write_timeout,
+            subprotocol=self.subprotocol,
         )
+        websocket.compressed = any(extension.enabled() for extension in self._extensions)
         if response:
             async with websocket._send_lock:
                 await websocket._write(response)
@@ -207,12 +419,104 @@ class Handshake:
         return websocket
 
 
+async def open_client(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    *,
+    host: str,
+    target: str,
+    subprotocols: Sequence[str] = (),
+    compress: bool = False,
+    compress_min_size: int = COMPRESS_MIN_SIZE,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    max_message_size: int = 1 << 20,
+    max_head_size: int = 65536,
+    read_timeout: float | None = 60.0,
+    write_timeout: float | None = 60.0,
+) -> WebSocket:
+    """The client's side of an opening handshake over HTTP/1.1 on ``stream``: send the
+    Upgrade request, read the 101, and return the open WebSocket, its reader started
+    in ``nursery``.
+
+    Raises ``HandshakeRefused`` when the server answers another status,
+    ``duplex.ProtocolError`` when its answer is not a valid handshake (a wrong accept
+    token, a subprotocol or extension not offered, a head over ``max_head_size``
+    bytes, the connection closed), ``duplex.Timeout`` when it sends nothing for
+    ``read_timeout`` seconds, and ``ConnectionClosed`` (1006) when the request does not
+    go out. The stream is the caller's to close if it raises.
+    """
+    connection = WSConnection(ConnectionType.CLIENT)
+    extensions: list[Extension] = []
+    if compress:
+        extensions.append(
+            BoundedDeflate(max_message_size=max_message_size, min_size=compress_min_size)
+        )
+    request = connection.send(
+        Upgrade(
+            host=host,
+            target=target,
+            extensions=extensions,
+            subprotocols=list(subprotocols),
+            extra_headers=headers or [],
+        )
+    )
+    websocket = WebSocket(
+        stream, connection, max_message_size=max_message_size, write_timeout=write_timeout
+    )
+    async with websocket._send_lock:
+        await websocket._write(request)
+    received = 0
+    refused: RejectConnection | None = None
+    body = bytearray()
+    timeout = math.inf if read_timeout is None else read_timeout
+    try:
+        while True:
+            for event in connection.events():
+                if isinstance(event, AcceptConnection):
+                    websocket.subprotocol = event.subprotocol
+                    websocket.compressed = bool(event.extensions)
+                    nursery.start_soon(websocket._read)
+                    return websocket
+                if isinstance(event, RejectConnection):
+                    refused = event
+                    if not event.has_body:
+                        raise HandshakeRefused(event.status_code, event.headers, b"")
+                elif isinstance(event, RejectData):
+                    body += event.data[: REFUSAL_BODY_SIZE - len(body)]
+                    if event.body_finished or len(body) >= REFUSAL_BODY_SIZE:
+                        assert refused is not None
+                        raise HandshakeRefused(refused.status_code, refused.headers, bytes(body))
+            data: bytes | bytearray = b""
+            with trio.move_on_after(timeout) as scope:
+                # Never more than the head may still take: frames after the 101 stay in
+                # the socket for the reader.
+                data = await stream.receive_some(min(READ_SIZE, max_head_size - received + 1))
+            if scope.cancelled_caught:
+                raise Timeout("read", timeout)
+            if not data:
+                if refused is not None:
+                    raise HandshakeRefused(refused.status_code, refused.headers, bytes(body))
+                raise ProtocolError(
+                    "the server closed the connection during the WebSocket handshake"
+                )
+            received += len(data)
+            if refused is None and received > max_head_size:
+                raise ProtocolError(
+                    f"the server's answer to the WebSocket handshake is over {max_head_size} bytes"
+                )
+            connection.receive_data(bytes(data))
+    except (RemoteProtocolError, ValueError) as error:
+        raise ProtocolError(f"the server's WebSocket handshake is not valid: {error}") from error
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+        raise ProtocolError("the connection broke during the WebSocket handshake") from error
+
+
 def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
 class WebSocket:
-    """An open WebSocket, server side, made by ``Handshake.accept``.
+    """An open WebSocket, made by ``Handshake.accept`` (server) or ``open_client``.
 
     A reader task reads frames, answers pings and queues messages for ``get_message``
     (one at most: the socket is not read while a second one waits). Sends are
@@ -228,9 +532,14 @@ class WebSocket:
         *,
         max_message_size: int,
         write_timeout: float | None,
+        subprotocol: str | None = None,
     ) -> None:
         self._stream = stream
         self._connection = connection
+        #: The subprotocol agreed in the handshake, if any.
+        self.subprotocol = subprotocol
+        #: Whether permessage-deflate was agreed.
+        self.compressed = False
         self.max_message_size = max_message_size
         self.write_timeout = write_timeout
         self._send_lock = trio.Lock()
@@ -462,9 +771,12 @@ class WebSocket:
             with contextlib.suppress(ConnectionClosed):  # aclose may have answered it
                 await self._send(event.response())
         elif state is not ConnectionState.CLOSED:
-            # wsproto could not parse what the peer sent, and reports it as a close
-            # event without a close frame having come in, or gone out.
-            await self._fail(event.code, event.reason or "")
+            # wsproto could not parse what the peer sent (or inflated past the bound),
+            # and reports it as a close event without a close frame having come in.
+            reason = event.reason or ""
+            if event.code == CloseReason.MESSAGE_TOO_BIG:
+                reason = f"a message over {self.max_message_size} bytes once inflated"
+            await self._fail(event.code, reason)
 
     async def _fail(self, code: int, reason: str) -> None:
         """Fail the connection: a close frame with ``code`` if none went out yet; the
