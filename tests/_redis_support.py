@@ -66,7 +66,9 @@ import duplex
 PID = str(os.getpid())
 
 if "--worker" in sys.argv and os.environ.get("APP_STARTS_SLOWLY_IN_WORKERS"):
-    print(f"starting in {PID}", file=sys.stderr, flush=True)
+    # One write, so that two workers' lines never interleave (print makes two when
+    # Python runs unbuffered, as PYTHONUNBUFFERED asks).
+    os.write(2, f"starting in {PID}\\n".encode())
     time.sleep(60)
 
 
