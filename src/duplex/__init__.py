@@ -1,6 +1,6 @@
 """duplex: bidirectional byte streams over HTTP, on Trio."""
 
-from . import sse
+from . import sse, websocket
 from ._body import Buffered, Readable, Writable
 from ._errors import IncompleteRead, ProtocolError, Timeout
 from ._stream import Stream
@@ -63,4 +63,5 @@ __all__ = [
     "serve",
     "serve_workers",
     "sse",
+    "websocket",
 ]

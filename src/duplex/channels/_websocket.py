@@ -420,7 +420,6 @@ class Handshake:
 
 
 async def open_client(
-    nursery: trio.Nursery,
     stream: trio.abc.Stream,
     *,
     host: str,
@@ -435,8 +434,8 @@ async def open_client(
     write_timeout: float | None = 60.0,
 ) -> WebSocket:
     """The client's side of an opening handshake over HTTP/1.1 on ``stream``: send the
-    Upgrade request, read the 101, and return the open WebSocket, its reader started
-    in ``nursery``.
+    Upgrade request, read the 101, and return the open WebSocket, whose reader the
+    caller then ``start``s.
 
     Raises ``HandshakeRefused`` when the server answers another status,
     ``duplex.ProtocolError`` when its answer is not a valid handshake (a wrong accept
@@ -475,7 +474,6 @@ async def open_client(
                 if isinstance(event, AcceptConnection):
                     websocket.subprotocol = event.subprotocol
                     websocket.compressed = bool(event.extensions)
-                    nursery.start_soon(websocket._read)
                     return websocket
                 if isinstance(event, RejectConnection):
                     refused = event
@@ -565,6 +563,10 @@ class WebSocket:
     def _set_close(self, code: int, reason: str) -> None:
         if self._close is None:
             self._close = (code, reason)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the reader task in ``nursery`` (``open_client`` leaves it to the caller)."""
+        nursery.start_soon(self._read)
 
     # -- what the user calls ----------------------------------------------------------
 

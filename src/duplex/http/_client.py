@@ -12,11 +12,11 @@ import logging
 import re
 import ssl
 from base64 import b64encode
-from collections.abc import AsyncIterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import h11
@@ -34,6 +34,9 @@ from ._pool import HTTP2, Origin, Pool, PooledConnection
 from .h1._client import client_error
 from .h1._client_exchange import ClientExchange, RequestContent
 from .h2client import H2ClientConnection, H2Exchange, H2ResponseBody, StreamRefused
+
+if TYPE_CHECKING:
+    from ..websocket import ClientWebSocket
 
 __all__ = ["Client", "ClientResponse", "RequestBody", "TooManyRedirects"]
 
@@ -339,6 +342,7 @@ class Client:
         self.follow_redirects = follow_redirects
         self.max_redirects = max_redirects
         self.http2 = http2
+        self._ssl_context = ssl_context
         self._pool = Pool(self.limits, ssl_context, direct_io=capabilities().direct_io, http2=http2)
         self._exit_stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -548,6 +552,55 @@ class Client:
             H2ResponseBody(exchange, limits.read_timeout, length),
             url,
             method,
+        )
+
+    def websocket(
+        self,
+        url: str,
+        subprotocols: Sequence[str] | None = None,
+        compress: bool = False,
+        headers: HeadersLike | None = None,
+        *,
+        max_message_size: int = 1 << 20,
+        compress_min_size: int = 1024,
+    ) -> AbstractAsyncContextManager[ClientWebSocket]:
+        """Open a WebSocket: ``async with client.websocket(url) as ws`` (see
+        ``duplex.websocket.ClientWebSocket``); leaving the block closes it with 1000
+        (after an exception: at once, without a closing handshake).
+
+        ``url``: ws:// or wss:// (or http://, https://), absolute or relative to
+        ``base_url``. The connection is its own, over HTTP/1.1, with the client's TLS
+        context, timeouts (``read_timeout`` bounds the wait for the handshake's answer
+        and for the server's close frame, not for messages) and header limit, and the
+        client's headers plus ``headers``. ``subprotocols`` are offered in order
+        (``ws.subprotocol`` says which the server took); ``compress=True`` offers
+        permessage-deflate, under which messages under ``compress_min_size`` bytes go
+        uncompressed. A message from the server over ``max_message_size`` bytes (once
+        inflated) closes the WebSocket with 1009.
+
+        Raises ``duplex.websocket.HandshakeRefused`` when the server answers with
+        another status than 101 (its ``status`` and ``body`` say why),
+        ``duplex.ProtocolError`` for an answer that is not a valid handshake,
+        ``duplex.Timeout`` and ``OSError`` as ``request`` does, ``ValueError`` for a URL
+        it cannot open.
+        """
+        from ..websocket import connect  # the WebSocket client builds on this module
+
+        if self.base_url is not None:
+            url = urljoin(self.base_url, url)
+        fields = self.headers.copy()
+        for name, value in Headers(headers).raw:
+            fields.add(name, value)
+        return connect(
+            url,
+            limits=self.limits,
+            ssl_context=self._ssl_context,
+            http2=self.http2,
+            subprotocols=subprotocols,
+            compress=compress,
+            headers=fields,
+            max_message_size=max_message_size,
+            compress_min_size=compress_min_size,
         )
 
     async def get(self, url: str, **kwargs: Any) -> ClientResponse:
