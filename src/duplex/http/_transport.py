@@ -13,14 +13,24 @@ import select
 import socket
 from collections.abc import Awaitable, Callable
 from math import inf
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
 from .._errors import Timeout
 from .._foreign import translate
 
-__all__ = ["Receiver", "Transport", "peek_gone", "raw_socket"]
+__all__ = ["InMemoryStream", "Receiver", "Transport", "close_nowait", "peek_gone", "raw_socket"]
+
+
+@runtime_checkable
+class InMemoryStream(Protocol):
+    """A stream with no socket under it that can still be closed at once and tell when
+    its peer has gone (``duplex.testing``'s in-memory connections)."""
+
+    def close_nowait(self) -> None: ...
+
+    async def wait_peer_gone(self) -> None: ...
 
 
 def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -32,6 +42,16 @@ def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
             stream = stream.transport_stream
             continue
         return None
+
+
+def close_nowait(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once, with no checkpoint and no goodbye (TLS's included): its
+    socket, or an ``InMemoryStream`` itself; other streams are left as they are."""
+    sock = raw_socket(stream)
+    if sock is not None:
+        sock.close()
+    elif isinstance(stream, InMemoryStream):
+        stream.close_nowait()
 
 
 def peek_gone(sock: trio.socket.SocketType | None) -> bool | None:
@@ -225,6 +245,9 @@ class Receiver:
         """
         sock = raw_socket(self.stream)
         if sock is None:
+            if isinstance(self.stream, InMemoryStream):
+                await self.stream.wait_peer_gone()
+                return
             await trio.sleep_forever()
             return
         if not self._fast:

@@ -17,7 +17,7 @@ import trio
 
 from ..._errors import ProtocolError
 from ..._foreign import translate
-from .._transport import Transport
+from .._transport import Transport, close_nowait
 
 __all__ = ["HTTPConnection", "client_error"]
 
@@ -162,6 +162,4 @@ class HTTPConnection(Transport):
         if self.closed:
             return
         self.closed = True
-        sock = self.socket()
-        if sock is not None:
-            sock.close()
+        close_nowait(self.stream)

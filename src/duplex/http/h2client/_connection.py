@@ -29,7 +29,7 @@ from trio.lowlevel import ParkingLot
 
 from ..._errors import ProtocolError, Timeout
 from ..._foreign import mapped
-from .._transport import raw_socket
+from .._transport import close_nowait
 
 if TYPE_CHECKING:
     from ._exchange import H2Exchange
@@ -429,9 +429,7 @@ class H2ClientConnection:
         self.closed = True
         self.error = error
         self._scope.cancel()
-        sock = raw_socket(self.stream)
-        if sock is not None:
-            sock.close()
+        close_nowait(self.stream)
         for exchange in list(self.exchanges.values()):
             exchange.on_connection_error(error)
         self.exchanges.clear()
