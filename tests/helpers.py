@@ -12,7 +12,7 @@ import trio.testing
 
 from duplex import Writable
 
-__all__ = ["TIMEOUT", "Call", "Method", "background", "each_method", "produce", "split"]
+__all__ = ["TIMEOUT", "Call", "Method", "background", "each_method", "produce"]
 
 T = TypeVar("T")
 
@@ -28,14 +28,6 @@ async def produce(body: Writable, chunks: Iterable[bytes]) -> None:
         await body.close_write()
     except trio.BrokenResourceError:
         pass
-
-
-def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
-    """Cut ``data`` at the given offsets (clamped, any order), keeping empty pieces."""
-    bounds = sorted(min(cut, len(data)) for cut in cuts)
-    starts = [0, *bounds]
-    ends = [*bounds, len(data)]
-    return [data[start:end] for start, end in zip(starts, ends, strict=True)]
 
 
 class Call(Generic[T]):

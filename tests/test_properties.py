@@ -1,4 +1,5 @@
-"""Properties of bodies and streams that hold for any data, chunking and timing."""
+"""Properties of bodies and streams that hold for any data, chunking and timing, in
+memory and through the server and client (``duplex.testing.TestClient``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import duplex
 from duplex import IncompleteRead, Stream, Writable
-from helpers import TIMEOUT, produce, split
+from duplex.testing import Cancellation, TestClient, cancellations, chunkings
+from helpers import TIMEOUT, produce
 
 # Each example runs on pytest-trio's autojump clock (shared by a test's examples, which is
 # harmless: nothing here reads the time), so a deadlock fails at once instead of after
@@ -21,10 +24,10 @@ PROPERTY = settings(
 )
 
 payloads = st.binary(max_size=300)
-cuts = st.lists(st.integers(min_value=0, max_value=300), max_size=12)
 read_sizes = st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=8)
 buffer_sizes = st.integers(min_value=0, max_value=64)
-chunk_lists = st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=10)
+# At least one chunk, at most ten.
+chunk_lists = chunkings(st.binary(min_size=1, max_size=400), max_chunks=10)
 
 
 class Oops(Exception):
@@ -65,6 +68,7 @@ reads = st.builds(
     st.integers(min_value=1, max_value=64),
 )
 payloads_with_lines = st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\n\n", b"xyz"])).map(b"".join)
+any_payloads = st.one_of(payloads, payloads_with_lines)
 
 
 async def read_to_eof(stream: Stream, plan: list[Read]) -> bytes:
@@ -80,19 +84,27 @@ async def read_to_eof(stream: Stream, plan: list[Read]) -> bytes:
 
 
 @PROPERTY
-@given(data=payloads, cut_at=cuts, sizes=read_sizes, max_buffer_size=buffer_sizes)
+@given(
+    chunks=chunkings(payloads),
+    empty_writes=st.booleans(),
+    sizes=read_sizes,
+    max_buffer_size=buffer_sizes,
+)
 async def test_what_is_read_is_what_was_written_then_empty_bytes(
-    data: bytes,
-    cut_at: list[int],
+    chunks: list[bytes],
+    empty_writes: bool,
     sizes: list[int],
     max_buffer_size: int,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    data = b"".join(chunks)
+    if empty_writes:  # write(b"") queues nothing, wherever it comes
+        chunks = [piece for chunk in chunks for piece in (b"", chunk)] + [b""]
     with trio.fail_after(TIMEOUT):
         body = Writable(max_buffer_size)
         received = bytearray()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce, body, split(data, cut_at))
+            nursery.start_soon(produce, body, chunks)
             step = 0
             while piece := await body.receive_some(sizes[step % len(sizes)]):
                 assert len(piece) <= sizes[step % len(sizes)]
@@ -104,14 +116,12 @@ async def test_what_is_read_is_what_was_written_then_empty_bytes(
 
 @PROPERTY
 @given(
-    data=st.one_of(payloads, payloads_with_lines),
-    cut_at=cuts,
+    chunks=chunkings(any_payloads),
     plan=st.lists(reads, min_size=1, max_size=8),
     max_buffer_size=buffer_sizes,
 )
 async def test_any_mix_of_stream_reads_returns_what_was_written(
-    data: bytes,
-    cut_at: list[int],
+    chunks: list[bytes],
     plan: list[Read],
     max_buffer_size: int,
     autojump_clock: trio.testing.MockClock,
@@ -120,25 +130,21 @@ async def test_any_mix_of_stream_reads_returns_what_was_written(
         body = Writable(max_buffer_size)
         stream = Stream(body, None)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce, body, split(data, cut_at))
-            assert await read_to_eof(stream, plan) == data
+            nursery.start_soon(produce, body, chunks)
+            assert await read_to_eof(stream, plan) == b"".join(chunks)
         assert await stream.readpartial() == b""
 
 
 @PROPERTY
 @given(
-    there=payloads,
-    back=payloads,
-    cut_there=cuts,
-    cut_back=cuts,
+    there=chunkings(payloads),
+    back=chunkings(payloads),
     sizes=read_sizes,
     max_buffer_size=buffer_sizes,
 )
 async def test_a_stream_pair_carries_both_directions_at_once(
-    there: bytes,
-    back: bytes,
-    cut_there: list[int],
-    cut_back: list[int],
+    there: list[bytes],
+    back: list[bytes],
     sizes: list[int],
     max_buffer_size: int,
     autojump_clock: trio.testing.MockClock,
@@ -158,30 +164,22 @@ async def test_a_stream_pair_carries_both_directions_at_once(
 
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send, a, split(there, cut_there))
-            nursery.start_soon(send, b, split(back, cut_back))
+            nursery.start_soon(send, a, there)
+            nursery.start_soon(send, b, back)
             nursery.start_soon(receive, "a", a)
             nursery.start_soon(receive, "b", b)
-    assert received == {"a": back, "b": there}
-
-
-async def cancel_after(scope: trio.CancelScope, checkpoints: int) -> None:
-    for _ in range(checkpoints):
-        await trio.lowlevel.checkpoint()
-    scope.cancel()
+    assert received == {"a": b"".join(back), "b": b"".join(there)}
 
 
 @PROPERTY
 @given(
-    data=st.one_of(payloads, payloads_with_lines),
-    cut_at=cuts,
-    plan=st.lists(st.tuples(reads, st.integers(min_value=0, max_value=6)), max_size=20),
+    chunks=chunkings(any_payloads),
+    plan=st.lists(st.tuples(reads, cancellations(max_delay=6)), max_size=20),
     max_buffer_size=buffer_sizes,
 )
 async def test_a_cancelled_stream_read_loses_no_byte_and_duplicates_none(
-    data: bytes,
-    cut_at: list[int],
-    plan: list[tuple[Read, int]],
+    chunks: list[bytes],
+    plan: list[tuple[Read, Cancellation]],
     max_buffer_size: int,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -190,30 +188,27 @@ async def test_a_cancelled_stream_read_loses_no_byte_and_duplicates_none(
         stream = Stream(body, None)
         received = bytearray()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce, body, split(data, cut_at))
-            for read, checkpoints in plan:
-                with trio.CancelScope() as scope:
-                    nursery.start_soon(cancel_after, scope, checkpoints)
+            nursery.start_soon(produce, body, chunks)
+            for read, cancellation in plan:
+                with cancellation.around(nursery):
                     piece, _ = await read.on(stream)
                     received += piece
             received += await stream.read()
-        assert received == data
+        assert received == b"".join(chunks)
 
 
 @PROPERTY
 @given(
-    data=payloads,
-    cut_at=cuts,
+    chunks=chunkings(payloads),
     plan=st.lists(
-        st.tuples(st.integers(min_value=1, max_value=64), st.integers(min_value=0, max_value=6)),
+        st.tuples(st.integers(min_value=1, max_value=64), cancellations(max_delay=6)),
         max_size=20,
     ),
     max_buffer_size=buffer_sizes,
 )
 async def test_a_cancelled_body_read_takes_nothing_from_the_queue(
-    data: bytes,
-    cut_at: list[int],
-    plan: list[tuple[int, int]],
+    chunks: list[bytes],
+    plan: list[tuple[int, Cancellation]],
     max_buffer_size: int,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -221,13 +216,12 @@ async def test_a_cancelled_body_read_takes_nothing_from_the_queue(
         body = Writable(max_buffer_size)
         received = bytearray()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce, body, split(data, cut_at))
-            for max_bytes, checkpoints in plan:
-                with trio.CancelScope() as scope:
-                    nursery.start_soon(cancel_after, scope, checkpoints)
+            nursery.start_soon(produce, body, chunks)
+            for max_bytes, cancellation in plan:
+                with cancellation.around(nursery):
                     received += await body.receive_some(max_bytes)
             received += await body.join()
-        assert received == data
+        assert received == b"".join(chunks)
 
 
 @PROPERTY
@@ -308,3 +302,59 @@ async def test_the_readers_error_reaches_the_writer_as_its_cause(
             await body.aclose(error)
     assert len(outcome) == 1
     assert outcome[0].__cause__ is error
+
+
+# -- through the server and the client, in memory ------------------------------------------
+
+# Each example starts a server and a client: fewer of them.
+THROUGH_HTTP = settings(PROPERTY, max_examples=25)
+
+
+async def echo(request: duplex.Request) -> duplex.Response:
+    async def copy(stream: Stream) -> None:
+        while chunk := await stream.readpartial(1024):
+            await stream.write(chunk)
+        await stream.close_write()
+
+    return duplex.Response(200, body=duplex.Streamable(copy))
+
+
+@pytest.mark.both_protocols
+@THROUGH_HTTP
+@given(chunks=chunkings(st.binary(max_size=20_000)))
+async def test_an_echo_returns_each_chunk_before_the_next_is_written(chunks: list[bytes]) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with TestClient(echo) as client:
+            output = Writable()
+            response = await client.post("/", body=output)
+            stream = Stream(response.body, output)
+            for chunk in chunks:
+                await stream.write(chunk)
+                assert await stream.read_exactly(len(chunk)) == chunk
+            await stream.close_write()
+            assert await stream.read() == b""
+
+
+@pytest.mark.both_protocols
+@THROUGH_HTTP
+@given(
+    chunks=chunkings(st.binary(max_size=20_000)),
+    plan=st.lists(
+        st.tuples(st.integers(min_value=1, max_value=4096), cancellations()), max_size=12
+    ),
+)
+async def test_a_cancelled_response_read_loses_no_byte_and_duplicates_none(
+    chunks: list[bytes], plan: list[tuple[int, Cancellation]]
+) -> None:
+    async def answer(request: duplex.Request) -> duplex.Response:
+        return duplex.Response(200, body=duplex.Buffered(chunks))
+
+    with trio.fail_after(TIMEOUT):
+        async with TestClient(answer) as client, trio.open_nursery() as nursery:
+            response = await client.get("/")
+            received = bytearray()
+            for max_bytes, cancellation in plan:
+                with cancellation.around(nursery):
+                    received += await response.body.receive_some(max_bytes)
+            received += await response.body.join()
+        assert received == b"".join(chunks)
