@@ -52,6 +52,12 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
         "20 answers, e.g. '/item/0 over HTTP/2'",
         "connections used: 1",
     ),
+    "testing.py": (
+        "GET /hello: 200 hello, world",
+        "full duplex: each chunk echoed before the next was written",
+        "sse: ['tick 0', 'tick 1', 'tick 2']",
+        "property: the echo held for every chunking hypothesis tried",
+    ),
     # Which worker each subscriber lands on is the kernel's choice: only the delivery
     # is certain.
     "scaling.py": ("said to one worker: sent to 2 workers", "received {'hello, all'}"),
