@@ -272,7 +272,46 @@ async def test_a_response_the_client_gives_up_on_ends_the_exchange() -> None:
             await ended.wait()
 
 
+async def test_a_handler_writing_to_a_client_that_does_not_read_waits() -> None:
+    written = 0
+
+    async def endless(request: duplex.Request) -> duplex.Response:
+        async def forever(stream: duplex.Stream) -> None:
+            nonlocal written
+            while True:
+                await stream.write(b"x" * 1024)
+                written += 1024
+
+        return duplex.Response(200, body=duplex.Streamable(forever))
+
+    with trio.fail_after(TIMEOUT):
+        async with TestClient(endless, max_buffer_size=4096) as client:
+            response = await client.get("/")
+            assert await response.body.read()
+            await trio.testing.wait_all_tasks_blocked()
+            # The pipe, the response's own buffer and the client's read: no more.
+            assert written < 200_000
+
+
 # -- lifespan and shutdown ---------------------------------------------------------------
+
+
+async def test_a_lifespan_that_fails_to_start_raises_and_serves_nothing() -> None:
+    @asynccontextmanager
+    async def failing() -> AsyncIterator[None]:
+        raise OSError("no database")
+        yield
+
+    served: list[str] = []
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        served.append(request.path)
+        return duplex.Response(200)
+
+    with trio.fail_after(TIMEOUT), pytest.raises(OSError, match="no database"):
+        async with TestClient(handler, lifespan=failing) as client:
+            await client.get("/")
+    assert served == []
 
 
 async def test_the_lifespan_is_entered_before_the_first_request_and_exited_after_the_last() -> None:

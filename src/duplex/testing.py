@@ -86,6 +86,11 @@ class MemoryStream(Stream):
         """Return once either end has closed."""
         await self._closed.wait()
 
+    @property
+    def closed(self) -> bool:
+        """True once either end has closed."""
+        return self._closed.is_set()
+
 
 def memory_stream_pair(
     max_buffer_size: int = DEFAULT_BUFFER_SIZE,
@@ -186,6 +191,8 @@ class TestClient:
         if self.server.shutting_down:
             raise ConnectionRefusedError(f"the test server for {origin[1]} is shutting down")
         client_end, server_end = memory_stream_pair(self.max_buffer_size)
+        # Only the connections still open are kept, however many a test opens.
+        self._streams = {stream for stream in self._streams if not stream.closed}
         self._streams.add(client_end)
         self.connections_opened += 1
         self.server.serve_stream(server_end)

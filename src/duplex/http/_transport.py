@@ -241,7 +241,8 @@ class Receiver:
         connection keeps them for the next request); once it takes no more, or without
         a stash, or over TLS, this waits forever. Cancellation is checked before every
         look, so that a watcher cancelled while it was being woken never waits on a
-        socket that another task reads by then.
+        socket that another task reads by then. With no socket, an ``InMemoryStream``
+        says when its peer has gone; any other stream, never.
         """
         sock = raw_socket(self.stream)
         if sock is None:
