@@ -21,6 +21,7 @@ from .http import (
     ExchangeNursery,
     Handler,
     Headers,
+    Lifespan,
     Limits,
     PeerGone,
     Request,
@@ -28,6 +29,7 @@ from .http import (
     Server,
     Streamable,
     TooManyRedirects,
+    run,
     serve,
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "Handler",
     "Headers",
     "IncompleteRead",
+    "Lifespan",
     "Limits",
     "PeerGone",
     "ProtocolError",
@@ -60,6 +63,7 @@ __all__ = [
     "Writable",
     "__version__",
     "channel",
+    "run",
     "serve",
     "serve_workers",
     "sse",

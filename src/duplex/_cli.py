@@ -12,12 +12,12 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
-from typing import Literal
+from typing import Literal, cast
 
 import trio
 
@@ -26,7 +26,8 @@ from ._stream import Stream
 from ._version import __version__
 from ._workers import WorkersFailed, serve_workers
 from .demo import Demo
-from .http import Client, Handler, Request, Response, Server, Streamable
+from .http import Client, Handler, Lifespan, Request, Response, Server, Streamable
+from .http._server import serve_process, show_access_log
 
 __all__ = ["echo", "main"]
 
@@ -43,11 +44,13 @@ async def echo(request: Request) -> Response:
     return Response(200, {"content-type": "application/octet-stream"}, Streamable(copy))
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``module:attribute`` and return the handler it names."""
+def load_handler(spec: str, what: str = "handler") -> Handler:
+    """Import ``module:attribute`` and return the callable it names (``what``: the
+    handler, or the lifespan). Raises ``SystemExit`` with a one-line message if it
+    cannot."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise SystemExit(f"duplex: expected module:handler, got {spec!r}")
+        raise SystemExit(f"duplex: expected module:{what}, got {spec!r}")
     sys.path.insert(0, ".")
     try:
         module = importlib.import_module(module_name)
@@ -62,44 +65,6 @@ def load_handler(spec: str) -> Handler:
     if not callable(handler):
         raise SystemExit(f"duplex: {spec!r} is not callable")
     return handler
-
-
-async def run_server(
-    server: Server, background: Callable[[], Awaitable[object]] | None = None
-) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully.
-
-    ``background`` runs beside the server and is cancelled once it has stopped. A
-    handler that is also an async context manager is entered before serving and exited
-    after the shutdown: that is where a process sets up what it shares, such as a
-    ``RedisChannelGroup``.
-    """
-    handler = server.handler
-    async with AsyncExitStack() as stack:
-        if isinstance(handler, AbstractAsyncContextManager):
-            await stack.enter_async_context(handler)
-        await _serve_until_signal(server, background)
-
-
-async def _serve_until_signal(
-    server: Server, background: Callable[[], Awaitable[object]] | None
-) -> None:
-    async with trio.open_nursery() as nursery:
-        if background is not None:
-            nursery.start_soon(background)
-        await nursery.start(server.serve)
-        print(f"duplex: serving on {_origin(server)}/", flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                break
-        await server.shutdown()
-        nursery.cancel_scope.cancel()
-
-
-def _origin(server: Server) -> str:
-    scheme = "https" if server.ssl_context is not None else "http"
-    return f"{scheme}://{server.host}:{server.port}"
 
 
 async def _stdin_chunks() -> AsyncIterator[bytes]:
@@ -174,10 +139,16 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="serve HTTP/1.1 only (HTTP/2 is on: by ALPN over TLS, h2c with prior knowledge)",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log each exchange to standard error in the common log format",
+    )
 
 
-def _tls_arguments(args: argparse.Namespace) -> list[str]:
-    """The TLS and HTTP/2 options as given, for a worker's command line."""
+def _worker_arguments(args: argparse.Namespace) -> list[str]:
+    """The options each worker of ``--workers`` gets as given (TLS, HTTP/2, the
+    lifespan, the access log), for its command line."""
     given = []
     if args.certfile:
         given += ["--certfile", args.certfile]
@@ -185,6 +156,10 @@ def _tls_arguments(args: argparse.Namespace) -> list[str]:
         given += ["--keyfile", args.keyfile]
     if not args.http2:
         given.append("--no-http2")
+    if args.lifespan:
+        given += ["--lifespan", args.lifespan]
+    if args.access_log:
+        given.append("--access-log")
     return given
 
 
@@ -237,10 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument("handler", help="the handler, as module:attribute")
     _add_address(serve_parser)
     serve_parser.add_argument(
+        "--lifespan",
+        metavar="MODULE:FN",
+        help="FN() returns an async context manager, entered before serving and exited "
+        "after the shutdown (in each worker)",
+    )
+    serve_parser.add_argument(
         "--workers", type=int, default=None, help="serve from N processes on one port"
     )
-    # A worker of `--workers`: binds with SO_REUSEPORT beside its siblings.
-    serve_parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # A worker of `--workers`: serves the listening socket its supervisor passes as FD.
+    serve_parser.add_argument("--worker", type=int, metavar="FD", help=argparse.SUPPRESS)
     request_parser = commands.add_parser(
         "request",
         parents=[logging_options],
@@ -284,45 +265,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return trio.run(run_request, method, args.url, args.header, send_body, http2)
     context = server_context(args.certfile, args.keyfile)
-    tls = {"ssl_context": context, "http2": args.http2}
+    options = {"ssl_context": context, "http2": args.http2, "access_log": args.access_log}
+    if args.access_log:
+        show_access_log()
     if args.command == "demo":
         demo = Demo()
-        server = Server(demo.handler, args.host, args.port, **tls)
-        return _serve_or_say_why(server, demo.run)
+        return serve_process(Server(demo.handler, args.host, args.port, **options), demo.run)
     if args.command == "serve" and args.workers is not None:
         if args.workers < 1:
             parser.error("--workers takes a number from 1 up")
+        if args.lifespan:
+            load_handler(args.lifespan, "lifespan")  # here, once, rather than in each worker
         scheme = "http" if context is None else "https"
         return run_workers(
-            args.handler, args.host, args.port, args.workers, _tls_arguments(args), scheme
+            args.handler, args.host, args.port, args.workers, _worker_arguments(args), scheme
         )
-    handler: Handler = echo if args.command == "echo" else load_handler(args.handler)
-    reuse_port = args.command == "serve" and args.worker
-    server = Server(handler, args.host, args.port, reuse_port=reuse_port, **tls)
-    return _serve_or_say_why(server, None)
-
-
-def _serve_or_say_why(server: Server, background: Callable[[], Awaitable[object]] | None) -> int:
-    """Run ``server`` until a signal stops it (0); if it cannot listen (the port is in
-    use, the address does not resolve), say so in one line (1)."""
-    try:
-        trio.run(run_server, server, background)
-    except (OSError, BaseExceptionGroup) as error:
-        cause = _os_error(error)
-        if cause is None:
-            raise
-        reason = cause.strerror or str(cause)
-        where = f"{server.host}:{server.requested_port}"
-        print(f"duplex: cannot listen on {where}: {reason}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _os_error(error: BaseException) -> OSError | None:
-    """The ``OSError`` that ``error`` is, or is all of (through exception groups)."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error if isinstance(error, OSError) else None
+    if args.command == "echo":
+        return serve_process(Server(echo, args.host, args.port, **options))
+    handler = load_handler(args.handler)
+    lifespan = cast(Lifespan, load_handler(args.lifespan, "lifespan")) if args.lifespan else None
+    inherited = None if args.worker is None else socket.socket(fileno=args.worker)
+    server = Server(
+        handler, args.host, args.port, sock=inherited, lifespan=lifespan, **options
+    )
+    if inherited is not None:
+        # The supervisor stops its workers with SIGTERM, and retires one with SIGHUP in
+        # a rolling restart; the SIGINT of a Ctrl-C reaches the whole process group,
+        # and would count as a second signal (stop now).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return serve_process(server, signals=(signal.SIGTERM, signal.SIGHUP))
+    return serve_process(server)
 
 
 def run_workers(

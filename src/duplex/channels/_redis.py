@@ -78,6 +78,11 @@ class RedisChannelGroup(ChannelGroup):
     reached within ``timeout`` seconds, ``broadcast`` raises ``BroadcastError``; the
     subscription reconnects and resubscribes by itself. Without history, delivery is
     at most once: what is published while a process is resubscribing is lost to it.
+
+    The group works only while it is entered (it holds the connection to Redis and the
+    subscription): ``broadcast`` and ``add`` outside ``async with group`` raise
+    ``RuntimeError``. A server enters it once per process from its lifespan
+    (``serve(..., lifespan=...)``, ``duplex serve --lifespan``).
     """
 
     def __init__(
@@ -138,10 +143,24 @@ class RedisChannelGroup(ChannelGroup):
     ) -> None:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
+        self._nursery = None
         try:
             await self._nursery_manager.__aexit__(exc_type, exc_value, traceback)
         finally:
+            self._client = None
             await self._exit.__aexit__(exc_type, exc_value, traceback)
+
+    def _started(self) -> Any:
+        """The Redis client; raises ``RuntimeError`` saying how to start the group if
+        it is not entered."""
+        client = self._client
+        if client is None:
+            raise RuntimeError(
+                f"RedisChannelGroup {self.name!r} is not started: use it inside "
+                "`async with group:`, or enter it from the server's lifespan "
+                "(serve(..., lifespan=fn), duplex serve --lifespan module:fn)"
+            )
+        return client
 
     async def _subscribe(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver what Redis publishes to the local members; coredis reconnects and
@@ -196,21 +215,23 @@ class RedisChannelGroup(ChannelGroup):
         """Publish ``message`` to every process's members; return how many processes
         received it. A function is applied to local members only (see the class).
 
-        Raises ``BroadcastError`` if Redis does not answer within ``timeout``.
+        Raises ``BroadcastError`` if Redis does not answer within ``timeout``, and
+        ``RuntimeError`` if the group is not started (entered).
         """
+        client = self._started()
         if callable(message):
             return await super().broadcast(message, close=close)
         payload = _encode(message, close)
         try:
             with trio.fail_after(self.timeout):
                 if self.history_size:
-                    receivers = await self._client.eval(
+                    receivers = await client.eval(
                         _PUBLISH_WITH_HISTORY,
                         keys=[self._stream_key, self._channel_key],
                         args=[str(self.history_size), payload],
                     )
                 else:
-                    receivers = await self._client.publish(self._channel_key, payload)
+                    receivers = await client.publish(self._channel_key, payload)
                 return int(receivers)
         except trio.TooSlowError as error:
             raise BroadcastError(f"Redis did not answer within {self.timeout} s") from error
@@ -221,7 +242,9 @@ class RedisChannelGroup(ChannelGroup):
 
     def add(self, channel: Channel, attachment: Any = None) -> None:
         """Add a local member; with history, a ``Last-Event-ID`` it brings is answered
-        from the Redis stream (then live messages follow, in order, without repeats)."""
+        from the Redis stream (then live messages follow, in order, without repeats).
+        Raises ``RuntimeError`` if the group is not started (entered)."""
+        self._started()
         if not channel.is_open:
             return
         super().add(channel, attachment)

@@ -3,7 +3,7 @@
 from ._client import Client, ClientResponse, RequestBody, TooManyRedirects
 from ._limits import ClientLimits, Limits
 from ._models import ExchangeNursery, Headers, Request, Response, Streamable
-from ._server import Handler, PeerGone, Server, serve
+from ._server import Handler, Lifespan, PeerGone, Server, run, serve
 
 __all__ = [
     "Client",
@@ -12,6 +12,7 @@ __all__ = [
     "ExchangeNursery",
     "Handler",
     "Headers",
+    "Lifespan",
     "Limits",
     "PeerGone",
     "Request",
@@ -20,5 +21,6 @@ __all__ = [
     "Server",
     "Streamable",
     "TooManyRedirects",
+    "run",
     "serve",
 ]

@@ -6,6 +6,10 @@ HTTP/2 preface (which the HTTP/1.1 driver notices as it reads its first head, an
 over). An HTTP/1.1 exchange that lasts is watched for its peer leaving, and one with
 nothing to do may park (``_parking``). What the fast Linux path may use is asked of
 ``_platform`` when the server starts.
+
+Around the serving: the application's lifespan (and a handler that is an async context
+manager) is entered before the server listens and exited once it has stopped; ``run``
+(and the command line) serves a process until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import signal
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import Any, Protocol, TypedDict, Unpack
 
 import trio
@@ -30,11 +39,27 @@ from .h1._closing import answer_and_close
 from .h1._connection import ServerConnection
 from .h2._connection import H2ServerConnection
 
-__all__ = ["Handler", "PeerGone", "Server", "serve"]
+__all__ = [
+    "Handler",
+    "Lifespan",
+    "PeerGone",
+    "Server",
+    "enter_application",
+    "run",
+    "serve",
+    "serve_process",
+    "serve_until_signal",
+    "show_access_log",
+]
 
 log = logging.getLogger("duplex.server")
+#: Where ``access_log=True`` writes one line per exchange (INFO, the common log format).
+access_log = logging.getLogger("duplex.access")
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: What ``lifespan=`` takes: called with no arguments, it returns an async context
+#: manager that the server enters before it listens and exits once it has stopped.
+Lifespan = Callable[[], AbstractAsyncContextManager[object]]
 
 #: Connections accepted at most per wake-up of the accept loop.
 _ACCEPT_BURST = 64
@@ -46,6 +71,10 @@ _IGNORED_ACCEPT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPER
 
 class Connection(Protocol):
     """A connection as the server sees it, whatever its protocol."""
+
+    @property
+    def busy(self) -> bool:
+        """True while an exchange is in flight (a shutdown waits for it)."""
 
     def shutdown(self) -> None:
         """Begin a graceful close (HTTP/2: GOAWAY); idle, close at once."""
@@ -61,6 +90,15 @@ class Server:
     ``http/1.1`` on ``ssl_context`` (setting them on the context given), and a cleartext
     connection that opens with the HTTP/2 preface speaks h2c (prior knowledge;
     ``Upgrade: h2c`` is ignored).
+
+    ``lifespan`` (called with no arguments) returns an async context manager, entered
+    once before the server listens and exited after the last exchange has ended at
+    shutdown; a ``handler`` that is itself an async context manager is entered the same
+    way (after the lifespan, and exited before it).
+
+    ``access_log`` logs one line per exchange in the common log format to the
+    ``duplex.access`` logger at INFO; the size is the response body's bytes sent
+    (``-`` for none, as for the status of an exchange that sent no response).
     """
 
     def __init__(
@@ -73,8 +111,12 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         http2: bool = True,
+        lifespan: Lifespan | None = None,
+        access_log: bool = False,
     ) -> None:
         self.handler = handler
+        self.lifespan = lifespan
+        self.access_log = access_log
         self.host = host
         self.requested_port = port
         self.limits = limits or Limits()
@@ -90,6 +132,8 @@ class Server:
         self._accept_scope = trio.CancelScope()
         self._serve_scope = trio.CancelScope()
         self._stopped = trio.Event()
+        # The grace period of a shutdown under way (a second call may shorten it).
+        self._grace: trio.CancelScope | None = None
         #: Set when ``shutdown()`` starts; long-lived exchanges (channels) watch it.
         self.closing = trio.Event()
         #: Starts a watcher task for each exchange that lasts.
@@ -113,6 +157,12 @@ class Server:
         """Connections open right now."""
         return len(self._connections)
 
+    @property
+    def busy_connections(self) -> int:
+        """Connections with an exchange in flight right now (idle keep-alive ones are
+        not: a shutdown closes those at once)."""
+        return sum(1 for connection in self._connections if connection.busy)
+
     async def _listen(self) -> trio.SocketListener:
         infos = await trio.socket.getaddrinfo(
             self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -133,30 +183,37 @@ class Server:
     async def serve(
         self, *, task_status: Any = trio.TASK_STATUS_IGNORED, listen: bool = True
     ) -> None:
-        """Listen and serve until ``shutdown()`` finishes or the caller is cancelled.
+        """Enter the lifespan (and the handler, if it is an async context manager),
+        listen, and serve until ``shutdown()`` finishes or the caller is cancelled; then
+        exit them.
 
         ``task_status.started`` receives this server once it is listening. With
         ``listen=False`` it opens no socket and serves only the streams given to
-        ``serve_stream`` (``duplex.testing`` does so).
+        ``serve_stream`` (``duplex.testing`` does so). Raises what entering the lifespan
+        raises (before listening), and ``OSError`` if it cannot listen.
         """
         platform = capabilities()
         self._direct_io = platform.direct_io
-        if listen:
-            self.listeners = [await self._listen()]
-            log.info("listening on %s:%d", self.host, self.port)
         try:
-            with self._serve_scope:
-                async with trio.open_nursery() as nursery:
-                    self.nursery = self.watchers.nursery = nursery
-                    self.parking = Parking(nursery, enabled=platform.epoll)
-                    nursery.start_soon(self._accept, nursery)
-                    nursery.start_soon(self.watchers.run)
-                    nursery.start_soon(self.parking.run)
-                    task_status.started(self)
+            async with AsyncExitStack() as application:
+                await enter_application(application, self.handler, self.lifespan)
+                if listen:
+                    self.listeners = [await self._listen()]
+                    log.info("listening on %s:%d", self.host, self.port)
+                try:
+                    with self._serve_scope:
+                        async with trio.open_nursery() as nursery:
+                            self.nursery = self.watchers.nursery = nursery
+                            self.parking = Parking(nursery, enabled=platform.epoll)
+                            nursery.start_soon(self._accept, nursery)
+                            nursery.start_soon(self.watchers.run)
+                            nursery.start_soon(self.parking.run)
+                            task_status.started(self)
+                finally:
+                    if hasattr(self, "parking"):
+                        self.parking.close()
         finally:
-            if hasattr(self, "parking"):
-                self.parking.close()
-        self._stopped.set()
+            self._stopped.set()
 
     async def _accept(self, nursery: trio.Nursery) -> None:
         with self._accept_scope:
@@ -281,9 +338,17 @@ class Server:
         (default ``limits.shutdown_grace``), then cancel what is left.
 
         Idle keep-alive connections close at once; busy ones close after their exchange.
-        Returns once the server has stopped.
+        Returns once the server has stopped and its lifespan has exited. Called again
+        while a shutdown waits, it shortens the grace (``shutdown(0)`` cancels what is
+        left now).
         """
         grace = self.limits.shutdown_grace if grace is None else grace
+        deadline = trio.current_time() + grace
+        if self._grace is not None:
+            self._grace.deadline = min(self._grace.deadline, deadline)
+            await self._stopped.wait()
+            return
+        self._grace = trio.CancelScope(deadline=deadline)
         self.shutting_down = True
         self.closing.set()
         self._accept_scope.cancel()
@@ -294,11 +359,53 @@ class Server:
                 await listener.aclose()
         for connection in list(self._connections):
             connection.shutdown()
-        with trio.move_on_after(grace):
+        with self._grace:
             while self._connections:
                 await self._connections_changed.park()
         self._serve_scope.cancel()
         await self._stopped.wait()
+
+    def log_access(self, request: Request, status: int | None, size: int) -> None:
+        """Log one exchange in the common log format (``access_log=True``): the client,
+        now (the exchange has just ended), the request line, the status (``-`` when no
+        response went out) and the response body's bytes sent (``-`` for none)."""
+        client = request.client[0] if request.client else "-"
+        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        version = "2.0" if request.http_version == "2" else request.http_version
+        line = _escape(f"{request.method} {request.target} HTTP/{version}")
+        access_log.info('%s - - [%s] "%s" %s %s', client, when, line, status or "-", size or "-")
+
+
+def _escape(text: str) -> str:
+    r"""``text`` with quotes, backslashes and anything not printable ASCII as ``\xHH``, so that
+    each exchange stays one line that a log parser splits at its quotes."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(
+        char
+        if char.isascii() and char.isprintable() and char not in '"\\'
+        else f"\\x{ord(char):02x}"
+        for char in text
+    )
+
+
+async def enter_application(
+    stack: AsyncExitStack, handler: object, lifespan: Lifespan | None
+) -> None:
+    """Enter ``lifespan()``, then ``handler`` if it is an async context manager, on
+    ``stack`` (which exits them in the reverse order). Raises ``TypeError`` if
+    ``lifespan()`` returns anything but an async context manager, and what entering
+    raises."""
+    if lifespan is not None:
+        manager = lifespan()
+        if not isinstance(manager, AbstractAsyncContextManager):
+            raise TypeError(
+                f"the lifespan {lifespan!r} returned {manager!r}, not an async context "
+                "manager (write it with @contextlib.asynccontextmanager)"
+            )
+        await stack.enter_async_context(manager)
+    if isinstance(handler, AbstractAsyncContextManager):
+        await stack.enter_async_context(handler)
 
 
 class ServerOptions(TypedDict, total=False):
@@ -308,6 +415,8 @@ class ServerOptions(TypedDict, total=False):
     ssl_context: ssl.SSLContext | None
     reuse_port: bool
     http2: bool
+    lifespan: Lifespan | None
+    access_log: bool
 
 
 async def serve(
@@ -319,9 +428,141 @@ async def serve(
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve ``handler`` on ``host``:``port`` until cancelled or shut down; ``options``
-    are ``Server``'s (``limits``, ``ssl_context``, ``reuse_port``, ``http2``).
+    are ``Server``'s (``limits``, ``ssl_context``, ``reuse_port``, ``http2``,
+    ``lifespan``, ``access_log``).
 
     ``server = await nursery.start(duplex.serve, handler, "127.0.0.1", 0)`` hands back
     the ``Server``, already listening.
     """
     await Server(handler, host, port, **options).serve(task_status=task_status)
+
+
+def run(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **options: Unpack[ServerOptions],
+) -> None:
+    """Serve ``handler`` on ``host``:``port`` in this process until SIGINT (Ctrl-C) or
+    SIGTERM: the entry point of a script. ``options`` are ``Server``'s.
+
+    Prints where it serves (``duplex: serving on http://127.0.0.1:8000/``). The first
+    signal shuts the server down gracefully (saying so on standard error when exchanges
+    are still in flight); a second one cuts the grace short. Neither prints a
+    traceback. With ``access_log=True`` and logging not configured, the access log goes
+    to standard error. If the server cannot listen (the port is in use), says so in one
+    line and raises ``SystemExit(1)``.
+    """
+    server = Server(handler, host, port, **options)
+    if server.access_log and not logging.getLogger().handlers:
+        show_access_log()
+    status = serve_process(server)
+    if status:
+        raise SystemExit(status)
+
+
+def show_access_log() -> None:
+    """Send the ``duplex.access`` log to standard error, one plain line per exchange,
+    whatever the level of the other logs."""
+    if not access_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+
+
+def serve_process(
+    server: Server,
+    background: Callable[[], Awaitable[object]] | None = None,
+    *,
+    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+) -> int:
+    """Run ``serve_until_signal`` in a new trio run: the exit status, 0; or 1 when the
+    server cannot listen (the port is in use, the address does not resolve), which it
+    says in one line on standard error."""
+    try:
+        trio.run(serve_until_signal, server, background, signals)
+    except (OSError, BaseExceptionGroup) as error:
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause)
+        where = f"{server.host}:{server.requested_port}"
+        print(f"duplex: cannot listen on {where}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` that ``error`` is, or is all of (through exception groups)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, OSError) else None
+
+
+async def serve_until_signal(
+    server: Server,
+    background: Callable[[], Awaitable[object]] | None = None,
+    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Serve until one of ``signals``, then shut down gracefully; a second signal cuts
+    the grace short, and one that comes while the server starts (its lifespan still
+    entering) stops it at once. Prints ``duplex: serving on ORIGIN/`` once it serves.
+
+    ``background`` runs beside the server and is cancelled once it has stopped.
+    Returns once the server has stopped; raises what ``Server.serve`` raises.
+    """
+    with trio.open_signal_receiver(*signals) as received:
+        async with trio.open_nursery() as nursery:
+            if background is not None:
+                nursery.start_soon(background)
+            serving = _Serving(server)
+            nursery.start_soon(_stop_on_signals, server, received, serving, nursery)
+            await server.serve(task_status=serving)
+            nursery.cancel_scope.cancel()
+
+
+class _Serving:
+    """The ``task_status`` of a server that a signal stops: says where it serves."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.event = trio.Event()
+
+    def started(self, value: object = None) -> None:
+        server = self.server
+        scheme = "https" if server.ssl_context is not None else "http"
+        print(f"duplex: serving on {scheme}://{server.host}:{server.port}/", flush=True)
+        self.event.set()
+
+
+async def _stop_on_signals(
+    server: Server, received: Any, serving: _Serving, nursery: trio.Nursery
+) -> None:
+    stopping = False
+    async for signum in received:
+        name = signal.Signals(signum).name
+        if not serving.event.is_set():
+            log.info("received %s while starting, stopping", name)
+            nursery.cancel_scope.cancel()
+            return
+        if stopping:
+            print(f"duplex: received {name} again, stopping now", file=sys.stderr, flush=True)
+            nursery.start_soon(server.shutdown, 0)
+            return
+        stopping = True
+        # SIGHUP: a worker that its supervisor's rolling restart replaces.
+        restart = signum == signal.SIGHUP
+        log.info("received %s, %s", name, "restarting" if restart else "shutting down")
+        busy = server.busy_connections
+        if busy:
+            grace = server.limits.shutdown_grace
+            again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+            print(
+                f"duplex: shutting down: waiting up to {grace:g} s for {busy} connection"
+                f"{'s' if busy > 1 else ''} to finish ({again} to stop now)",
+                file=sys.stderr,
+                flush=True,
+            )
+        nursery.start_soon(partial(server.shutdown, restart=restart))

@@ -23,7 +23,7 @@ from .._transport import Transport
 from ._bodies import PeerGone
 from ._closing import answer_and_close, linger
 from ._exchange import H1Exchange
-from ._framing import ResponseFramer
+from ._framing import CountingFramer, ResponseFramer
 from ._respond import Responder
 from ._wire import (
     ServerWire,
@@ -83,7 +83,8 @@ class ServerConnection:
             max_body_size=limits.max_body_size,
             read_size=limits.read_size,
         )
-        self.framer = ResponseFramer()
+        # (Only the access log needs the status and the bytes sent counted.)
+        self.framer = CountingFramer() if server.access_log else ResponseFramer()
         self.client = client
         self.scheme = "https" if server.ssl_context is not None else "http"
         self.idle = True
@@ -108,6 +109,11 @@ class ServerConnection:
 
     def __repr__(self) -> str:
         return f"<connection from {self.client}>"
+
+    @property
+    def busy(self) -> bool:
+        """True while an exchange is in flight (between requests, False)."""
+        return not self.idle
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -335,6 +341,8 @@ class ServerConnection:
                 exchange.end()
                 if exchange.tasks is not None:
                     await exchange.tasks.wait()
+                if self.server.access_log:
+                    self._log_access(exchange)
         return (
             exchange.keep_alive
             and exchange.request_complete
@@ -342,6 +350,16 @@ class ServerConnection:
             and exchange.state is OVER
             and not self.transport.broken
         )
+
+    def _log_access(self, exchange: H1Exchange) -> None:
+        framer = self.framer
+        assert isinstance(framer, CountingFramer)
+        if exchange.head_started:
+            self.server.log_access(exchange.request, framer.status, framer.sent)
+        else:
+            # Handed over (a WebSocket answers 101 itself), or answered by the connection.
+            status = 101 if exchange.detached else exchange.error_status
+            self.server.log_access(exchange.request, status, 0)
 
     # -- watching for the peer leaving ----------------------------------------------------
 

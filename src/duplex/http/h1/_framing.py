@@ -15,7 +15,7 @@ import h11
 from ..._errors import ProtocolError
 from ._wire import CHUNKED, CLOSE, LENGTH, NONE, comma_tokens
 
-__all__ = ["ResponseFramer", "error_response", "frame_chunk", "http_date"]
+__all__ = ["CountingFramer", "ResponseFramer", "error_response", "frame_chunk", "http_date"]
 
 _last_chunk: tuple[bytes, bytes] = (b"", b"")
 _date: tuple[int, bytes] = (0, b"")
@@ -183,3 +183,37 @@ class ResponseFramer:
         if mode == LENGTH and self._out_left:
             raise _local_error("too little data for declared Content-Length")
         return []
+
+
+class CountingFramer(ResponseFramer):
+    """A ``ResponseFramer`` that also keeps the status of the response under way and how
+    many body bytes it has framed (for the access log)."""
+
+    __slots__ = ("sent", "status")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = 0
+        self.sent = 0
+
+    def response_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        head: bool,
+        http_10: bool,
+        keep_alive: bool,
+    ) -> tuple[bytes, bool]:
+        framed = super().response_head(
+            status, reason, headers, head=head, http_10=http_10, keep_alive=keep_alive
+        )
+        self.status = status
+        self.sent = 0
+        return framed
+
+    def frame(self, data: bytes) -> list[Any]:
+        framed = super().frame(data)
+        self.sent += len(data)
+        return framed

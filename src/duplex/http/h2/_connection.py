@@ -312,6 +312,11 @@ class H2ServerConnection:
         return f"<HTTP/2 connection from {self.client}>"
 
     @property
+    def busy(self) -> bool:
+        """True while a stream is open (a shutdown waits for it)."""
+        return bool(self.streams)
+
+    @property
     def nursery(self) -> trio.Nursery:
         """Where the streams' handlers run: the server's nursery."""
         return self.server.nursery
@@ -732,6 +737,8 @@ class H2ServerConnection:
                 await exchange.tasks.wait()
             self.streams.pop(exchange.stream_id, None)
             self._check_idle()
+            if self.server.access_log:
+                self.server.log_access(exchange.request, exchange.status or None, exchange.sent)
 
     def _close_stream(self, exchange: H2Exchange) -> None:
         """The stream's task ends: its request body is closed, an unfinished response

@@ -53,6 +53,7 @@ class H2Exchange(Exchange):
         "refused",
         "sending",
         "sent",
+        "status",
         "stream_id",
         "trailers",
         "window",
@@ -80,6 +81,8 @@ class H2Exchange(Exchange):
         #: Response body bytes sent so far, and the Content-Length the response named.
         self.sent = 0
         self.declared: int | None = None
+        #: The response's status once its head is queued (0 before).
+        self.status = 0
         #: The status the stream is answered with if its request turns out bad before
         #: the response began (413, 408).
         self.error_status: int | None = None
@@ -176,6 +179,7 @@ class H2Exchange(Exchange):
         if not 200 <= status <= 999:
             raise ProtocolError(f"cannot send this message: a response with {status}", 500)
         self._check_open()
+        self.status = status
         fields = [(b":status", b"%d" % status)]
         dated = False
         for name, value in headers:
