@@ -24,7 +24,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from functools import partial
 from typing import Any, Protocol, TypedDict, Unpack
 
 import trio
@@ -552,9 +551,7 @@ async def _stop_on_signals(
             nursery.start_soon(server.shutdown, 0)
             return
         stopping = True
-        # SIGHUP: a worker that its supervisor's rolling restart replaces.
-        restart = signum == signal.SIGHUP
-        log.info("received %s, %s", name, "restarting" if restart else "shutting down")
+        log.info("received %s, shutting down", name)
         busy = server.busy_connections
         if busy:
             grace = server.limits.shutdown_grace
@@ -565,4 +562,4 @@ async def _stop_on_signals(
                 file=sys.stderr,
                 flush=True,
             )
-        nursery.start_soon(partial(server.shutdown, restart=restart))
+        nursery.start_soon(server.shutdown)
