@@ -107,6 +107,26 @@ async def test_the_echo_of_a_chunk_arrives_before_the_next_chunk_is_written() ->
             assert await stream.read() == b""
 
 
+async def test_the_readmes_echo_conversation_runs_as_it_does_over_a_socket() -> None:
+    async def readme_echo(request: duplex.Request) -> duplex.Response:
+        async def copy(stream: duplex.Stream) -> None:
+            while chunk := await stream.readpartial(1024):
+                await stream.write(chunk)
+
+        return duplex.Response(200, body=duplex.Streamable(copy))
+
+    with trio.fail_after(TIMEOUT):
+        async with TestClient(readme_echo) as client:
+            output = duplex.Writable()
+            response = await client.post("/", body=output)
+            stream = duplex.Stream(response.body, output)
+            await stream.write(b"Hello, ")
+            assert await stream.readpartial() == b"Hello, "
+            await stream.write(b"World!")
+            await stream.close_write()
+            assert await stream.read() == b"World!"
+
+
 async def test_a_chunked_channel_sends_messages_as_they_come() -> None:
     async def handler(request: duplex.Request) -> duplex.Response:
         async def on_open(channel: duplex.Channel) -> None:
@@ -191,6 +211,27 @@ async def test_a_channel_hears_the_client_leave() -> None:
             await response.aclose()
             await closed.called.wait()
     assert [status.kind for status in closed.statuses] == ["gone"]
+
+
+@pytest.mark.both_protocols(False)  # the client's WebSocket is its own HTTP/1.1 connection
+async def test_a_websocket_channel_echoes_what_the_client_sends() -> None:
+    closed = CloseRecorder()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        async def on_receive(channel: duplex.Channel, message: bytes | str) -> None:
+            await channel.send(message)
+
+        return duplex.channel(request, on_receive=on_receive, on_close=closed)
+
+    with trio.fail_after(TIMEOUT):
+        async with TestClient(handler) as client:
+            async with client.websocket("/ws") as ws:
+                await ws.send("hello")
+                assert await ws.receive() == "hello"
+                await ws.send(b"\x00\x01")
+                assert await ws.receive() == b"\x00\x01"
+            await closed.called.wait()
+    assert [(status.kind, status.code) for status in closed.statuses] == [("client", 1000)]
 
 
 # -- the server's rules hold -------------------------------------------------------------
@@ -294,6 +335,29 @@ async def test_a_handler_writing_to_a_client_that_does_not_read_waits() -> None:
 
 
 # -- lifespan and shutdown ---------------------------------------------------------------
+
+
+async def test_a_handler_that_is_an_async_context_manager_is_entered_around_serving() -> None:
+    class App:
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        async def __aenter__(self) -> App:
+            self.events.append("enter")
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            self.events.append("exit")
+
+        async def __call__(self, request: duplex.Request) -> duplex.Response:
+            self.events.append("request")
+            return duplex.Response(200)
+
+    app = App()
+    with trio.fail_after(TIMEOUT):
+        async with TestClient(app) as client:
+            assert (await client.get("/")).status == 200
+    assert app.events == ["enter", "request", "exit"]
 
 
 async def test_a_lifespan_that_fails_to_start_raises_and_serves_nothing() -> None:

@@ -11,8 +11,7 @@ The strategies (``chunkings``, ``cancellations``) need hypothesis, which the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
@@ -26,7 +25,7 @@ from ._stream import Stream
 from .http._client import Client
 from .http._limits import ClientLimits, Limits
 from .http._pool import Origin
-from .http._server import Handler, Server
+from .http._server import Handler, Lifespan, Server
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BASE_URL",
     "Cancellation",
-    "Lifespan",
     "MemoryStream",
     "TestClient",
     "cancellations",
@@ -44,10 +42,6 @@ __all__ = [
 
 #: Where a ``TestClient``'s relative URLs point (any other URL reaches the handler too).
 BASE_URL = "http://testserver"
-
-#: What ``lifespan=`` takes: called with no arguments, it returns an async context
-#: manager, entered before the first request and exited after the server has stopped.
-Lifespan = Callable[[], AbstractAsyncContextManager[object]]
 
 #: Bytes each direction of an in-memory connection holds before a writer waits, as a
 #: socket's buffers would.
@@ -117,12 +111,15 @@ class TestClient:
     speaks it with ``http2="prior-knowledge"``). Relative URLs (``"/hello"``) go to
     ``base_url``; absolute ones reach the same handler, whatever their host.
 
-    ``lifespan``: called with no arguments, returns an async context manager that is
-    entered before the server starts and exited after it has stopped. ``limits`` are the
-    server's (``duplex.Limits``); ``client_options`` go to ``duplex.Client`` (``limits``
-    there is spelled ``client_limits``). Leaving the block closes the client and its
-    connections, shuts the server down gracefully (within ``limits.shutdown_grace``;
-    channels get ``on_close`` with the server's status), then exits the lifespan.
+    ``lifespan`` and a handler that is an async context manager are entered and exited
+    as ``duplex.Server`` does: before the first request, and after the last exchange
+    has ended. ``limits`` are the server's (``duplex.Limits``); ``client_options`` go
+    to ``duplex.Client`` (``limits`` there is spelled ``client_limits``). Leaving the
+    block closes the client and its connections, then shuts the server down
+    gracefully (within ``limits.shutdown_grace``; channels get ``on_close`` with the
+    server's status), which exits the lifespan.
+
+    Raises what entering the lifespan raises.
     """
 
     __test__ = False  # not a test class, whatever pytest makes of its name
@@ -138,8 +135,7 @@ class TestClient:
         max_buffer_size: int = DEFAULT_BUFFER_SIZE,
         **client_options: Any,
     ) -> None:
-        self.server = Server(handler, limits=limits)
-        self.lifespan = lifespan
+        self.server = Server(handler, limits=limits, lifespan=lifespan)
         self.base_url = base_url
         self.max_buffer_size = max_buffer_size
         if client_limits is not None:
@@ -156,8 +152,6 @@ class TestClient:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            if self.lifespan is not None:
-                await stack.enter_async_context(self.lifespan())
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(partial(self.server.serve, listen=False))
             stack.push_async_callback(self.server.shutdown)
@@ -166,7 +160,7 @@ class TestClient:
             await stack.enter_async_context(client)
             client.pool.connector = self._connect
         except BaseException as error:
-            await stack.__aexit__(type(error), error, error.__traceback__)
+            await _exit(stack, error)
             raise
         self._stack = stack
         return client
@@ -178,13 +172,10 @@ class TestClient:
         traceback: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
-        try:
-            return await self._stack.__aexit__(exc_type, exc_value, traceback)
-        except BaseExceptionGroup as group:
-            # The server's nursery wraps what left the block: give it back as it was.
-            if exc_value is not None and list(group.exceptions) == [exc_value]:
-                raise exc_value from exc_value.__cause__
-            raise
+        if exc_value is None:
+            return await self._stack.__aexit__(None, None, None)
+        await _exit(self._stack, exc_value)
+        return None
 
     async def _connect(self, origin: Origin) -> MemoryStream:
         await trio.lowlevel.checkpoint()
@@ -204,6 +195,16 @@ class TestClient:
         for stream in self._streams:
             stream.close_nowait()
         self._streams.clear()
+
+
+async def _exit(stack: AsyncExitStack, error: BaseException) -> None:
+    """Exit ``stack`` as ``error`` leaves it; ``error`` then goes on as it was, not
+    wrapped in the group the server's nursery makes of it."""
+    try:
+        await stack.__aexit__(type(error), error, error.__traceback__)
+    except BaseExceptionGroup as group:
+        if list(group.exceptions) != [error]:
+            raise
 
 
 # -- hypothesis strategies -----------------------------------------------------------------

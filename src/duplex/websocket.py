@@ -30,7 +30,7 @@ from .channels._websocket import (
 )
 from .http._limits import ClientLimits
 from .http._models import Headers, HeadersLike
-from .http._pool import HTTP2, open_stream
+from .http._pool import HTTP2, Connector, open_stream
 
 __all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect"]
 
@@ -195,9 +195,11 @@ async def connect(
     headers: HeadersLike | None = None,
     max_message_size: int = 1 << 20,
     compress_min_size: int = COMPRESS_MIN_SIZE,
+    connector: Connector | None = None,
 ) -> AsyncIterator[ClientWebSocket]:
     """What ``Client.websocket`` does (see there), given the client's ``limits``,
-    ``ssl_context``, ``http2`` setting and ``headers`` (its own and the call's)."""
+    ``ssl_context``, ``http2`` setting and ``headers`` (its own and the call's), and its
+    pool's ``connector``, which opens the stream in place of TCP (and TLS) if given."""
     from .http._client import _host_header, _split_url  # the client's own URL rules
 
     if isinstance(subprotocols, str):
@@ -208,13 +210,16 @@ async def connect(
     if authorization is not None and b"authorization" not in {name for name, _ in extra}:
         extra.append((b"authorization", authorization))
     host = fields.get("host") or _host_header(origin).decode("ascii")
-    stream = await open_stream(
-        origin,
-        limits=limits,
-        ssl_context=ssl_context,
-        # An HTTP/2 client's context offers h2; the Upgrade is HTTP/1.1's.
-        alpn=["http/1.1"] if http2 and origin[0] == "https" else None,
-    )
+    if connector is not None:
+        stream = await connector(origin)
+    else:
+        stream = await open_stream(
+            origin,
+            limits=limits,
+            ssl_context=ssl_context,
+            # An HTTP/2 client's context offers h2; the Upgrade is HTTP/1.1's.
+            alpn=["http/1.1"] if http2 and origin[0] == "https" else None,
+        )
     raised: BaseException | None = None
     try:
         websocket = await open_client(

@@ -601,6 +601,7 @@ class Client:
             headers=fields,
             max_message_size=max_message_size,
             compress_min_size=compress_min_size,
+            connector=self._pool.connector,
         )
 
     async def get(self, url: str, **kwargs: Any) -> ClientResponse:
