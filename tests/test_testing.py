@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -512,6 +513,31 @@ def test_the_strategies_say_how_to_get_hypothesis_when_it_is_missing(
         chunkings(b"data")
     with pytest.raises(ImportError, match=r"duplex\[testing\]"):
         cancellations()
+
+
+@pytest.mark.both_protocols(False)
+def test_the_test_client_needs_no_hypothesis() -> None:
+    script = """
+import sys
+sys.modules["hypothesis"] = None  # as if it were not installed
+import trio, duplex
+from duplex.testing import TestClient
+
+async def hello(request):
+    return duplex.Response(200, body=b"hello")
+
+async def main():
+    with trio.fail_after(30):
+        async with TestClient(hello) as client:
+            print((await (await client.get("/")).read()).decode())
+
+trio.run(main)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\n"
 
 
 @pytest.mark.both_protocols(False)
