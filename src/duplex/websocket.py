@@ -109,8 +109,9 @@ class ClientWebSocket:
             kind = "server"
         return CloseStatus(kind, code, reason)
 
-    async def send(self, message: str | bytes) -> None:
-        """Send ``message``: a text message for ``str``, a binary one for ``bytes``.
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send ``message``: a text message for ``str``, a binary one for bytes (or a
+        bytearray or memoryview, copied).
 
         Raises ``ConnectionClosed`` if the connection is closing or closed, or breaks
         (1006, also when the server takes nothing within ``write_timeout``), and

@@ -505,6 +505,8 @@ async def open_client(
             connection.receive_data(bytes(data))
     except (RemoteProtocolError, ValueError) as error:
         raise ProtocolError(f"the server's WebSocket handshake is not valid: {error}") from error
+    except ProtocolError:
+        raise  # (a BrokenResourceError too) raised here, with its reason
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise ProtocolError("the connection broke during the WebSocket handshake") from error
 
