@@ -41,8 +41,13 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     ),
     "sse.py": tuple(f"id {n}: update update {n}" for n in range(1, 7)),
     "websocket.py": (
+        "on_open: subprotocol chat",
+        "subprotocol: chat",
         "sent 'hello', echoed 'hello'",
         "sent b'\\x00\\x01 binary', echoed b'\\x00\\x01 binary'",
+        "refused: 400 none of the offered WebSocket subprotocols (mqtt) is spoken here;"
+        " supported: graphql-transport-ws, chat",
+        "compressed: True, 13000 characters echoed",
         "too big: closed with 1009",
         "on_close: client 4000 'done'",
         "on_close: error 1009",
