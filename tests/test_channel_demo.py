@@ -167,3 +167,20 @@ async def test_the_favicon_is_an_svg_and_a_wrong_method_gets_405_with_allow() ->
     assert svg.startswith(b"<svg")
     assert post.status == 405
     assert post.headers.get("allow") == "GET, HEAD"
+
+
+async def test_the_page_comes_back_as_304_when_the_browser_has_it() -> None:
+    with trio.fail_after(10):
+        async with serving(Demo().handler) as server, duplex.Client() as client:
+            base = f"http://127.0.0.1:{server.port}"
+            page = await client.get(f"{base}/")
+            html = await page.body.join()
+            tag = page.headers.get("etag")
+            assert tag is not None
+            again = await client.get(f"{base}/", headers={"if-none-match": tag})
+            empty = await again.body.join()
+    assert page.status == 200
+    assert html.startswith(b"<!doctype html>")
+    assert again.status == 304
+    assert again.headers.get("etag") == tag
+    assert empty == b""

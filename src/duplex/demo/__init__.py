@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -39,6 +40,8 @@ __all__ = ["Demo"]
 
 _PAGE = files(__package__).joinpath("index.html").read_bytes()
 _ICON = files(__package__).joinpath("favicon.svg").read_bytes()
+# The page is checked on every load (no-cache) and comes back as a 304 when unchanged.
+_PAGE_TAG = '"' + hashlib.sha256(_PAGE).hexdigest()[:16] + '"'
 #: The longest chat line kept; a longer one is cut to this many characters.
 _MAX_LINE = 500
 #: The largest ``POST /chat`` body read; a larger one is refused with 413.
@@ -47,7 +50,7 @@ _MAX_CHAT_BODY = 4096
 _MAX_PIPES = 64
 _PIPE_CHUNKS = 16
 _PIPE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
-_HTML = {"content-type": "text/html; charset=utf-8", "cache-control": "no-cache"}
+_HTML = {"content-type": "text/html; charset=utf-8", "cache-control": "no-cache", "etag": _PAGE_TAG}
 _JSON = {"content-type": "application/json", "cache-control": "no-store"}
 _TEXT = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
 # A response the page reads as a stream says no-cache, not no-store: Chromium reports a
@@ -105,6 +108,9 @@ class Demo:
         # A WebSocket over HTTP/2 is an extended CONNECT (RFC 8441), over HTTP/1.1 a GET.
         opening = method in ("GET", "CONNECT")
         if path == "/" and method in ("GET", "HEAD"):
+            tags = request.headers.get("if-none-match", "")
+            if _PAGE_TAG in (tag.strip() for tag in tags.split(",")) or tags.strip() == "*":
+                return Response(304, {"etag": _PAGE_TAG, "cache-control": "no-cache"})
             return Response(200, _HTML, _PAGE)
         if path == "/favicon.ico" and method in ("GET", "HEAD"):
             return Response(
