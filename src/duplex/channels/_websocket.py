@@ -300,9 +300,10 @@ class Handshake:
 
     ``refusal`` says why the request cannot open a WebSocket (answer it over HTTP then,
     before taking the connection over); if it is None, ``accept`` opens it.
-    ``subprotocol`` is the one agreed (None if the client offered none), ``fields`` what
-    the answer carries of the negotiation (``Sec-WebSocket-Protocol``,
-    ``Sec-WebSocket-Extensions``): over HTTP/2 they go into the 200.
+    ``subprotocol`` is the one agreed (None if the client offered none). ``fields`` are
+    what the answer carries of the negotiation: ``Sec-WebSocket-Protocol`` and, over
+    HTTP/2, ``Sec-WebSocket-Extensions`` (over HTTP/1.1 wsproto writes that one into
+    the 101), for the caller to put into HTTP/2's 200.
     """
 
     def __init__(
