@@ -19,12 +19,24 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import trio
 import trustme
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 import duplex
 
-__all__ = ["H2Peer", "StreamState", "serving_h2", "tls_contexts"]
+__all__ = ["PREFACE", "H2Peer", "Peer", "StreamState", "serving_h2", "tls_contexts"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @dataclass
@@ -294,3 +306,119 @@ async def serving_h2(
         )
         yield server
         nursery.cancel_scope.cancel()
+
+
+class Peer:
+    """A raw HTTP/2 client: frames out as bytes, frames in as hyperframe objects."""
+
+    def __init__(self, stream: trio.SocketStream, port: int) -> None:
+        self.stream = stream
+        self.port = port
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.buffer = bytearray()
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, port: int, settings: dict[int, int] | None = None) -> Peer:
+        peer = cls(await trio.open_tcp_stream("127.0.0.1", port), port)
+        await peer.send(PREFACE + SettingsFrame(0, settings=settings or {}).serialize())
+        return peer
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the server has closed the connection meanwhile."""
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def send_all_of(self, data: bytes, piece: int = 1 << 16) -> bool:
+        """Send ``data`` in pieces, stopping (False) when the server closes the
+        connection or stops reading for a second."""
+        view = memoryview(data)
+        while view:
+            with trio.move_on_after(1):
+                if not await self.send(bytes(view[:piece])):
+                    return False
+                view = view[piece:]
+                continue
+            return False  # the server stopped reading: bounded
+        return True
+
+    def request_block(self, path: str = "/", method: str = "GET") -> bytes:
+        return bytes(
+            self.encoder.encode(
+                [
+                    (":method", method),
+                    (":scheme", "http"),
+                    (":authority", f"127.0.0.1:{self.port}"),
+                    (":path", path),
+                ]
+            )
+        )
+
+    def headers(self, stream_id: int, block: bytes, *, end_stream: bool = True) -> bytes:
+        flags = {"END_HEADERS", *(["END_STREAM"] if end_stream else [])}
+        return HeadersFrame(stream_id, block, flags=flags).serialize()
+
+    async def next_frame(self) -> Frame | None:
+        """The next frame from the server; None at EOF (or a reset connection)."""
+        while True:
+            if len(self.buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(bytes(self.buffer[:9])))
+                if len(self.buffer) >= 9 + length:
+                    frame.parse_body(memoryview(bytes(self.buffer[9 : 9 + length])))
+                    del self.buffer[: 9 + length]
+                    return frame
+            if self.eof:
+                return None
+            try:
+                data = await self.stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                self.eof = True
+            self.buffer += data
+
+    async def goaway(self) -> GoAwayFrame | None:
+        """Read until the server's GOAWAY (returned) or the end of the connection (None
+        if it closed without one)."""
+        while (frame := await self.next_frame()) is not None:
+            if isinstance(frame, GoAwayFrame):
+                return frame
+        return None
+
+    async def closed(self) -> None:
+        """Read (and drop) everything until the server closes the connection."""
+        while await self.next_frame() is not None:
+            pass
+
+    async def response(self, stream_id: int) -> tuple[int, bytes]:
+        """The status and body of ``stream_id``'s response (opening windows as it reads)."""
+        status, body = 0, bytearray()
+        while (frame := await self.next_frame()) is not None:
+            if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                await self.send(SettingsFrame(0, flags=["ACK"]).serialize())
+            if frame.stream_id != stream_id:
+                continue
+            if isinstance(frame, HeadersFrame):
+                fields = dict(self.decoder.decode(frame.data, raw=True))
+                if b":status" in fields:
+                    status = int(fields[b":status"])
+            elif isinstance(frame, DataFrame):
+                body += frame.data
+                if frame.flow_controlled_length:
+                    update = frame.flow_controlled_length
+                    await self.send(
+                        WindowUpdateFrame(0, window_increment=update).serialize()
+                        + WindowUpdateFrame(stream_id, window_increment=update).serialize()
+                    )
+            elif isinstance(frame, RstStreamFrame):
+                raise AssertionError(f"stream {stream_id} reset: {frame.error_code}")
+            if "END_STREAM" in frame.flags:
+                return status, bytes(body)
+        raise AssertionError("the connection closed before the response ended")

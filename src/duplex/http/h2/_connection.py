@@ -34,7 +34,9 @@ import h2.settings
 import h2.stream
 import hyperframe.frame
 import trio
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
+from h2.stream import StreamInputs, StreamState
 from h2.utilities import (
     CONNECTION_HEADERS as _CONNECTION_FIELDS,
 )
@@ -97,6 +99,16 @@ _SETTINGS = 0x4
 #: closes, so that its GOAWAY is read rather than lost to a reset.
 _GOAWAY_LINGER = 1.0
 _GOAWAY_LINGER_SIZE = 1 << 20
+#: A frame's head: length (3 bytes), type, flags, stream id (4 bytes).
+_HEAD = 9
+#: DATA's frame type, and the flags that keep a DATA frame off the fast path.
+_DATA = 0x0
+_END_STREAM_OR_PADDED = 0x1 | 0x8
+#: The states in which a stream takes DATA, and in which it sends DATA.
+_RECEIVING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+_SENDING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+#: Pieces the outgoing list holds before they are joined (``writev`` takes 1,024).
+_MAX_PIECES = 256
 
 
 class _H2Connection(h2.connection.H2Connection):
@@ -219,7 +231,9 @@ class H2ServerConnection:
         "_goaway",
         "_idle",
         "_idle_deadline",
+        "_inbox",
         "_outgoing",
+        "_preface_left",
         "_queued",
         "_sending",
         "_sent",
@@ -252,6 +266,9 @@ class H2ServerConnection:
         self.scheme = "https" if server.ssl_context is not None else "http"
         #: What was read before the connection knew it speaks HTTP/2 (the preface).
         self.received = received
+        #: The preface bytes h2 has still to check, then a frame not yet read whole.
+        self._preface_left = len(PREFACE)
+        self._inbox = b""
         # What the peer sends is validated; what duplex sends was already (Headers: token
         # names, lower-cased, values without CR, LF or NUL; connection-specific fields
         # dropped by H2Exchange), and checking it again would cost every response.
@@ -296,7 +313,7 @@ class H2ServerConnection:
         self._idle_deadline = inf
         # What the sender task is to write, in order; flushes count what they queued
         # (``_queued``) and wait until the sender has written as much (``_sent``).
-        self._outgoing: list[bytes] = []
+        self._outgoing: list[bytes | memoryview] = []
         self._queued = 0
         self._sent = 0
         self._sending = False
@@ -419,6 +436,38 @@ class H2ServerConnection:
         self._sent_lot.unpark_all()
         self.cancel_scope.cancel()
 
+    def send_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        """Queue ``data`` as one DATA frame of the stream (END_STREAM when ``end``):
+        the frame and the bookkeeping of h2's ``send_data``, but the payload is never
+        copied (it goes to the socket as it is, beside its 9-byte head). Raises h2's
+        errors as its ``send_data`` does (it is then what runs)."""
+        h2_connection = self.h2
+        stream = h2_connection.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or not 0 < size <= h2_connection.max_outbound_frame_size
+            or size > stream.outbound_flow_control_window
+            or size > h2_connection.outbound_flow_control_window
+            or stream.state_machine.state not in _SENDING
+            or h2_connection.state_machine.state is not ConnectionState.SERVER_OPEN
+        ):
+            h2_connection.send_data(stream_id, data, end_stream=end)
+            return
+        if end:
+            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        h2_connection.outbound_flow_control_window -= size
+        self._take_output()  # (what h2 queued goes first)
+        outgoing = self._outgoing
+        if len(outgoing) >= _MAX_PIECES:
+            outgoing[:] = [b"".join(outgoing)]
+        outgoing += (
+            size.to_bytes(3) + (b"\x00\x01" if end else b"\x00\x00") + stream_id.to_bytes(4),
+            data,
+        )
+        self._queued += 1
+
     def acknowledge(self, exchange: H2Exchange, size: int) -> None:
         """A handler read ``size`` bytes of its request body (or they were dropped):
         give them back to the peer's windows."""
@@ -502,20 +551,10 @@ class H2ServerConnection:
                         await self._close_with_goaway()
                         return
                 if data:
-                    try:
-                        events = h2_connection.receive_data(data)
-                    except h2.exceptions.ProtocolError as error:
-                        # h2 has queued its GOAWAY: send it, then close.
-                        log.debug("HTTP/2 protocol error from %s: %r", self.client, error)
+                    if not self._feed(data):
+                        # The GOAWAY is queued: send it, then close.
                         await self._close_with_goaway()
                         return
-                    flood = self.guard.flood(events, trio.current_time())
-                    if flood:
-                        log.warning("HTTP/2 flood from %s: %s", self.client, flood)
-                        h2_connection.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-                        await self._close_with_goaway()
-                        return
-                    self._on_events(events)
                     await self.flush()
                 if self.closing and not self.streams:
                     return
@@ -562,6 +601,102 @@ class H2ServerConnection:
         self._idle_deadline = deadline
         if self._idle is not None:
             self._idle.deadline = deadline
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> bool:
+        """Act on what was read, frame by frame in order: a DATA frame for a stream's
+        request body goes to it here (``_take_data``), every other frame through h2;
+        a frame read in part waits for the rest. Returns False once the connection
+        must close: a protocol error or a flood, its GOAWAY queued."""
+        if self._preface_left:
+            # (h2 checks the preface: it comes before any frame.)
+            take = min(self._preface_left, len(data))
+            self._preface_left -= take
+            if not self._through_h2(data[:take]):
+                return False
+            data = data[take:]
+        if self._inbox:
+            data, self._inbox = self._inbox + data, b""
+        view = memoryview(data)
+        size = len(data)
+        largest = self.h2.max_inbound_frame_size
+        start = position = 0  # (start: the first byte not yet acted on)
+        while size - position >= _HEAD:
+            length = int.from_bytes(view[position : position + 3])
+            if length > largest:
+                # Refused from its head (h2 would first buffer all of it).
+                log.debug("an overlong frame (%d bytes) from %s", length, self.client)
+                self.h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+                return False
+            end = position + _HEAD + length
+            if end > size:
+                break
+            if (
+                view[position + 3] == _DATA
+                and length
+                and not view[position + 4] & _END_STREAM_OR_PADDED
+            ):
+                if start < position:
+                    # What came before goes first (it may reset this very stream).
+                    if not self._through_h2(view[start:position]):
+                        return False
+                    start = position
+                if self._take_data(view, position, length):
+                    start = end
+            position = end
+        if start < position and not self._through_h2(view[start:position]):
+            return False
+        if position < size:
+            self._inbox = bytes(view[position:])
+        return True
+
+    def _through_h2(self, data: bytes | memoryview) -> bool:
+        """Have h2 take whole frames and act on its events (``_feed``'s return)."""
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            log.debug("HTTP/2 protocol error from %s: %r", self.client, error)
+            return False  # (h2 queued its GOAWAY)
+        flood = self.guard.flood(events, trio.current_time())
+        if flood:
+            log.warning("HTTP/2 flood from %s: %s", self.client, flood)
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            return False
+        self._on_events(events)
+        return True
+
+    def _take_data(self, view: memoryview, position: int, length: int) -> bool:
+        """Give the payload of the DATA frame at ``position`` (not empty, neither padded
+        nor ending its stream) to its stream's request body, with the bookkeeping h2
+        does for it (both windows, the stream's count), but without h2's frame object,
+        state machines and event, which cost more than the rest of the frame's way.
+        Returns False, having done nothing, unless every rule h2 would check holds: the
+        frame then goes through h2, which says what is wrong."""
+        stream_id = int.from_bytes(view[position + 5 : position + _HEAD]) & 0x7FFFFFFF
+        exchange = self.streams.get(stream_id)
+        h2_connection = self.h2
+        stream = h2_connection.streams.get(stream_id)
+        if (
+            exchange is None
+            or stream is None
+            or stream.state_machine.state not in _RECEIVING
+            or h2_connection.state_machine.state is not ConnectionState.SERVER_OPEN
+            or h2_connection.incoming_buffer._headers_buffer  # (in a header block)
+        ):
+            return False
+        connection_window = h2_connection._inbound_flow_control_window_manager
+        stream_window = stream._inbound_window_manager
+        if length > connection_window.current_window_size:
+            return False
+        if length > stream_window.current_window_size:
+            return False
+        connection_window.current_window_size -= length
+        stream_window.current_window_size -= length
+        stream._actual_content_length += length
+        start = position + _HEAD
+        self._data(exchange, bytes(view[start : start + length]), length)
+        return True
 
     # -- events ---------------------------------------------------------------------------
 

@@ -239,12 +239,12 @@ class H2Exchange(Exchange):
             try:
                 while True:
                     size = min(window, frame_size, len(view))
-                    piece = data if size == len(data) else view[:size].tobytes()
+                    piece = data if size == len(data) else view[:size]
                     view = view[size:]
                     window -= size
                     last = end and not view
                     if size or last:
-                        h2.send_data(stream_id, piece, end_stream=last)
+                        connection.send_data(stream_id, piece, last)
                     if not view or window <= 0:
                         break
             except H2Error as error:
@@ -269,10 +269,11 @@ class H2Exchange(Exchange):
         if self.declared is not None and self.sent > self.declared:
             raise _cannot_send("too much data for declared Content-Length")
         frame_size = h2.max_outbound_frame_size
+        view = memoryview(data)
         try:
             for start in range(0, size, frame_size):
-                piece = data if size <= frame_size else data[start : start + frame_size]
-                h2.send_data(self.stream_id, piece, end_stream=end and start + frame_size >= size)
+                piece = data if size <= frame_size else view[start : start + frame_size]
+                self.connection.send_data(self.stream_id, piece, end and start + frame_size >= size)
         except H2Error as error:
             raise translate(error) from error
         if end:
