@@ -16,6 +16,7 @@ Run: ``python duplex_app.py --port 8000``. The limits are duplex's defaults exce
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 from collections.abc import AsyncIterator
 
@@ -69,10 +70,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--stream-window",
+        type=int,
+        default=None,
+        help="Limits.stream_window_size (HTTP/2's initial window per stream; default: duplex's)",
+    )
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     limits = duplex.Limits(max_connections=50_000)
+    if args.stream_window is not None:
+        limits = dataclasses.replace(limits, stream_window_size=args.stream_window)
     trio.run(lambda: duplex.serve(handler, args.host, args.port, limits=limits))
 
 
