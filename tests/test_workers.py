@@ -1,6 +1,7 @@
 """``duplex serve module:handler --workers N`` and ``duplex.serve_workers``: N processes
-answer on one port; a worker that dies is replaced; SIGTERM stops them all gracefully;
-workers that cannot start, or a port in use, end the supervisor with a clear message."""
+answer on one port; a worker that dies is replaced; SIGHUP replaces them one at a time
+and no request fails; SIGTERM stops them all gracefully; workers that cannot start, or a
+port in use, end the supervisor with a clear message."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 import trio
 
 import duplex
+from _channel_support import Opened, serving
+from _protocol_support import WebSocketClosed, WebSocketPeer
 from _redis_support import (
     WORKER_APP,
     DuplexProcess,
@@ -237,3 +240,207 @@ async def test_serve_workers_raises_workers_failed_when_workers_keep_failing_at_
     monkeypatch.setenv("APP_FAILS_IN_WORKERS", "1")
     with trio.fail_after(TIMEOUT), pytest.raises(duplex.WorkersFailed, match="keep failing"):
         await duplex.serve_workers("app:handler", "127.0.0.1", 0, workers=WORKERS)
+
+
+# -- rolling restarts (SIGHUP) -----------------------------------------------------------
+
+#: Clients looping requests through a rolling restart: half reuse kept-alive
+#: connections, half open a new connection for every request.
+CLIENTS = 20
+#: Requests one client sends at most (the loop ends long before, once told to stop).
+MAX_REQUESTS = 5000
+#: Answers each client must get after the restart has ended, from the new workers.
+ANSWERS_AFTER = 3
+#: WebSockets open on the old workers when the restart starts.
+WEBSOCKETS = 4
+RESTARTED = "every worker has been restarted"
+
+
+class Load:
+    """``CLIENTS`` clients looping GET / until ``stop()``: the pids that answered each,
+    and every failure (an exception, a status other than 200)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers = [0] * CLIENTS
+        self.pids: list[list[int]] = [[] for _ in range(CLIENTS)]
+        self.failures: list[str] = []
+        self.stopping = False
+        self._changed = trio.lowlevel.ParkingLot()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for client in range(CLIENTS):
+                loop = self._keep_alive if client % 2 else self._new_connections
+                nursery.start_soon(loop, client)
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    async def wait_answers(self, at_least: list[int]) -> None:
+        """Wait until client ``n`` has had ``at_least[n]`` answers, for every ``n``."""
+        while any(have < want for have, want in zip(self.answers, at_least, strict=True)):
+            await self._changed.park()
+
+    def _answered(self, client: int, pid: int) -> None:
+        self.answers[client] += 1
+        self.pids[client].append(pid)
+        self._changed.unpark_all()
+
+    async def _new_connections(self, client: int) -> None:
+        for _ in range(MAX_REQUESTS):
+            if self.stopping:
+                return
+            try:
+                reply = await http_get(self.port)
+            except (OSError, AssertionError) as error:
+                self.failures.append(f"new connection: {error!r}")
+                continue
+            if reply.status != 200:
+                self.failures.append(f"new connection: status {reply.status}")
+                continue
+            self._answered(client, int(reply.headers["x-pid"]))
+
+    async def _keep_alive(self, client: int) -> None:
+        async with duplex.Client() as http:
+            for _ in range(MAX_REQUESTS):
+                if self.stopping:
+                    return
+                try:
+                    response = await http.get(f"http://127.0.0.1:{self.port}/")
+                    await response.body.join()
+                except Exception as error:
+                    self.failures.append(f"kept alive: {error!r}")
+                    continue
+                if response.status != 200:
+                    self.failures.append(f"kept alive: status {response.status}")
+                    continue
+                self._answered(client, int(response.headers["x-pid"]))
+
+
+async def close_code(websocket: duplex.websocket.ClientWebSocket) -> int | None:
+    """The code the server closes ``websocket`` with (after its first message)."""
+    assert await websocket.receive() == "joined"
+    with pytest.raises(duplex.websocket.ConnectionClosed):
+        await websocket.receive()
+    status = websocket.close_status
+    return None if status is None else status.code
+
+
+@pytest.mark.parametrize("path", ["so-reuseport", "shared-socket"])
+async def test_sighup_replaces_every_worker_one_at_a_time_and_no_request_fails(
+    app_dir: Path, path: str
+) -> None:
+    # The portable path has no SO_REUSEPORT: the workers share one listening socket.
+    env = {"DUPLEX_PORTABLE": "1"} if path == "shared-socket" else {}
+    with trio.fail_after(3 * TIMEOUT):
+        async with workers(app_dir, env=env) as supervisor, duplex.Client() as http:
+            old = set(await serving_pids(supervisor))
+            load = Load(supervisor.port)
+            codes: list[int | None] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load.run)
+                await load.wait_answers([1] * CLIENTS)
+                async with AsyncExitStack() as stack:
+                    sockets = [
+                        await stack.enter_async_context(
+                            http.websocket(f"ws://127.0.0.1:{supervisor.port}/watch")
+                        )
+                        for _ in range(WEBSOCKETS)
+                    ]
+                    start = len(supervisor.stderr.lines)
+                    supervisor.signal(signal.SIGHUP)
+                    codes = [await close_code(websocket) for websocket in sockets]
+                _, end = await supervisor.stderr.wait_for(RESTARTED, start)
+                for pid in old:
+                    await supervisor.stderr.wait_for(rf"\(pid {pid}\) has finished", start)
+                    assert not is_alive(pid)
+                new = {
+                    int(match[1])
+                    for line in supervisor.stderr.lines[start:end]
+                    if (match := re.search(SERVING, line))
+                }
+                before = list(load.answers)
+                await load.wait_answers([count + ANSWERS_AFTER for count in before])
+                load.stop()
+            after = {pid for n, pids in enumerate(load.pids) for pid in pids[before[n] :]}
+    assert load.failures == []
+    assert len(new) == WORKERS and not new & old
+    assert after <= new
+    assert codes == [1012] * WEBSOCKETS
+    assert supervisor.process.returncode == 0
+
+
+@pytest.mark.both_protocols
+async def test_a_restart_closes_websockets_with_1012(protocol: str) -> None:
+    opened = Opened()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request, on_open=opened)
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(handler) as server,
+            WebSocketPeer.connect(server.port, protocol) as websocket,
+        ):
+            channel = await opened.one()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(server.shutdown, 2, restart=True))
+                with pytest.raises(WebSocketClosed) as closed:
+                    await websocket.receive()
+            status = await channel.wait_closed()
+    assert closed.value.code == 1012
+    assert (status.kind, status.code) == ("shutdown", 1012)
+
+
+#: New connections opened while a worker is stopped: some queue in its accept backlog.
+QUEUED = 20
+
+
+async def test_connections_queued_for_a_worker_being_replaced_are_answered_by_its_successor(
+    app_dir: Path,
+) -> None:
+    # The worker is stopped (SIGSTOP) so that connections pile up in its socket's accept
+    # backlog; its successor, on the same socket, must take them before it ever runs again.
+    replies: list[tuple[int, int]] = []
+
+    async def get(port: int, sent: trio.Semaphore) -> None:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            sent.release()
+            received = b""
+            async for chunk in stream:
+                received += chunk
+        reply = parse_reply(received)
+        replies.append((reply.status, int(reply.headers["x-pid"])))
+
+    with trio.fail_after(3 * TIMEOUT):
+        async with workers(app_dir) as supervisor:
+            stopped, running = await serving_pids(supervisor)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                sent = trio.Semaphore(0)
+                async with trio.open_nursery() as nursery:
+                    for _ in range(QUEUED):
+                        nursery.start_soon(get, supervisor.port, sent)
+                    for _ in range(QUEUED):
+                        await sent.acquire()
+                    start = len(supervisor.stderr.lines)
+                    supervisor.signal(signal.SIGHUP)
+                    _, end = await supervisor.stderr.wait_for(RESTARTED, start)
+                # Every reply is in, and the stopped worker has not run since.
+                assert is_alive(stopped)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            await supervisor.stderr.wait_for(rf"\(pid {stopped}\) has finished", start)
+    successors = [
+        int(match[1])
+        for line in supervisor.stderr.lines[start:end]
+        if (match := re.search(SERVING, line))
+    ]
+    assert [status for status, _ in replies] == [200] * QUEUED
+    answered = {pid for _, pid in replies}
+    assert stopped not in answered
+    # Some landed on the stopped worker's socket (all but certain: 1 - 2**-QUEUED).
+    assert answered - {running}
+    assert answered <= {running, *successors}

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -217,10 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "after the shutdown (in each worker)",
     )
     serve_parser.add_argument(
-        "--workers", type=int, default=None, help="serve from N processes on one port"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve from N processes on one port; SIGHUP restarts them one at a time, "
+        "losing no connection",
     )
-    # A worker of `--workers`: binds with SO_REUSEPORT beside its siblings.
-    serve_parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # A worker of `--workers`: serves the listening socket its supervisor passes as FD.
+    serve_parser.add_argument("--worker", type=int, metavar="FD", help=argparse.SUPPRESS)
     request_parser = commands.add_parser(
         "request",
         parents=[logging_options],
@@ -283,13 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_process(Server(echo, args.host, args.port, **options))
     handler = load_handler(args.handler)
     lifespan = cast(Lifespan, load_handler(args.lifespan, "lifespan")) if args.lifespan else None
-    worker = args.worker
-    server = Server(handler, args.host, args.port, reuse_port=worker, lifespan=lifespan, **options)
-    if worker:
-        # The supervisor stops its workers with SIGTERM; the SIGINT of a Ctrl-C reaches
-        # the whole process group, and would count as a second signal (stop now).
+    inherited = None if args.worker is None else socket.socket(fileno=args.worker)
+    server = Server(handler, args.host, args.port, sock=inherited, lifespan=lifespan, **options)
+    if inherited is not None:
+        # The supervisor stops its workers with SIGTERM, and retires one with SIGHUP in
+        # a rolling restart; the SIGINT of a Ctrl-C reaches the whole process group,
+        # and would count as a second signal (stop now).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return serve_process(server, signals=(signal.SIGTERM,))
+        return serve_process(server, signals=(signal.SIGTERM, signal.SIGHUP))
     return serve_process(server)
 
 

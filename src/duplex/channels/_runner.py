@@ -37,6 +37,8 @@ log = logging.getLogger("duplex.channel")
 CLEANUP_SECONDS = 5.0
 
 SHUTDOWN = CloseStatus("shutdown", 1001, "the server is shutting down")
+#: 1012, "service restart": a client may reconnect at once (another worker serves).
+RESTART = CloseStatus("shutdown", 1012, "the server is restarting")
 
 
 class ChannelLike(ChannelHead, Protocol):
@@ -162,7 +164,8 @@ class Writer:
     def close_for_shutdown(self) -> None:
         """``close`` for a server that starts shutting down (a bound method is all an
         idle channel keeps for it)."""
-        self.close(SHUTDOWN)
+        control = self._control
+        self.close(RESTART if control is not None and control.server_restarting else SHUTDOWN)
 
     def fail(self, status: CloseStatus) -> None:
         """End the channel as ``ERRORED`` for the reason ``status``."""
@@ -283,11 +286,12 @@ class Runner:
             # Parked, the server holds the channel, and ``Writer.resume`` goes on with it.
             if not parked:
                 if status is None:  # cancelled: the client went away, or the server stopped
-                    status = (
-                        GONE
-                        if control.gone
-                        else CloseStatus("shutdown", 1001, "the server stopped")
-                    )
+                    if control.gone:
+                        status = GONE
+                    elif control.server_restarting:
+                        status = CloseStatus("shutdown", 1012, "the server restarted")
+                    else:
+                        status = CloseStatus("shutdown", 1001, "the server stopped")
                 with trio.CancelScope(shield=True):
                     await self._finish(status)
 

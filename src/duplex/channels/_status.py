@@ -26,7 +26,8 @@ class CloseStatus:
     - ``"server"``: this side called ``close()`` (or sent with ``close=True``);
     - ``"client"``: the client closed cleanly (a WebSocket close frame);
     - ``"gone"``: the client vanished without closing (reset, EOF, WebSocket 1006);
-    - ``"shutdown"``: the server is shutting down;
+    - ``"shutdown"``: the server is shutting down (code 1001), or restarting (1012: a
+      worker of a rolling restart);
     - ``"too-slow"``: its queue was full (see ``when_full``);
     - ``"error"``: an illegal action or a failure of the channel itself.
 

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import Any, Protocol, TypedDict, Unpack
 
 import trio
@@ -90,6 +91,10 @@ class Server:
     connection that opens with the HTTP/2 preface speaks h2c (prior knowledge;
     ``Upgrade: h2c`` is ignored).
 
+    ``sock``, a socket already bound and listening, is served instead of binding
+    ``host``:``port`` (each worker of ``duplex serve --workers`` serves one that its
+    supervisor holds).
+
     ``lifespan`` (called with no arguments) returns an async context manager, entered
     once before the server listens and exited after the last exchange has ended at
     shutdown; a ``handler`` that is itself an async context manager is entered the same
@@ -109,6 +114,7 @@ class Server:
         limits: Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        sock: socket.socket | None = None,
         http2: bool = True,
         lifespan: Lifespan | None = None,
         access_log: bool = False,
@@ -121,11 +127,15 @@ class Server:
         self.limits = limits or Limits()
         self.ssl_context = ssl_context
         self.reuse_port = reuse_port
+        self.sock = sock
         self.http2 = http2
         if ssl_context is not None and http2:
             ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         self.listeners: list[trio.SocketListener] = []
         self.shutting_down = False
+        #: True once ``shutdown(restart=True)`` starts: WebSocket channels then close
+        #: with 1012 (service restart) rather than 1001.
+        self.restarting = False
         self._connections: set[Connection] = set()
         self._connections_changed = trio.lowlevel.ParkingLot()
         self._accept_scope = trio.CancelScope()
@@ -163,6 +173,8 @@ class Server:
         return sum(1 for connection in self._connections if connection.busy)
 
     async def _listen(self) -> trio.SocketListener:
+        if self.sock is not None:
+            return trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
         infos = await trio.socket.getaddrinfo(
             self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -332,11 +344,14 @@ class Server:
         self._connections.discard(connection)
         self._connections_changed.unpark_all()
 
-    async def shutdown(self, grace: float | None = None) -> None:
+    async def shutdown(self, grace: float | None = None, *, restart: bool = False) -> None:
         """Stop accepting, let exchanges in flight finish within ``grace`` seconds
         (default ``limits.shutdown_grace``), then cancel what is left.
 
         Idle keep-alive connections close at once; busy ones close after their exchange.
+        A new connection still has its first request answered (HTTP/1.1: its client
+        may have sent it already). With ``restart`` (a worker replaced by a rolling
+        restart), WebSocket channels close with 1012 (service restart) rather than 1001.
         Returns once the server has stopped and its lifespan has exited. Called again
         while a shutdown waits, it shortens the grace (``shutdown(0)`` cancels what is
         left now).
@@ -349,6 +364,7 @@ class Server:
             return
         self._grace = trio.CancelScope(deadline=deadline)
         self.shutting_down = True
+        self.restarting = restart
         self.closing.set()
         self._accept_scope.cancel()
         # Close the listening sockets now, so the kernel stops queueing connections that
@@ -551,7 +567,9 @@ async def _stop_on_signals(
             nursery.start_soon(server.shutdown, 0)
             return
         stopping = True
-        log.info("received %s, shutting down", name)
+        # SIGHUP: a worker that its supervisor's rolling restart replaces.
+        restart = signum == signal.SIGHUP
+        log.info("received %s, %s", name, "restarting" if restart else "shutting down")
         busy = server.busy_connections
         if busy:
             grace = server.limits.shutdown_grace
@@ -562,4 +580,4 @@ async def _stop_on_signals(
                 file=sys.stderr,
                 flush=True,
             )
-        nursery.start_soon(server.shutdown)
+        nursery.start_soon(partial(server.shutdown, restart=restart))

@@ -38,6 +38,12 @@ class ResponseControl(Protocol):
         """Set when the server starts a graceful shutdown."""
         ...
 
+    @property
+    def server_restarting(self) -> bool:
+        """True when that shutdown is a restart (``Server.shutdown(restart=True)``: a
+        worker replaced by a rolling restart)."""
+        ...
+
     async def start(self, status: int, headers: HeadersLike | None = None) -> None:
         """Send the response head: Content-Length framing if ``headers`` name a length,
         else chunked (close-delimited for HTTP/1.0)."""
@@ -165,6 +171,10 @@ class ExchangeControl:
     @property
     def server_closing(self) -> trio.Event:
         return self._connection.server.closing
+
+    @property
+    def server_restarting(self) -> bool:
+        return self._connection.server.restarting
 
     @property
     def write_timeout(self) -> float | None:

@@ -160,7 +160,10 @@ class ServerConnection:
 
     def shutdown(self) -> None:
         self.closing = True
-        if self.idle:
+        # Only between requests: a connection yet to read its first request (accepted
+        # just before, its client about to send it) still has that answered, as does
+        # one whose next request has begun to arrive.
+        if self.idle and self.served and not self.wire.buffered:
             self.cancel_scope.cancel()
             return
         exchange = self.in_flight
