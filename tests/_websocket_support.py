@@ -9,27 +9,37 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import trio
 from websockets.asyncio.server import ServerConnection, serve
 from wsproto.frame_protocol import XorMaskerSimple
 
+import duplex
 from _protocol_support import H1Exchange, H2Exchange, exchange
+from test_demo_browser import CHROMIUM, CHROMIUM_ARGS
 
 __all__ = [
     "Handshake",
     "compressed_payload",
     "frame",
     "handshake",
+    "in_chromium",
+    "needs_chromium",
     "read_frame",
     "websockets_server",
 ]
+
+T = TypeVar("T")
+
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium")
 
 
 @dataclass
@@ -168,3 +178,36 @@ async def websockets_server(
             yield box["port"]
         finally:
             box["stop"]()
+
+
+async def in_chromium(
+    script: Callable[[Any], T], handler: duplex.Handler, ssl_context: ssl.SSLContext | None
+) -> T:
+    """Serve ``handler`` (over TLS, and so HTTP/2, with ``ssl_context``), open its page
+    in Chromium and run ``script`` on the page (a Playwright ``Page``)."""
+    from playwright.sync_api import sync_playwright
+
+    async with trio.open_nursery() as nursery:
+        server: duplex.Server = await nursery.start(
+            lambda task_status: duplex.serve(
+                handler, "127.0.0.1", 0, ssl_context=ssl_context, task_status=task_status
+            )
+        )
+        scheme = "https" if ssl_context is not None else "http"
+
+        def browse() -> T:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                try:
+                    page = browser.new_context(ignore_https_errors=True).new_page()
+                    page.set_default_timeout(15_000)
+                    page.goto(f"{scheme}://127.0.0.1:{server.port}/")
+                    return script(page)
+                finally:
+                    browser.close()
+
+        result = await trio.to_thread.run_sync(browse, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+    return result

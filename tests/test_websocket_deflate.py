@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tracemalloc
 import zlib
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -16,8 +17,19 @@ from websockets.exceptions import ConnectionClosed
 
 import duplex
 from _channel_support import CloseRecorder, in_asyncio_thread, serving
-from _websocket_support import compressed_payload, frame, handshake, read_frame
+from _h2_support import tls_contexts
+from _websocket_support import (
+    compressed_payload,
+    frame,
+    handshake,
+    in_chromium,
+    needs_chromium,
+    read_frame,
+)
 from helpers import TIMEOUT
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 DEFLATE = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
 LIMIT = 1 << 20
@@ -315,3 +327,45 @@ async def test_a_bomb_from_the_server_closes_duplex_client_with_1009() -> None:
                     await ws.receive()
     assert closed.value.code == 1009
     assert ws.close_status == duplex.CloseStatus("error", 1009, closed.value.reason)
+
+
+# -- Chromium ----------------------------------------------------------------------------
+
+# The page opens a WebSocket, sends a long and a short message and resolves with the
+# extensions the browser agreed to and the lengths of the echoes.
+ECHO_TWO = """(path) => new Promise((resolve, reject) => {
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const socket = new WebSocket(`${scheme}://${location.host}${path}`);
+    const lengths = [];
+    socket.onopen = () => { socket.send('chromium '.repeat(5000)); socket.send('hi'); };
+    socket.onmessage = (event) => {
+        lengths.push(event.data.length);
+        if (lengths.length === 2) {
+            resolve({extensions: socket.extensions, lengths});
+            socket.close();
+        }
+    };
+    socket.onerror = () => reject('websocket error');
+})"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("over", ["http/1.1", "h2"])
+async def test_chromium_agrees_to_compression_and_gets_its_messages_back(over: str) -> None:
+    page = b"<!doctype html><title>deflate</title><p>ready</p>"
+    channel = echoing()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        if request.path == "/":
+            return duplex.Response(200, {"content-type": "text/html"}, page)
+        return await channel(request)
+
+    def script(page: Page) -> dict[str, object]:
+        result: dict[str, object] = page.evaluate(ECHO_TWO, "/ws")
+        return result
+
+    context = tls_contexts()[1] if over == "h2" else None
+    with trio.fail_after(60):
+        result = await in_chromium(script, handler, context)
+    assert str(result["extensions"]).startswith("permessage-deflate")
+    assert result["lengths"] == [len("chromium ") * 5000, 2]

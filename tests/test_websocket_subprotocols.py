@@ -6,10 +6,8 @@ the ``websockets`` package, duplex's client and Chromium as clients."""
 
 from __future__ import annotations
 
-import os
-import ssl
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -19,11 +17,11 @@ from websockets.exceptions import InvalidStatus
 import duplex
 from _channel_support import Opened, in_asyncio_thread, serving
 from _h2_support import tls_contexts
-from _websocket_support import handshake
+from _websocket_support import handshake, in_chromium, needs_chromium
 from helpers import TIMEOUT
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 SUPPORTED = ["graphql-transport-ws", "chat"]
 
@@ -229,8 +227,6 @@ async def test_duplex_client_learns_why_its_offers_were_refused() -> None:
 
 # -- Chromium ----------------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium")
-
 PAGE = b"<!doctype html><title>subprotocols</title><p>ready</p>"
 
 # The page opens `new WebSocket(url, ["chat"])`, sends one message and resolves with
@@ -245,39 +241,6 @@ OPEN_CHAT = """(path) => new Promise((resolve, reject) => {
     };
     socket.onerror = () => reject('websocket error');
 })"""
-
-
-async def in_chromium(
-    script: Callable[[object], T], handler: duplex.Handler, ssl_context: ssl.SSLContext | None
-) -> T:
-    """Serve ``handler`` (over TLS, and so HTTP/2, with ``ssl_context``), open its page
-    in Chromium and run ``script`` on the page."""
-    from playwright.sync_api import sync_playwright
-
-    async with trio.open_nursery() as nursery:
-        server: duplex.Server = await nursery.start(
-            lambda task_status: duplex.serve(
-                handler, "127.0.0.1", 0, ssl_context=ssl_context, task_status=task_status
-            )
-        )
-        scheme = "https" if ssl_context is not None else "http"
-
-        def browse() -> T:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-                )
-                try:
-                    page = browser.new_context(ignore_https_errors=True).new_page()
-                    page.set_default_timeout(15_000)
-                    page.goto(f"{scheme}://127.0.0.1:{server.port}/")
-                    return script(page)
-                finally:
-                    browser.close()
-
-        result = await trio.to_thread.run_sync(browse, abandon_on_cancel=True)
-        nursery.cancel_scope.cancel()
-    return result
 
 
 def page_or_channel(versions: dict[str, str]) -> duplex.Handler:
@@ -298,8 +261,8 @@ async def test_chromium_opens_a_websocket_with_the_chat_subprotocol(over: str) -
     versions: dict[str, str] = {}
     context = tls_contexts()[1] if over == "h2" else None
 
-    def script(page: object) -> dict[str, str]:
-        result: dict[str, str] = page.evaluate(OPEN_CHAT, "/ws")  # type: ignore[attr-defined]
+    def script(page: Page) -> dict[str, str]:
+        result: dict[str, str] = page.evaluate(OPEN_CHAT, "/ws")
         return result
 
     with trio.fail_after(60):
