@@ -10,8 +10,15 @@ outbound buffer never grows without bound. Everything h2 sends goes through
 connection's sender task (one ``Transport``, its writes in order), so that a writer
 waiting for the socket can give up without leaving half a frame behind; the end of a
 response does not wait (``flush_end``), so that a batch of responses is one write.
-The WINDOW_UPDATE for request body bytes a handler read goes out without waiting
-(``acknowledge``): a read never waits on the socket's write side.
+The WINDOW_UPDATE for request body bytes a handler read goes out without the reader
+waiting (``acknowledge``): a read never waits on the socket's write side.
+
+DATA, the frames that carry the bytes, take a shorter way than h2's: a request body's
+DATA frames are read here and handed to their stream (``_take_data``), a response's
+are written here with their payload uncopied (``send_data``), each with the bookkeeping
+h2 would do (both flow-control windows, the stream's state) so that h2 stays the
+authority on every rule; any frame off that way (padded, empty, ending a stream, or
+breaking a rule) goes through h2, which answers it as it always does.
 
 Every batch of events is shown to the connection's ``FloodGuard`` before it is acted
 on: a peer that floods the server with resets, SETTINGS, PINGs or empty frames gets
@@ -476,10 +483,11 @@ class H2ServerConnection:
         except h2.exceptions.ProtocolError as error:  # the connection is closed
             log.debug("no window update for stream %d: %r", exchange.stream_id, error)
             return
-        # h2 sends WINDOW_UPDATE once enough was read: then straight to the socket if it
-        # takes it at once (no wait, no task), else by the sender task.
+        # h2 sends WINDOW_UPDATE once enough was read: by the sender task, which runs
+        # once this task waits next, unless a write of this task's comes first and takes
+        # it along (an echo: one write for the update and the echoed DATA, not two).
         self._take_output()
-        if self._outgoing and not self._write_now():
+        if self._outgoing:
             self.flush_soon()
 
     # -- the connection's life ------------------------------------------------------------
