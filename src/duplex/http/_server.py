@@ -237,6 +237,8 @@ class Server:
 
     async def _accept_each(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept connections with trio alone (the portable path)."""
+        # (A shutdown that came before this task ran has closed the listener.)
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             stream = await listener.accept()
             nursery.start_soon(self._handle, stream)
@@ -248,6 +250,8 @@ class Server:
         ``listener.accept()`` does) falls behind a server busy with many connections,
         and the kernel's listen queue overflows; a burst empties it.
         """
+        # (A shutdown that came before this task ran has closed the listener.)
+        await trio.lowlevel.checkpoint_if_cancelled()
         # A stdlib socket object over the listening descriptor, for accepting without a
         # checkpoint each; detached at the end so that it closes nothing.
         listening = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())

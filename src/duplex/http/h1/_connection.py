@@ -113,7 +113,7 @@ class ServerConnection:
     @property
     def busy(self) -> bool:
         """True while an exchange is in flight (between requests, False)."""
-        return not self.idle
+        return self.in_flight is not None
 
     @property
     def nursery(self) -> trio.Nursery:
