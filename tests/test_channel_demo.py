@@ -162,11 +162,15 @@ async def test_the_favicon_is_an_svg_and_a_wrong_method_gets_405_with_allow() ->
             svg = await icon.body.join()
             post = await client.post(f"{base}/", body=b"")
             await post.body.join()
+            poll = await client.post(f"{base}/chat/poll", body=b"")
+            await poll.body.join()
     assert icon.status == 200
     assert icon.headers.get("content-type") == "image/svg+xml"
     assert svg.startswith(b"<svg")
     assert post.status == 405
     assert post.headers.get("allow") == "GET, HEAD"
+    assert poll.status == 405
+    assert poll.headers.get("allow") == "GET"
 
 
 async def test_the_page_comes_back_as_304_when_the_browser_has_it() -> None:

@@ -163,6 +163,7 @@ DEMO_ROUTES = [
     Exchange("POST", "/echo/up?id=lint", {"content-type": "text/plain"}, b"up\n"),
     Exchange("GET", "/echo/down?id=no/such"),
     Exchange("POST", "/"),
+    Exchange("POST", "/chat/poll"),
     Exchange("GET", "/no/such/page"),
 ]
 

@@ -24,6 +24,7 @@ import json
 import re
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from functools import partial
 from importlib.resources import files
 from typing import Any
@@ -146,10 +147,8 @@ class Demo:
         if path == "/echo":
             if "websocket" in request.headers.get_tokens("upgrade") or method == "CONNECT":
                 return channel(request, on_open=self._track, on_receive=self._echo_message)
-            return Response(
-                200, {"content-type": "application/octet-stream"}, Streamable(self._echo)
-            )
-        if path in ("/", "/favicon.ico", "/events/drop", "/chat", "/upload"):
+            return Response(200, _STREAMED_BYTES, Streamable(self._echo))
+        if path in _ALLOWED:
             return Response(
                 405, {**_TEXT, "allow": _ALLOWED[path]}, f"{path} takes {_ALLOWED[path]}\n"
             )
@@ -160,7 +159,9 @@ class Demo:
         self._open.add(member)
         member.add_close_callback(self._open.discard)
 
-    def _joining(self, group: ChannelGroup) -> Any:
+    def _joining(self, group: ChannelGroup) -> Callable[[Channel], None]:
+        """An ``on_open`` that counts the channel and adds it to ``group``."""
+
         def join(member: Channel) -> None:
             self._track(member)
             group.add(member)
@@ -350,11 +351,18 @@ class _Pipe:
         self.taken = {True: False, False: False}
 
 
+#: The methods of each route that takes only some (a WebSocket may come as an HTTP/2
+#: CONNECT too, but nobody should be told to send one).
 _ALLOWED = {
     "/": "GET, HEAD",
     "/favicon.ico": "GET, HEAD",
+    "/events": "GET",
     "/events/drop": "POST",
+    "/chat/ws": "GET",
+    "/chat/poll": "GET",
     "/chat": "POST",
+    "/stream": "GET",
+    "/live": "GET",
     "/upload": "POST",
 }
 
