@@ -14,7 +14,6 @@ from http import HTTPStatus
 from math import inf
 from typing import TYPE_CHECKING
 
-import h11
 import trio
 
 from ..._errors import ProtocolError, Timeout
@@ -24,11 +23,9 @@ from ._bodies import PeerGone
 from ._closing import answer_and_close, linger
 from ._exchange import H1Exchange
 from ._framing import CountingFramer, ResponseFramer
+from ._head import RequestHead
 from ._respond import Responder
-from ._wire import (
-    ServerWire,
-    check_request,
-)
+from ._wire import ServerWire
 
 if TYPE_CHECKING:
     from .._server import Server
@@ -256,21 +253,21 @@ class ServerConnection:
         started = trio.current_time()
         while not self.closing:
             self.idle = True
-            event = await self._read_head(started, first=self.served == 0)
-            if event is None:
+            preface = not self.served and self.server.http2
+            head = await self._read_head(started, first=self.served == 0, preface=preface)
+            if head is None:
                 return False
-            if event.method == b"PRI" and not self.served and self.server.http2:
+            if preface and head.method == b"PRI":
                 # The HTTP/2 preface's first part: the rest of the connection is HTTP/2's.
                 self.handover = b"PRI * HTTP/2.0\r\n\r\n" + self.wire.leftover()
                 return False
             self.idle = False
             self.served += 1
-            fields = check_request(event, self.wire.head_has_controls)
             last = (
                 limits.max_requests_per_connection is not None
                 and self.served >= limits.max_requests_per_connection
             )
-            exchange = H1Exchange.from_head(self, event, fields, last)
+            exchange = H1Exchange.from_head(self, head, last)
             self.watch_later()
             if not await self._run_exchange(exchange):
                 return self._unread(exchange)
@@ -294,10 +291,11 @@ class ServerConnection:
 
     # -- the request head -------------------------------------------------------------
 
-    async def _read_head(self, started: float, *, first: bool) -> h11.Request | None:
-        """The next request's head, or None when the peer closes or idles out.
+    async def _read_head(self, started: float, *, first: bool, preface: bool) -> RequestHead | None:
+        """The next request's head, checked, or None when the peer closes or idles out;
+        with ``preface``, the HTTP/2 preface's ``PRI`` request as it is.
 
-        Raises ``ProtocolError`` with the status to answer (400, 408, 414, 431, 501).
+        Raises ``ProtocolError`` with the status to answer (400, 408, 414, 431, 501, 505).
         """
         limits = self.limits
         wire = self.wire
@@ -307,9 +305,9 @@ class ServerConnection:
             idle_deadline = min(head_deadline, started + limits.keep_alive_timeout)
         while True:
             if wire.buffered:
-                event = wire.parse_head()
-                if event is not None:
-                    return event
+                head = wire.parse_head(preface=preface)
+                if head is not None:
+                    return head
             pending = wire.buffered > 0
             if wire.eof:
                 if pending:

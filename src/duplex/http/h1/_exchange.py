@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import h11
 import trio
 
 from ..._body import EmptyBody
@@ -15,6 +14,7 @@ from .._exchange import WATCH_READER, Exchange
 from .._models import Headers, Request
 from ._bodies import PeerGone, RequestBody
 from ._closing import linger
+from ._head import RequestHead
 from ._wire import CONTINUE, comma_tokens, request_body_length
 
 if TYPE_CHECKING:
@@ -75,12 +75,12 @@ class H1Exchange(Exchange):
     def from_head(
         cls,
         connection: ServerConnection,
-        event: h11.Request,
-        fields: list[tuple[bytes, bytes]],
+        head: RequestHead,
         last: bool,
     ) -> H1Exchange:
         """The exchange for a request head ``connection`` just read (``last``: the
         connection serves no more after it)."""
+        fields = head.fields
         length = request_body_length(fields, connection.limits.max_body_size)
         body: RequestBody | EmptyBody
         if length == 0:
@@ -88,10 +88,10 @@ class H1Exchange(Exchange):
         else:
             body = RequestBody(connection, length)
             connection.wire.begin_body(length)
-        http_10 = event.http_version == b"1.0"
+        http_10 = head.http_version == b"1.0"
         request = Request(
-            event.method.decode("ascii"),
-            event.target.decode("latin-1"),
+            head.method.decode("ascii"),
+            head.target.decode("latin-1"),
             Headers.from_fields(fields),
             body,
             http_version="1.0" if http_10 else "1.1",

@@ -1,11 +1,12 @@
 """The server's side of one HTTP/1.1 connection: what goes over the wire, and how.
 
-h11 parses every request head (a fresh ``h11.Connection`` per request, fed exactly the
-head). Bodies are framed here, both ways: h11 copies each body byte two or three times
-on the way in and re-validates every response header on the way out, which made it the
-larger part of what a request cost. Framing a body is a small, strict state machine;
-duplex refuses what h11 would repair, and rejects rather than guesses (see
-docs/reliability.md).
+h11 decides what every request head means (a fresh ``h11.Connection`` per request, fed
+exactly the head); a common well-formed head takes ``_head``'s fast path, which gives
+what h11 gives or declines. Bodies are framed here, both ways: h11 copies each body
+byte two or three times on the way in and re-validates every response header on the way
+out, which made it the larger part of what a request cost. Framing a body is a small,
+strict state machine; duplex refuses what h11 would repair, and rejects rather than
+guesses (see docs/reliability.md).
 
 Input is kept as one ``bytes`` and a position in it, so that a socket read whose bytes
 are all body data is handed to the reader as it is, without a copy.
@@ -20,6 +21,7 @@ import h11
 
 from ..._errors import ProtocolError
 from ..._foreign import translate
+from ._head import RequestHead, parse_common_head
 
 __all__ = [
     "CHUNKED",
@@ -63,29 +65,28 @@ _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def check_request(event: h11.Request, head_has_controls: bool) -> list[tuple[bytes, bytes]]:
-    """The request's header fields, once checked beyond what h11 checks.
+def check_request(head: RequestHead, head_has_controls: bool) -> None:
+    """Check a request h11 accepted beyond what h11 checks.
 
     Raises ``ProtocolError`` with the status to answer: 505 for an HTTP version other
     than 1.0 and 1.1, 501 for CONNECT, 400 for control characters in a field value or
     the target, and for both Content-Length and Transfer-Encoding.
     """
-    if event.http_version not in (b"1.1", b"1.0"):
-        raise ProtocolError(f"HTTP/{event.http_version.decode()} is not supported", 505)
-    if event.method == b"CONNECT":
+    if head.http_version not in (b"1.1", b"1.0"):
+        raise ProtocolError(f"HTTP/{head.http_version.decode()} is not supported", 505)
+    if head.method == b"CONNECT":
         # A 2xx would turn the connection into a tunnel: duplex is not a proxy.
         raise ProtocolError("CONNECT is not supported", 501)
-    fields = list(event.headers)
+    fields = head.fields
     if head_has_controls:
         for name, value in fields:
             if _CONTROL.search(value):
                 raise ProtocolError(f"control character in the {name.decode()} header")
-        if _CONTROL.search(event.target):
+        if _CONTROL.search(head.target):
             raise ProtocolError("control character in the request target")
     names = [name for name, _ in fields]
     if b"transfer-encoding" in names and b"content-length" in names:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
-    return fields
 
 
 def request_body_length(fields: list[tuple[bytes, bytes]], max_body_size: int | None) -> int | None:
@@ -133,7 +134,6 @@ class ServerWire:
         "_pos",
         "body_received",
         "eof",
-        "head_has_controls",
         "max_body_size",
         "max_header_size",
         "max_request_line",
@@ -161,9 +161,6 @@ class ServerWire:
         self._pos = 0
         #: True once the peer has closed its side (EOF read).
         self.eof = False
-        #: Whether the last head parsed held a control character other than CR, LF and
-        #: HTAB anywhere: only then need its fields be looked at one by one.
-        self.head_has_controls = False
         self._in_mode = NONE
         self._chunk_state = _SIZE
         self._chunk_left = 0  # body bytes to come: of the chunk, or of Content-Length
@@ -219,14 +216,32 @@ class ServerWire:
 
     # -- request heads ----------------------------------------------------------------
 
-    def parse_head(self) -> h11.Request | None:
-        """The request whose head is buffered whole, or None until it is.
+    def parse_head(self, *, preface: bool = False) -> RequestHead | None:
+        """The request whose head is buffered whole, checked, or None until it is.
+
+        A common well-formed head is read by ``parse_common_head``; any other goes to
+        ``parse_head_h11``, which decides what it means and raises as it says. With
+        ``preface``, a ``PRI`` request (the HTTP/2 preface) is returned unchecked.
+        """
+        parsed = parse_common_head(
+            self._data,
+            self._pos,
+            max_request_line=self.max_request_line,
+            max_header_size=self.max_header_size,
+        )
+        if parsed is None:
+            return self.parse_head_h11(preface=preface)
+        head, self._pos = parsed
+        return head
+
+    def parse_head_h11(self, *, preface: bool = False) -> RequestHead | None:
+        """``parse_head`` through h11 alone: the reference for what a head means.
 
         Refuses, from the raw bytes, heads that h11 would accept or repair: the size
         limits count the whole head however it arrives, and obs-fold, bare CR and bare
         LF line ends are refused rather than repaired (each is a smuggling vector when
-        a proxy in front reads the head differently). Raises ``ProtocolError`` with the
-        status to answer (400, 414, 431, 501).
+        a proxy in front reads the head differently); then ``check_request``. Raises
+        ``ProtocolError`` with the status to answer (400, 414, 431, 501, 505).
         """
         data, pos = self._data, self._pos
         method_end = _METHOD.match(data, pos).end()  # type: ignore[union-attr]
@@ -254,7 +269,7 @@ class ServerWire:
         if len(lengths) > 1 or (lengths and b"," in lengths[0]):
             raise ProtocolError("repeated Content-Length")
         check_line_ends(data, pos, end, "request head")
-        self.head_has_controls = _HEAD_CONTROL.search(data, pos, end) is not None
+        has_controls = _HEAD_CONTROL.search(data, pos, end) is not None
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
         try:
             parser.receive_data(data[pos:end])
@@ -264,7 +279,10 @@ class ServerWire:
         if type(event) is not h11.Request:
             raise ProtocolError(f"unexpected {type(event).__name__} before a request")
         self._pos = end
-        return event
+        head = RequestHead(event.method, event.target, event.http_version, list(event.headers))
+        if not (preface and head.method == b"PRI"):
+            check_request(head, has_controls)
+        return head
 
     def next_request(self) -> None:
         """Forget the last exchange's framing: the buffer now starts the next request."""
