@@ -59,14 +59,16 @@ class MemoryStream(Stream):
     raise ``trio.BrokenResourceError``, as after a reset) and ``wait_peer_gone``.
     """
 
-    def __init__(self, input: Writable, output: Writable, closed: trio.Event) -> None:
+    def __init__(self, input: Writable, output: Writable, either_closed: trio.Event) -> None:
         super().__init__(input, output)
-        self._closed = closed
+        self._either_closed = either_closed
+        self._closed = trio.Event()
 
     def close_nowait(self) -> None:
         """Close both directions at once, from synchronous code; idempotent."""
         assert isinstance(self.input, Writable) and self.output is not None
         self._closed.set()
+        self._either_closed.set()
         self.input.close_read_nowait()
         self.output.close_write_nowait()
 
@@ -74,15 +76,16 @@ class MemoryStream(Stream):
         """Close both directions (the peer reads what is queued, then ``b""``);
         idempotent, and closes even if cancelled."""
         self._closed.set()
+        self._either_closed.set()
         await super().aclose()
 
     async def wait_peer_gone(self) -> None:
         """Return once either end has closed."""
-        await self._closed.wait()
+        await self._either_closed.wait()
 
     @property
     def closed(self) -> bool:
-        """True once either end has closed."""
+        """True once this end has closed."""
         return self._closed.is_set()
 
 
@@ -114,10 +117,13 @@ class TestClient:
     ``lifespan`` and a handler that is an async context manager are entered and exited
     as ``duplex.Server`` does: before the first request, and after the last exchange
     has ended. ``limits`` are the server's (``duplex.Limits``); ``client_options`` go
-    to ``duplex.Client`` (``limits`` there is spelled ``client_limits``). Leaving the
-    block closes the client and its connections, then shuts the server down
-    gracefully (within ``limits.shutdown_grace``; channels get ``on_close`` with the
-    server's status), which exits the lifespan.
+    to ``duplex.Client`` (``limits`` there is spelled ``client_limits``).
+
+    Leaving the block shuts the server down, as at the end of a process: exchanges in
+    flight are told (a channel's ``on_close`` gets ``kind == "shutdown"``), the
+    client's connections close (responses left unread included, so none holds the
+    shutdown for its grace period), and once the server has stopped its lifespan
+    exits. The client going away mid-test is ``await response.aclose()``.
 
     Raises what entering the lifespan raises.
     """
@@ -141,6 +147,7 @@ class TestClient:
         if client_limits is not None:
             client_options["limits"] = client_limits
         self._client_options = client_options
+        # The client's ends of its connections.
         self._streams: set[MemoryStream] = set()
         self._stack: AsyncExitStack | None = None
         #: How many connections the client has opened so far.
@@ -154,11 +161,10 @@ class TestClient:
         try:
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(partial(self.server.serve, listen=False))
-            stack.push_async_callback(self.server.shutdown)
-            stack.callback(self._close_streams)
             client = Client(self.base_url, **self._client_options)
             await stack.enter_async_context(client)
             client.pool.connector = self._connect
+            stack.push_async_callback(self._shutdown)
         except BaseException as error:
             await _exit(stack, error)
             raise
@@ -182,16 +188,24 @@ class TestClient:
         if self.server.shutting_down:
             raise ConnectionRefusedError(f"the test server for {origin[1]} is shutting down")
         client_end, server_end = memory_stream_pair(self.max_buffer_size)
-        # Only the connections still open are kept, however many a test opens.
+        # Only the ends still open are kept, however many connections a test opens.
         self._streams = {stream for stream in self._streams if not stream.closed}
         self._streams.add(client_end)
         self.connections_opened += 1
         self.server.serve_stream(server_end)
         return client_end
 
-    def _close_streams(self) -> None:
-        # What the client left open (a response nobody read to its end) ends now, so
-        # that the server sees its peers leave rather than wait out its grace period.
+    async def _shutdown(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._close_streams_once_closing)
+            await self.server.shutdown()
+
+    async def _close_streams_once_closing(self) -> None:
+        # Every exchange has been told of the shutdown by the time ``closing`` wakes this
+        # task (a channel's on_close says "shutdown" rather than "gone"); then the
+        # client's connections end, so that a response nobody reads to its end (an
+        # endless one, say) never holds the shutdown for its whole grace period.
+        await self.server.closing.wait()
         for stream in self._streams:
             stream.close_nowait()
         self._streams.clear()
