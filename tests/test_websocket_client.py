@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from typing import Any
 
 import pytest
 import trio
@@ -271,32 +272,19 @@ async def test_wss_refuses_a_certificate_it_does_not_trust() -> None:
                     pass
 
 
-async def test_wss_from_an_http2_client_speaks_http1_upgrade() -> None:
-    async def handler(request: duplex.Request) -> duplex.Response:
-        version = request.http_version
-
-        async def echo_version(channel: duplex.Channel, message: str | bytes) -> None:
-            await channel.send(f"{version}: {message!s}")
-
-        if request.path == "/ws":
-            return duplex.channel(request, on_receive=echo_version)
-        return duplex.Response(200, body=b"plain")
-
+async def test_wss_from_an_http2_client_to_a_server_without_http2_is_an_upgrade() -> None:
     ca, server_context = tls_contexts()
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     with trio.fail_after(TIMEOUT):
         async with (
-            serving_h2(handler, ssl_context=server_context) as server,
+            websockets_server(echo, ssl=server_context) as port,
             duplex.Client(ssl_context=client_context, http2=True) as http,
         ):
-            port = server.port
-            async with http.websocket(f"wss://localhost:{port}/ws") as ws:
-                await ws.send("hi")
-                assert await ws.receive() == "1.1: hi"
-            response = await http.get(f"https://localhost:{port}/")
-            assert response.http_version == "2"
-            await response.read()
+            url = f"wss://localhost:{port}/"
+            async with http.websocket(url) as ws:
+                await ws.send("over HTTP/1.1")
+                assert await ws.receive() == "over HTTP/1.1"
 
 
 # -- the handshake's errors and bounds ---------------------------------------------------
@@ -442,3 +430,113 @@ async def test_pings_from_the_server_are_answered() -> None:
                 await ws.receive()
             assert channel.is_open
             await ws.ping()
+
+
+# -- over HTTP/2 (RFC 8441) --------------------------------------------------------------
+
+
+def versioned(**options: Any) -> duplex.Handler:
+    """A channel that echoes each message behind the HTTP version and subprotocol."""
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        version = request.http_version
+
+        async def echo_version(channel: duplex.Channel, message: str | bytes) -> None:
+            await channel.send(f"{version} {channel.subprotocol}: {message!s}")
+
+        if request.path != "/ws":
+            return duplex.Response(200, body=b"plain")
+        return duplex.channel(request, on_receive=echo_version, **options)
+
+    return handler
+
+
+async def test_an_http2_client_opens_its_websocket_as_a_stream_over_tls() -> None:
+    ca, server_context = tls_contexts()
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving_h2(versioned(), ssl_context=server_context) as server,
+            duplex.Client(ssl_context=client_context, http2=True) as http,
+        ):
+            response = await http.get(f"https://localhost:{server.port}/")
+            assert await response.read() == b"plain"
+            async with http.websocket(f"wss://localhost:{server.port}/ws") as ws:
+                await ws.send("hi")
+                assert await ws.receive() == "2 None: hi"
+            assert http.pool.http2_connections() == 1
+
+
+async def test_over_h2c_subprotocol_compression_and_close_codes_hold() -> None:
+    closes = CloseRecorder()
+    handler = versioned(subprotocols=["chat"], compress=True, on_close=closes)
+    text = "over HTTP/2 " * 2000
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(handler) as server,
+            duplex.Client(http2="prior-knowledge") as http,
+        ):
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            async with http.websocket(url, subprotocols=["mqtt", "chat"], compress=True) as ws:
+                assert (ws.subprotocol, ws.compressed) == ("chat", True)
+                await ws.send(text)
+                assert await ws.receive() == f"2 chat: {text}"
+                await ws.close(4003, "enough")
+            await closes.called.wait()
+    assert ws.close_status == duplex.CloseStatus("client", 4003, "enough")
+    assert closes.statuses == [duplex.CloseStatus("client", 4003, "enough")]
+
+
+async def test_websockets_over_one_http2_connection_do_not_wait_for_each_other() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(versioned()) as server,
+            duplex.Client(http2="prior-knowledge") as http,
+        ):
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            async with http.websocket(url) as first, http.websocket(url) as second:
+                await second.send("b")
+                assert await second.receive() == "2 None: b"
+                await first.send("a")
+                assert await first.receive() == "2 None: a"
+            assert http.pool.http2_connections() == 1
+
+
+async def test_a_refusal_over_http2_carries_its_status_and_body() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(versioned(subprotocols=["chat"])) as server,
+            duplex.Client(http2="prior-knowledge") as http,
+        ):
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            with pytest.raises(HandshakeRefused) as refused:
+                async with http.websocket(url, subprotocols=["mqtt"]):
+                    pass
+            # The connection stays up for others.
+            async with http.websocket(url) as ws:
+                await ws.send("still")
+                assert await ws.receive() == "2 None: still"
+    assert refused.value.status == 400
+    assert b"supported: chat" in refused.value.body
+
+
+async def test_a_message_over_max_message_size_over_http2_closes_with_1009() -> None:
+    async def bomber(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(
+            request,
+            compress=True,
+            max_message_size=64 << 20,
+            on_open=lambda channel: channel.send(bytes(16 << 20)),
+        )
+
+    with trio.fail_after(TIMEOUT * 3):
+        async with (
+            serving(bomber) as server,
+            duplex.Client(http2="prior-knowledge") as http,
+        ):
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            async with http.websocket(url, compress=True, max_message_size=1 << 20) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.receive()
+    assert closed.value.code == 1009

@@ -1,22 +1,23 @@
 """The WebSocket client: ``async with client.websocket(url) as ws``.
 
-``Client.websocket`` opens a connection of its own (never a pooled one) to a ws:// or
-wss:// URL (http:// and https:// work too), through the client's TLS context, its
-``connect_timeout``, ``read_timeout`` (for the handshake's answer),
-``write_timeout`` (each write) and ``max_response_header_size``, and speaks HTTP/1.1's
-Upgrade on it (an ``http2=True`` client offers only ``http/1.1`` by ALPN for it). The
-open connection is a ``ClientWebSocket``; a reader task answers pings and holds at most
-one message that nobody has taken yet, so a server that sends faster than the caller
-receives is held back by TCP.
+``Client.websocket`` opens a WebSocket to a ws:// or wss:// URL (http:// and https://
+work too), through the client's TLS context, its ``connect_timeout``, ``read_timeout``
+(for the handshake's answer), ``write_timeout`` (each write) and
+``max_response_header_size``. Where the client speaks HTTP/2 to the origin and the
+server takes extended CONNECT (RFC 8441), it is a stream of the shared connection;
+otherwise HTTP/1.1's Upgrade on a connection of its own (never a pooled one; an
+``http2=True`` client offers only ``http/1.1`` by ALPN for it). The open WebSocket is
+a ``ClientWebSocket``; a reader task answers pings and holds at most one message that
+nobody has taken yet, so a server that sends faster than the caller receives is held
+back (by TCP, or by HTTP/2's flow control).
 """
-
 from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import trio
 
@@ -26,13 +27,23 @@ from .channels._websocket import (
     ConnectionClosed,
     HandshakeRefused,
     WebSocket,
+    client_extensions,
+    extended_connect_block,
     open_client,
+    open_client_over_http2,
 )
 from .http._limits import ClientLimits
 from .http._models import Headers, HeadersLike
-from .http._pool import HTTP2, Connector, open_stream
+from .http._pool import HTTP2, Connector, Origin, open_stream
 
 __all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect"]
+
+#: How the client opens an HTTP/2 stream with an extended CONNECT header block: the
+#: answer's status and fields and the stream, or None where HTTP/2 is not spoken.
+ExtendedConnect: TypeAlias = Callable[
+    [Origin, list[tuple[bytes, bytes]]],
+    Awaitable[tuple[int, list[tuple[bytes, bytes]], trio.abc.Stream] | None],
+]
 
 #: Close codes that say the conversation broke rather than ended (RFC 6455 §7.4.1).
 _ERROR_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 1011})
@@ -197,10 +208,12 @@ async def connect(
     max_message_size: int = 1 << 20,
     compress_min_size: int = COMPRESS_MIN_SIZE,
     connector: Connector | None = None,
+    extended_connect: ExtendedConnect | None = None,
 ) -> AsyncIterator[ClientWebSocket]:
     """What ``Client.websocket`` does (see there), given the client's ``limits``,
-    ``ssl_context``, ``http2`` setting and ``headers`` (its own and the call's), and its
-    pool's ``connector``, which opens the stream in place of TCP (and TLS) if given."""
+    ``ssl_context``, ``http2`` setting and ``headers`` (its own and the call's), its
+    pool's ``connector``, which opens the stream in place of TCP (and TLS) if given,
+    and its way of opening an HTTP/2 stream with an extended CONNECT, tried first."""
     from .http._client import _host_header, _split_url  # the client's own URL rules
 
     if isinstance(subprotocols, str):
@@ -211,7 +224,22 @@ async def connect(
     if authorization is not None and b"authorization" not in {name for name, _ in extra}:
         extra.append((b"authorization", authorization))
     host = fields.get("host") or _host_header(origin).decode("ascii")
-    if connector is not None:
+    offered = tuple(subprotocols or ())
+    extensions = client_extensions(compress, compress_min_size, max_message_size)
+    tunnel = None
+    if extended_connect is not None:
+        block = extended_connect_block(
+            scheme=origin[0],
+            authority=host,
+            target=target,
+            subprotocols=offered,
+            extensions=extensions,
+            headers=extra,
+        )
+        tunnel = await extended_connect(origin, block)
+    if tunnel is not None:
+        status, answer, stream = tunnel
+    elif connector is not None:
         stream = await connector(origin)
     else:
         stream = await open_stream(
@@ -223,19 +251,31 @@ async def connect(
         )
     raised: BaseException | None = None
     try:
-        websocket = await open_client(
-            stream,
-            host=host,
-            target=target,
-            subprotocols=tuple(subprotocols or ()),
-            compress=compress,
-            compress_min_size=compress_min_size,
-            headers=extra,
-            max_message_size=max_message_size,
-            max_head_size=limits.max_response_header_size,
-            read_timeout=limits.read_timeout,
-            write_timeout=limits.write_timeout,
-        )
+        if tunnel is not None:
+            websocket = await open_client_over_http2(
+                stream,
+                status,
+                answer,
+                subprotocols=offered,
+                extensions=extensions,
+                max_message_size=max_message_size,
+                read_timeout=limits.read_timeout,
+                write_timeout=limits.write_timeout,
+            )
+        else:
+            websocket = await open_client(
+                stream,
+                host=host,
+                target=target,
+                subprotocols=offered,
+                compress=compress,
+                compress_min_size=compress_min_size,
+                headers=extra,
+                max_message_size=max_message_size,
+                max_head_size=limits.max_response_header_size,
+                read_timeout=limits.read_timeout,
+                write_timeout=limits.write_timeout,
+            )
         ws = ClientWebSocket(websocket, limits.read_timeout)
         async with trio.open_nursery() as nursery:
             websocket.start(nursery)

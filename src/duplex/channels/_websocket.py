@@ -55,7 +55,7 @@ from wsproto.events import (
 from wsproto.events import Request as Upgrade
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
-from wsproto.handshake import server_extensions_handshake
+from wsproto.handshake import client_extensions_handshake, server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .._errors import ProtocolError, Timeout
@@ -73,7 +73,10 @@ __all__ = [
     "HandshakeRefused",
     "Refusal",
     "WebSocket",
+    "client_extensions",
+    "extended_connect_block",
     "open_client",
+    "open_client_over_http2",
 ]
 
 #: What each frame of a fragmented message but the last counts against
@@ -420,6 +423,118 @@ class Handshake:
         return websocket
 
 
+def client_extensions(
+    compress: bool, compress_min_size: int, max_message_size: int
+) -> list[Extension]:
+    """What a client offers: permessage-deflate, bounded, if ``compress``."""
+    if not compress:
+        return []
+    return [BoundedDeflate(max_message_size=max_message_size, min_size=compress_min_size)]
+
+
+def extended_connect_block(
+    *,
+    scheme: str,
+    authority: str,
+    target: str,
+    subprotocols: Sequence[str] = (),
+    extensions: Sequence[Extension] = (),
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> list[tuple[bytes, bytes]]:
+    """The HTTP/2 header block of a client's extended CONNECT (RFC 8441) offering
+    ``subprotocols`` and ``extensions``; ``headers`` follow, less those HTTP/2 forbids."""
+    block = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"websocket"),
+        (b":scheme", scheme.encode("ascii")),
+        (b":authority", authority.encode("idna" if not authority.isascii() else "ascii")),
+        (b":path", target.encode("ascii")),
+        (b"sec-websocket-version", b"13"),
+    ]
+    if subprotocols:
+        block.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode("ascii")))
+    offers = [f"{extension.name}; {extension.offer()}" for extension in extensions]
+    if offers:
+        block.append((b"sec-websocket-extensions", ", ".join(offers).encode("ascii")))
+    for name, value in headers or []:
+        name = name.lower()
+        if name not in _NOT_OVER_HTTP2:
+            block.append((name, value))
+    return block
+
+
+#: Fields a client's header list never carries over HTTP/2 (RFC 9113 §8.2.2), and those
+#: the extended CONNECT sets itself.
+_NOT_OVER_HTTP2 = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"sec-websocket-key",
+    }
+)
+
+
+async def open_client_over_http2(
+    stream: trio.abc.Stream,
+    status: int,
+    fields: list[tuple[bytes, bytes]],
+    *,
+    subprotocols: Sequence[str] = (),
+    extensions: Sequence[Extension] = (),
+    max_message_size: int = 1 << 20,
+    read_timeout: float | None = 60.0,
+    write_timeout: float | None = 60.0,
+) -> WebSocket:
+    """The WebSocket on an HTTP/2 stream that an extended CONNECT (offering
+    ``subprotocols`` and ``extensions``) opened, given the answer's ``status`` and
+    ``fields``; the caller then ``start``s its reader.
+
+    Raises ``HandshakeRefused`` for a status other than 200 (with what the body holds
+    within ``read_timeout``), ``duplex.ProtocolError`` for a subprotocol or extension
+    that was not offered.
+    """
+    if status != 200:
+        body = bytearray()
+        timeout = math.inf if read_timeout is None else read_timeout
+        with trio.move_on_after(timeout), contextlib.suppress(trio.BrokenResourceError):
+            while len(body) < REFUSAL_BODY_SIZE:
+                data = await stream.receive_some(REFUSAL_BODY_SIZE - len(body))
+                if not data:
+                    break
+                body += data
+        raise HandshakeRefused(status, fields, bytes(body))
+    subprotocol: str | None = None
+    accepts: list[str] = []
+    for name, value in fields:
+        if name == b"sec-websocket-protocol":
+            subprotocol = value.decode("latin-1").strip()
+        elif name == b"sec-websocket-extensions":
+            accepts += [item.strip() for item in value.decode("latin-1").split(",")]
+    if subprotocol is not None and subprotocol not in subprotocols:
+        raise ProtocolError(f"the server agreed to a subprotocol not offered: {subprotocol!r}")
+    try:
+        agreed = client_extensions_handshake(accepts, list(extensions))
+    except (RemoteProtocolError, ValueError) as error:
+        raise ProtocolError(f"the server's WebSocket handshake is not valid: {error}") from error
+    websocket = WebSocket(
+        stream,
+        Connection(ConnectionType.CLIENT, agreed),
+        max_message_size=max_message_size,
+        write_timeout=write_timeout,
+        subprotocol=subprotocol,
+    )
+    websocket.compressed = bool(agreed)
+    return websocket
+
+
 async def open_client(
     stream: trio.abc.Stream,
     *,
@@ -446,11 +561,7 @@ async def open_client(
     go out. The stream is the caller's to close if it raises.
     """
     connection = WSConnection(ConnectionType.CLIENT)
-    extensions: list[Extension] = []
-    if compress:
-        extensions.append(
-            BoundedDeflate(max_message_size=max_message_size, min_size=compress_min_size)
-        )
+    extensions = client_extensions(compress, compress_min_size, max_message_size)
     request = connection.send(
         Upgrade(
             host=host,

@@ -9,6 +9,7 @@ can read the response while it still writes the request, whatever the body's typ
 from __future__ import annotations
 
 import logging
+import math
 import re
 import ssl
 from base64 import b64encode
@@ -23,9 +24,10 @@ import h11
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from .._body import Buffered, BytesLike, Readable
+from .._body import Buffered, BytesLike, Readable, Writable
 from .._errors import ProtocolError, Timeout
 from .._foreign import translate
+from .._stream import Stream
 from .._version import __version__
 from ._limits import ClientLimits
 from ._models import Headers, HeadersLike
@@ -569,17 +571,20 @@ class Client:
         (after an exception: at once, without a closing handshake).
 
         ``url``: ws:// or wss:// (or http://, https://), absolute or relative to
-        ``base_url``. The connection is its own, over HTTP/1.1, with the client's TLS
-        context, timeouts (``read_timeout`` bounds the wait for the handshake's answer
-        and for the server's close frame, not for messages) and header limit, and the
-        client's headers plus ``headers``. ``subprotocols`` are offered in order
+        ``base_url``. When the client speaks HTTP/2 to the origin (``http2``) and the
+        server takes extended CONNECT (RFC 8441), the WebSocket is a stream of the
+        shared connection; otherwise it is HTTP/1.1's Upgrade on a connection of its
+        own. Either way it goes through the client's TLS context, timeouts
+        (``read_timeout`` bounds the wait for the handshake's answer and for the
+        server's close frame, not for messages) and header limit, with the client's
+        headers plus ``headers``. ``subprotocols`` are offered in order
         (``ws.subprotocol`` says which the server took); ``compress=True`` offers
         permessage-deflate, under which messages under ``compress_min_size`` bytes go
         uncompressed. A message from the server over ``max_message_size`` bytes (once
         inflated) closes the WebSocket with 1009.
 
         Raises ``duplex.websocket.HandshakeRefused`` when the server answers with
-        another status than 101 (its ``status`` and ``body`` say why),
+        another status than 101 (200 over HTTP/2; its ``status`` and ``body`` say why),
         ``duplex.ProtocolError`` for an answer that is not a valid handshake,
         ``duplex.Timeout`` and ``OSError`` as ``request`` does, ``ValueError`` for a URL
         it cannot open.
@@ -602,7 +607,57 @@ class Client:
             max_message_size=max_message_size,
             compress_min_size=compress_min_size,
             connector=self._pool.connector,
+            extended_connect=self._extended_connect,
         )
+
+    async def _extended_connect(
+        self, origin: Origin, block: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], Stream] | None:
+        """Open a stream to ``origin`` with the extended CONNECT header ``block`` (RFC
+        8441; the caller builds it): the response's status and fields, and the stream's
+        two directions as one ``Stream`` (its reads wait with no timeout). None when
+        requests to ``origin`` do not go over HTTP/2, or its server does not take
+        extended CONNECT (``SETTINGS_ENABLE_CONNECT_PROTOCOL``). Raises as ``request``
+        does."""
+        if self._nursery is None or self._token is None:
+            raise RuntimeError("use the client as `async with duplex.Client() as client:`")
+        pool, limits = self._pool, self.limits
+        if not pool.speaks_http2(origin):
+            return None
+        lease = await pool.acquire_stream(origin)
+        if not isinstance(lease, H2ClientConnection):
+            lease.release()  # the server chose HTTP/1.1 by ALPN
+            return None
+        try:
+            timeout = limits.read_timeout
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                await lease.settings_received.wait()
+            if scope.cancelled_caught:
+                raise Timeout("read", timeout or 0.0)
+            if lease.closed:
+                raise ProtocolError("the HTTP/2 connection ended before its SETTINGS came")
+        except BaseException:
+            lease.unreserve()
+            raise
+        if not lease.h2.remote_settings.enable_connect_protocol:
+            lease.unreserve()
+            return None
+        exchange = H2Exchange(
+            lease,
+            self._token,
+            write_timeout=limits.write_timeout,
+            read_timeout=limits.read_timeout,
+        )
+        output = Writable()
+        try:
+            await exchange.send_request(block, output, self._nursery)
+        except BaseException as error:
+            if not exchange.stream_id:
+                lease.unreserve()
+            exchange.abort()
+            raise client_error(error, "before the response arrived")  # noqa: B904
+        status, fields = await exchange.receive_response(limits.read_timeout)
+        return status, fields, Stream(H2ResponseBody(exchange, None, None), output)
 
     async def get(self, url: str, **kwargs: Any) -> ClientResponse:
         return await self.request("GET", url, **kwargs)

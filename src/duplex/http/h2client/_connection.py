@@ -151,6 +151,8 @@ class H2ClientConnection:
         # preface): one stream until then, so that a burst of requests never goes
         # over a limit the server set and we have not read yet.
         self._stream_cap = 1
+        #: Set once the server's first SETTINGS arrived, or the connection ended.
+        self.settings_received = trio.Event()
         self.pull()
 
     # -- what the pool asks ----------------------------------------------------------
@@ -382,6 +384,7 @@ class H2ClientConnection:
                 self._wake_senders()
         elif kind is h2.events.RemoteSettingsChanged:
             self._stream_cap = 1000
+            self.settings_received.set()
             self._wake_senders()
             self._on_change(self)
         elif kind is h2.events.ConnectionTerminated:
@@ -434,6 +437,7 @@ class H2ClientConnection:
             exchange.on_connection_error(error)
         self.exchanges.clear()
         self._flushed.unpark_all()
+        self.settings_received.set()
         self._on_change(self)
 
 
