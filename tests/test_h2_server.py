@@ -828,3 +828,45 @@ async def test_http2_connections_count_toward_max_connections() -> None:
         async with serving_h2(hello) as server, H2Peer.connect(server.port) as peer:
             await peer.response(await peer.request("GET", "/"))
             assert server.connection_count == 1
+
+
+async def test_a_broadcast_goes_out_from_the_broadcasters_task_not_the_channels(
+    io_path: str,
+) -> None:
+    # A channel over HTTP/2 waiting for news wakes no task per message: the group's
+    # broadcast writes the stream's DATA itself when its window and the socket take it
+    # (on the fast path: the portable one writes from the connection's sender task).
+    if io_path == "portable":
+        pytest.skip("the portable path writes from a task")
+    group = duplex.ChannelGroup()
+    joined = trio.Event()
+
+    async def handler(request: duplex.Request) -> duplex.Response:
+        async def on_open(channel: duplex.Channel) -> None:
+            group.add(channel)
+            joined.set()
+
+        return duplex.channel(request, on_open=on_open, heartbeat=None)
+
+    class Scheduled(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.tasks: set[trio.lowlevel.Task] = set()
+
+        def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+            self.tasks.add(task)
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(handler) as server, H2Peer.connect(server.port) as peer:
+            stream_id = await peer.request("GET", "/", [("accept", "text/event-stream")])
+            await joined.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            scheduled = Scheduled()
+            trio.lowlevel.add_instrument(scheduled)
+            try:
+                for number in range(20):
+                    assert await group.broadcast(f"news {number}") == 1
+            finally:
+                trio.lowlevel.remove_instrument(scheduled)
+            assert scheduled.tasks <= {trio.lowlevel.current_task()}
+            expected = b"".join(b"data: news %d\n\n" % number for number in range(20))
+            assert await peer.take(stream_id, len(expected)) == expected

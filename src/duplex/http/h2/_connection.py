@@ -400,6 +400,23 @@ class H2ServerConnection:
             self._sent = self._queued
         return written
 
+    @property
+    def output_idle(self) -> bool:
+        """Nothing waits to go out: no write under way, nothing queued."""
+        return not (self._sending or self._outgoing or self._broken)
+
+    def write_queued(self) -> bool:
+        """Write what is queued if the socket takes it at once: True if it took all;
+        False if the rest waits for the sender task (``flush`` waits for it). Raises
+        ``PeerGone`` once the connection broke."""
+        if self._broken:
+            raise PeerGone("the connection is closed")
+        self._take_output()
+        if self._write_now():
+            return True
+        self.flush_soon()
+        return False
+
     def flush_soon(self) -> None:
         """Have the sender task send what h2 has queued (from any task, no wait)."""
         self._flush_wanted = True

@@ -96,7 +96,8 @@ class H2Control(ExchangeControl):
 
     It cannot park (a stream's exchange keeps its task), and watching for the peer
     leaving needs no task: the connection's reader sees the stream reset or the
-    connection close, and cancels the exchange.
+    connection close, and cancels the exchange. It writes without waiting
+    (``write_nowait``) what the stream's window and the socket take at once.
     """
 
     __slots__ = ()
@@ -128,7 +129,17 @@ class H2Control(ExchangeControl):
         await self._exchange.finish()
 
     def write_nowait(self, data: bytes) -> bool | None:
-        return None
+        # DATA the window takes at once goes out from the caller's task; a socket that
+        # takes only part leaves the rest to the connection's sender (False: the caller
+        # flushes, and so waits for it). Nothing is queued behind bytes still waiting to
+        # go out, so that a client that does not read holds back only its broadcasts.
+        exchange = self._exchange
+        if exchange.request.method == "HEAD" or not data:
+            return True
+        connection = self._connection
+        if not connection.output_idle or not exchange.send_nowait(data):
+            return None
+        return connection.write_queued()
 
     async def flush(self) -> None:
         await self._connection.flush()
