@@ -119,7 +119,8 @@ async def lint(port: int, exchange: Exchange) -> ResponseLint:
             if not data:
                 break
             received += data
-            if exchange.until is not None and exchange.until in received.partition(b"\r\n\r\n")[2]:
+            _, ended, body = received.partition(b"\r\n\r\n")
+            if exchange.until is not None and ended and exchange.until in body:
                 break
     linted.handle_input(received)
     if not linted.ended:
