@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -56,7 +57,15 @@ async def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
     try:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(duplex.serve_workers, "scaling_app:room", "127.0.0.1", 0)
+            port = await nursery.start(
+                partial(
+                    duplex.serve_workers,
+                    "scaling_app:chat",
+                    "127.0.0.1",
+                    0,
+                    worker_arguments=["--lifespan", "scaling_app:lifespan"],
+                )
+            )
             pids: set[str] = set()
             received: list[str] = []
             async with trio.open_nursery() as subscribers:
