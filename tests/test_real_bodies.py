@@ -47,8 +47,9 @@ from _real_body_support import (
     url,
 )
 from _server_support import RawClient, serving
-from helpers import TIMEOUT, Call, background, produce, split
-from test_properties import Read, cancel_after, cuts, payloads, payloads_with_lines, reads
+from duplex.testing import Cancellation, cancellations, chunkings
+from helpers import TIMEOUT, Call, background, produce
+from test_properties import Read, payloads, payloads_with_lines, reads
 from test_readable import BodyFactory, Factory, Source, StreamReader
 from test_stream import PairFactory
 from test_writable import Pipe, PipeFactory
@@ -931,7 +932,10 @@ async def test_a_streamables_output_and_the_response_body_pass_trios_one_way_str
 # -- properties over a real echo ---------------------------------------------------------
 
 # A few dozen examples each: every one starts a server and crosses real sockets.
-cancelled_reads = st.lists(st.tuples(reads, st.integers(min_value=0, max_value=6)), max_size=20)
+cancelled_reads = st.lists(st.tuples(reads, cancellations(max_delay=6)), max_size=20)
+cancelled_sizes = st.lists(
+    st.tuples(st.integers(min_value=1, max_value=64), cancellations(max_delay=6)), max_size=20
+)
 REAL_PROPERTY = settings(
     deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -942,17 +946,17 @@ async def echo(stream: duplex.Stream) -> None:
         await stream.write(chunk)
 
 
-def echo_reading_by(plan: list[tuple[Read, int]]) -> Callable[[duplex.Stream], Awaitable[None]]:
-    """A ``Streamable`` that reads by ``plan`` (each read cancelled after so many
-    checkpoints of another task), writes back what each read returned, then echoes the
-    rest."""
+def echo_reading_by(
+    plan: list[tuple[Read, Cancellation]],
+) -> Callable[[duplex.Stream], Awaitable[None]]:
+    """A ``Streamable`` that reads by ``plan`` (each read cancelled where its
+    ``Cancellation`` falls), writes back what each read returned, then echoes the rest."""
 
     async def reading_by_plan(stream: duplex.Stream) -> None:
         async with trio.open_nursery() as nursery:
-            for read, checkpoints in plan:
+            for read, cancellation in plan:
                 piece = b""
-                with trio.CancelScope() as scope:
-                    nursery.start_soon(cancel_after, scope, checkpoints)
+                with cancellation.around(nursery):
                     piece, _ = await read.on(stream)
                 await stream.write(piece)
         await echo(stream)
@@ -987,63 +991,48 @@ async def post_and_read_the_echo(
 
 
 @REAL_PROPERTY
-@given(data=st.one_of(payloads, payloads_with_lines), cut_at=cuts, plan=cancelled_reads)
+@given(
+    chunks=chunkings(st.one_of(payloads, payloads_with_lines), max_chunks=13), plan=cancelled_reads
+)
 async def test_an_echo_whose_reads_are_cancelled_anywhere_returns_every_byte_once_in_order(
-    data: bytes, cut_at: list[int], plan: list[tuple[Read, int]]
+    chunks: list[bytes], plan: list[tuple[Read, Cancellation]]
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        chunks = [chunk for chunk in split(data, cut_at) if chunk]
-        assert await post_and_read_the_echo(echo_reading_by(plan), chunks) == data
+        echoed = await post_and_read_the_echo(echo_reading_by(plan), chunks)
+        assert echoed == b"".join(chunks)
 
 
 @REAL_PROPERTY
-@given(
-    data=payloads,
-    cut_at=cuts,
-    plan=st.lists(
-        st.tuples(st.integers(min_value=1, max_value=64), st.integers(min_value=0, max_value=6)),
-        max_size=20,
-    ),
-)
+@given(chunks=chunkings(payloads, max_chunks=13), plan=cancelled_sizes)
 async def test_a_response_read_cancelled_anywhere_loses_no_byte_and_repeats_none(
-    data: bytes, cut_at: list[int], plan: list[tuple[int, int]]
+    chunks: list[bytes], plan: list[tuple[int, Cancellation]]
 ) -> None:
     async def receive_by_plan(body: duplex.Readable) -> bytes:
         received = bytearray()
         async with trio.open_nursery() as nursery:
-            for max_bytes, checkpoints in plan:
-                with trio.CancelScope() as scope:
-                    nursery.start_soon(cancel_after, scope, checkpoints)
+            for max_bytes, cancellation in plan:
+                with cancellation.around(nursery):
                     received += await body.receive_some(max_bytes)
         return bytes(received + await body.join())
 
     with trio.fail_after(TIMEOUT):
-        chunks = [chunk for chunk in split(data, cut_at) if chunk]
-        assert await post_and_read_the_echo(echo, chunks, receive_by_plan) == data
+        echoed = await post_and_read_the_echo(echo, chunks, receive_by_plan)
+        assert echoed == b"".join(chunks)
 
 
 @REAL_PROPERTY
-@given(
-    data=payloads,
-    cut_at=cuts,
-    plan=st.lists(
-        st.tuples(st.integers(min_value=1, max_value=64), st.integers(min_value=0, max_value=6)),
-        max_size=20,
-    ),
-)
+@given(chunks=chunkings(payloads, max_chunks=13), plan=cancelled_sizes)
 async def test_an_h2_response_read_cancelled_anywhere_loses_no_byte_and_repeats_none(
-    data: bytes, cut_at: list[int], plan: list[tuple[int, int]]
+    chunks: list[bytes], plan: list[tuple[int, Cancellation]]
 ) -> None:
     async def receive_by_plan(body: duplex.Readable) -> bytes:
         received = bytearray()
         async with trio.open_nursery() as nursery:
-            for max_bytes, checkpoints in plan:
-                with trio.CancelScope() as scope:
-                    nursery.start_soon(cancel_after, scope, checkpoints)
+            for max_bytes, cancellation in plan:
+                with cancellation.around(nursery):
                     received += await body.receive_some(max_bytes)
         return bytes(received + await body.join())
 
     with trio.fail_after(TIMEOUT):
-        chunks = [chunk for chunk in split(data, cut_at) if chunk]
         echoed = await post_and_read_the_echo(echo, chunks, receive_by_plan, "prior-knowledge")
-        assert echoed == data
+        assert echoed == b"".join(chunks)
