@@ -928,3 +928,24 @@ async def test_duplex_request_with_http2_speaks_h2_over_tls(
             assert result.returncode == 0, result.stderr
             assert result.stdout == b"over h2"
             assert server.http_versions == ["2"]
+
+
+async def test_a_closing_client_says_goodbye_with_goaway(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT):
+        server = await RawH2Server.start(nursery)
+        async with duplex.Client(http2="prior-knowledge") as client:
+
+            async def serve() -> None:
+                peer = await server.accept()
+                request = await peer.next(h2.events.RequestReceived)
+                peer.respond(request.stream_id, end=True)
+                await peer.send()
+                goodbye = await peer.next(h2.events.ConnectionTerminated)
+                assert goodbye.error_code == h2.errors.ErrorCodes.NO_ERROR
+                served.set()
+
+            served = trio.Event()
+            nursery.start_soon(serve)
+            response = await client.get(server.url + "/")
+            assert response.status == 200
+        await served.wait()

@@ -50,6 +50,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _USER_AGENT = f"duplex/{__version__}"
+#: How long a closing client waits for its HTTP/2 connections to take their GOAWAY.
+_GOODBYE_TIME = 1.0
 
 
 class TooManyRedirects(Exception):
@@ -364,6 +366,11 @@ class Client:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
+        # HTTP/2 servers hear that no stream more comes (a goodbye bounded in time and
+        # shielded: a client leaving because it was cancelled says it too).
+        with trio.move_on_after(_GOODBYE_TIME) as goodbye:
+            goodbye.shield = True
+            await self._pool.say_goodbye()
         self._pool.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()

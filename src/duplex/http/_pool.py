@@ -417,6 +417,13 @@ class Pool:
         if waiters:
             waiters.unpark_all()
 
+    async def say_goodbye(self) -> None:
+        """Tell each HTTP/2 server that no stream more comes (GOAWAY), before ``close``:
+        returns once the sockets took it. The caller bounds the wait. A checkpoint."""
+        async with trio.open_nursery() as nursery:
+            for h2_connection in [c for each in self._h2.values() for c in each]:
+                nursery.start_soon(h2_connection.say_goodbye)
+
     def close(self) -> None:
         """Close every connection, idle or still in use: none outlives its client."""
         self.closed = True

@@ -23,6 +23,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import trio
 from trio.lowlevel import ParkingLot
@@ -421,9 +422,24 @@ class H2ClientConnection:
         if self.is_idle:
             self.close()
 
+    async def say_goodbye(self) -> None:
+        """Send GOAWAY (NO_ERROR: no stream more comes from us) and return once the
+        socket took it, or at once if the connection ended. The caller bounds the wait,
+        then closes. A checkpoint."""
+        if not self.closed:
+            # (h2 refuses when it ended the connection already: nothing to say then.)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+            self.pull()
+            mark = self._queued
+            while self._written < mark and not self.closed:
+                await self._flushed.park()
+        await trio.lowlevel.checkpoint()
+
     def close(self) -> None:
-        """Close the connection at once (the socket, without a goodbye); every stream
-        still on it breaks. Idempotent, never a checkpoint."""
+        """Close the connection at once (the socket, without a goodbye: see
+        ``say_goodbye``); every stream still on it breaks. Idempotent, never a
+        checkpoint."""
         self._end(self.error or trio.ClosedResourceError("the HTTP/2 connection was closed"))
 
     def _end(self, error: BaseException) -> None:
