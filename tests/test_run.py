@@ -47,7 +47,7 @@ if __name__ == "__main__":
     duplex.run(handler, port=0, limits=duplex.Limits(shutdown_grace={GRACE}))
 '''
 
-SERVING = r"^duplex: serving on http://127\.0\.0\.1:(\d+)/$"
+SERVING = r"^duplex: serving on http://127\.0\.0\.1:(\d+)/( with \d+ workers)?$"
 SLOW_HEAD = b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n"
 
 
@@ -202,3 +202,24 @@ async def test_run_says_in_one_line_that_it_cannot_listen_on_a_port_in_use(app_d
     assert re.fullmatch(
         rb"duplex: cannot listen on 127\.0\.0\.1:\d+: [^\n]*in use\n", result.stderr
     ), result.stderr
+
+
+async def test_a_second_signal_to_the_supervisor_of_workers_stops_them_at_once(
+    app_dir: Path,
+) -> None:
+    command = ["-m", "duplex", "serve", "app:handler", "--port", "0", "--workers", "2"]
+    with trio.fail_after(TIMEOUT):
+        async with running(command, app_dir) as supervisor:
+            slow, _ = await start_slow(supervisor.port)
+            async with slow:
+                supervisor.signal(signal.SIGINT)
+                # The worker that serves the slow exchange waits for it (its grace: 10 s).
+                await supervisor.stderr.wait_for(r"^duplex: shutting down: waiting")
+                supervisor.signal(signal.SIGINT)
+                with trio.fail_after(5):
+                    assert await supervisor.wait() == 0
+                received = b""
+                async for chunk in slow:
+                    received += chunk
+    assert b"done" not in received
+    assert "Traceback" not in supervisor.stderr.text

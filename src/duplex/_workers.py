@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -342,8 +342,23 @@ async def _supervise(supervisor: _Supervisor, task_status: Any) -> None:
                 log.info("received %s, stopping the workers", signal.Signals(signum).name)
                 break
             with trio.CancelScope(shield=True):
-                await supervisor.stop()
+                async with trio.open_nursery() as stopping:
+                    stopping.start_soon(_stop_now_on_second_signal, supervisor, signals)
+                    await supervisor.stop()
+                    stopping.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
+
+
+async def _stop_now_on_second_signal(supervisor: _Supervisor, signals: AsyncIterator[int]) -> None:
+    """A second SIGINT or SIGTERM while the workers finish their exchanges is passed on:
+    a worker's second signal stops it at once (a second Ctrl-C cuts the grace short)."""
+    async for signum in signals:
+        if signum != signal.SIGHUP:
+            log.info("received %s again, stopping the workers now", signal.Signals(signum).name)
+            for process in list(supervisor.processes):
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+            return
 
 
 async def _restart_when_asked(
