@@ -20,6 +20,7 @@ import trio
 import duplex
 from _redis_support import duplex_process, http_get
 from _server_support import RawClient, request_bytes
+from test_run import running
 
 TIMEOUT = 30.0
 #: host ident user [day/month/year:hour:minute:second zone] "request line" status size
@@ -212,5 +213,16 @@ async def test_duplex_serve_dash_dash_access_log_writes_the_lines_to_standard_er
             assert (await http_get(server.port, "/logged")).body == b"hello"
             match, _ = await server.stderr.wait_for(r'"GET /logged HTTP/1.1"')
             server.signal(signal.SIGTERM)
+            assert await server.wait() == 0
+    assert parse(match.string.rstrip("\n"))[1:] == ("GET /logged HTTP/1.1", "200", "5")
+
+
+async def test_run_with_access_log_writes_the_lines_to_standard_error(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP + "\nduplex.run(handler, port=0, access_log=True)\n")
+    with trio.fail_after(TIMEOUT):
+        async with running(["app.py"], tmp_path) as server:
+            assert (await http_get(server.port, "/logged")).body == b"hello"
+            match, _ = await server.stderr.wait_for(r'"GET /logged HTTP/1.1"')
+            server.signal(signal.SIGINT)
             assert await server.wait() == 0
     assert parse(match.string.rstrip("\n"))[1:] == ("GET /logged HTTP/1.1", "200", "5")
