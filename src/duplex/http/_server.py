@@ -552,7 +552,8 @@ class _Serving:
     def started(self, value: object = None) -> None:
         server = self.server
         scheme = "https" if server.ssl_context is not None else "http"
-        print(f"duplex: serving on {scheme}://{server.host}:{server.port}/", flush=True)
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        print(f"duplex: serving on {scheme}://{host}:{server.port}/", flush=True)
         self.event.set()
 
 
