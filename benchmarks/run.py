@@ -139,6 +139,19 @@ SERVER_SPECS = {
             lambda port: [PY, str(SERVERS / "duplex_app.py"), "--port", str(port)],
         ),
         Server(
+            "duplex (1 MiB stream window)",
+            "duplex_app.py with `Limits.stream_window_size` at 1 MiB rather than 65,535 "
+            "(HTTP/2 echo only: what the window costs a stream)",
+            lambda port: [
+                PY,
+                str(SERVERS / "duplex_app.py"),
+                "--port",
+                str(port),
+                "--stream-window",
+                str(1 << 20),
+            ],
+        ),
+        Server(
             "trio-h11-floor",
             "trio.serve_tcp + one h11.Connection per socket (servers/trio_h11_floor.py)",
             lambda port: [PY, str(SERVERS / "trio_h11_floor.py"), "--port", str(port)],
@@ -780,6 +793,9 @@ def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
 H2_SERVERS = ["duplex", "hypercorn-trio", "granian"]
 #: The HTTP/1.1 echo row measured in the same rounds, for the h2/HTTP/1.1 ratio.
 H1_ECHO_ROW = "duplex (HTTP/1.1)"
+#: duplex with a wider stream window: an HTTP/2 echo row only (informative).
+WIDE_WINDOW_ROW = "duplex (1 MiB stream window)"
+H2_ECHO_ROWS = [*H2_SERVERS, WIDE_WINDOW_ROW, H1_ECHO_ROW]
 
 
 def parse_h2load(output: str) -> dict[str, Any]:
@@ -854,13 +870,13 @@ def bench_h2(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) ->
     if shutil.which("h2load") is None:
         results["small"]["_skipped"] = "h2load is not installed (apt-get install nghttp2-client)"
     small: dict[str, list[dict[str, Any]]] = {name: [] for name in H2_SERVERS}
-    echo: dict[str, list[dict[str, Any]]] = {name: [] for name in [*H2_SERVERS, H1_ECHO_ROW]}
+    echo: dict[str, list[dict[str, Any]]] = {name: [] for name in H2_ECHO_ROWS}
     for repeat in range(sizes.repeats):
-        for name in [*H2_SERVERS, H1_ECHO_ROW]:
+        for name in H2_ECHO_ROWS:
             h1 = name == H1_ECHO_ROW
             try:
                 with running("duplex" if h1 else name, logdir) as server:
-                    if not h1 and "_skipped" not in results["small"]:
+                    if name in small and "_skipped" not in results["small"]:
                         try:
                             result = h2_small(server, sizes)
                             small[name].append(result)
@@ -1616,7 +1632,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             )
             out.append("")
         rows = []
-        for name in [*H2_SERVERS, H1_ECHO_ROW]:
+        for name in H2_ECHO_ROWS:
             r = h2.get("echo", {}).get(name, {"error": "not run"})
             error = _cell_error(r)
             if error:
