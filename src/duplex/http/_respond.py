@@ -32,6 +32,7 @@ __all__ = [
     "DirectOutput",
     "ResponseBodyFailed",
     "body_error",
+    "body_length",
     "content_length",
     "finish_takeover",
     "handler_response",
@@ -114,15 +115,23 @@ def why_failed(error: Exception, exchange: Exchange, client: object) -> BaseExce
     return error
 
 
-def content_length(response: Response, headers: list[tuple[bytes, bytes]]) -> None:
-    """Add the Content-Length of a body whose length is known to ``headers`` (unless they
-    name one, the status has no body, or trailers need a body of unknown length)."""
+def body_length(response: Response) -> int | None:
+    """The length of the response's body, for its head to announce: None when it is not
+    known, for 204 and 304 (no body), and when trailers need a body of unknown length."""
     if response.status in NO_BODY_STATUSES or response.trailers:
-        return
+        return None
     body = response.body
-    length = len(body) if isinstance(body, bytes) else None
+    if isinstance(body, bytes):
+        return len(body)
     if isinstance(body, Readable):
-        length = body.length
+        return body.length
+    return None
+
+
+def content_length(response: Response, headers: list[tuple[bytes, bytes]]) -> None:
+    """Add the Content-Length of a body whose length is known (``body_length``) to
+    ``headers``, unless they name one."""
+    length = body_length(response)
     if length is not None and not any(name == b"content-length" for name, _ in headers):
         headers.append((b"content-length", b"%d" % length))
 

@@ -18,16 +18,44 @@ from ._wire import CHUNKED, CLOSE, LENGTH, NONE, comma_tokens
 __all__ = ["CountingFramer", "ResponseFramer", "error_response", "frame_chunk", "http_date"]
 
 _last_chunk: tuple[bytes, bytes] = (b"", b"")
-_date: tuple[int, bytes] = (0, b"")
+_date: tuple[int, bytes, bytes] = (0, b"", b"")
+# The fields a response head is framed, dated or kept alive by: a head whose handler
+# names none of them is built in one join.
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"date", b"connection"})
+_END_KEEP_ALIVE = b"\r\n"
+_END_CLOSE = b"connection: close\r\n\r\n"
+# Status lines made so far, by status and reason (a server sends a few dozen at most;
+# emptied if a handler invents reasons without end).
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+_MAX_STATUS_LINES = 256
 
 
 def http_date() -> bytes:
     """Now, as a ``Date`` header value (RFC 9110's IMF-fixdate); made once a second."""
+    return _dated()[1]
+
+
+def _date_line() -> bytes:
+    """The ``Date`` field of a response head sent now, with its CRLF."""
+    return _dated()[2]
+
+
+def _dated() -> tuple[int, bytes, bytes]:
     global _date
     now = int(time.time())
     if now != _date[0]:
-        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
-    return _date[1]
+        value = formatdate(now, usegmt=True).encode("ascii")
+        _date = (now, value, b"date: %s\r\n" % value)
+    return _date
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    line = _status_lines.get((status, reason))
+    if line is None:
+        if len(_status_lines) >= _MAX_STATUS_LINES:
+            _status_lines.clear()
+        line = _status_lines[status, reason] = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    return line
 
 
 def error_response(status: int, message: str) -> bytes:
@@ -81,19 +109,50 @@ class ResponseFramer:
         head: bool,
         http_10: bool,
         keep_alive: bool,
+        length: int | None = None,
     ) -> tuple[bytes, bool]:
         """The response head for ``headers`` (valid already), with the framing headers
         HTTP/1.1 needs, as h11 would set them; and whether the connection must close
         after it.
 
-        Content-Length when the headers name one; otherwise chunked for an HTTP/1.1
-        peer, and a body delimited by closing the connection for an HTTP/1.0 one. HEAD
-        responses, 204 and 304 carry no body. Raises ``ProtocolError`` (500) for what
-        cannot be sent: a status under 200, a transfer coding other than chunked, a
-        malformed Content-Length.
+        Content-Length when the headers name one, or else when ``length`` (the body's,
+        when known) is given; otherwise chunked for an HTTP/1.1 peer, and a body
+        delimited by closing the connection for an HTTP/1.0 one. HEAD responses, 204
+        and 304 carry no body. Raises ``ProtocolError`` (500) for what cannot be sent:
+        a status under 200, a transfer coding other than chunked, a malformed
+        Content-Length.
         """
         if not 200 <= status <= 999:
             raise _local_error(f"a response cannot have status {status}")
+        for name, _ in headers:
+            if name in _FRAMING_FIELDS:
+                break
+        else:
+            # The common case, in one join: no field of the handler's says how the
+            # response is framed, dated, or whether the connection closes.
+            no_body = status == 204 or status == 304
+            if no_body:
+                framed_by = b""
+            elif length is not None:
+                framed_by = b"content-length: %d\r\n" % length
+            elif http_10:
+                framed_by = b""
+            else:
+                framed_by = b"transfer-encoding: chunked\r\n"
+            if no_body or head:
+                self._out_mode, self._out_left = LENGTH, 0
+            elif length is not None:
+                self._out_mode, self._out_left = LENGTH, length
+            else:
+                self._out_mode, self._out_left = (CLOSE if http_10 else CHUNKED), 0
+            self.response_ended = False
+            keep_alive = keep_alive and not http_10
+            lines = [_status_line(status, reason), _date_line()]
+            lines += [b"%s: %s\r\n" % item for item in headers]
+            lines.append(framed_by + (_END_KEEP_ALIVE if keep_alive else _END_CLOSE))
+            return b"".join(lines), not keep_alive
+        if length is not None and not any(name == b"content-length" for name, _ in headers):
+            headers = [*headers, (b"content-length", b"%d" % length)]
         framing = LENGTH
         length = 0
         lengths: list[bytes] = []
@@ -138,9 +197,9 @@ class ResponseFramer:
         self._out_mode = framing
         self._out_left = length
         self.response_ended = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines = [_status_line(status, reason)]
         if not dated:
-            lines.append(b"date: %s\r\n" % http_date())
+            lines.append(_date_line())
         lines += [b"%s: %s\r\n" % item for item in headers]
         lines.append(b"\r\n")
         return b"".join(lines), not keep_alive
@@ -205,9 +264,16 @@ class CountingFramer(ResponseFramer):
         head: bool,
         http_10: bool,
         keep_alive: bool,
+        length: int | None = None,
     ) -> tuple[bytes, bool]:
         framed = super().response_head(
-            status, reason, headers, head=head, http_10=http_10, keep_alive=keep_alive
+            status,
+            reason,
+            headers,
+            head=head,
+            http_10=http_10,
+            keep_alive=keep_alive,
+            length=length,
         )
         self.status = status
         self.sent = 0

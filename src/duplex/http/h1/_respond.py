@@ -18,7 +18,7 @@ from .._models import HeadersLike, Response
 from .._respond import (
     NO_BODY_STATUSES,
     REASONS,
-    content_length,
+    body_length,
     finish_takeover,
     handler_response,
     send_body,
@@ -84,10 +84,11 @@ class Responder:
         headers: list[tuple[bytes, bytes]],
         *,
         may_read: bool,
+        length: int | None = None,
     ) -> bytes:
-        """The response head, with ``100 Continue`` before it when the client waits for
-        one and the response ``may_read`` the body as it streams; the exchange learns
-        whether the connection closes after it."""
+        """The response head (``length``: the body's, when known), with ``100 Continue``
+        before it when the client waits for one and the response ``may_read`` the body
+        as it streams; the exchange learns whether the connection closes after it."""
         connection = self._connection
         wire = connection.wire
         keep_alive = exchange.keep_alive and not (
@@ -109,10 +110,10 @@ class Responder:
             else:
                 keep_alive = False  # the body will not be read: say that we close
         if keep_alive and not may_read and not exchange.request_complete:
-            length = exchange.request_body.length
+            request_length = exchange.request_body.length
             if (
-                length is not None
-                and length - wire.body_received > connection.limits.max_drain_size
+                request_length is not None
+                and request_length - wire.body_received > connection.limits.max_drain_size
             ):
                 keep_alive = False  # more left unread than the connection would drain
         head, closes = connection.framer.response_head(
@@ -122,6 +123,7 @@ class Responder:
             head=exchange.request.method == "HEAD",
             http_10=exchange.http_10,
             keep_alive=keep_alive,
+            length=length,
         )
         if closes:
             exchange.keep_alive = False
@@ -129,36 +131,35 @@ class Responder:
         return interim + head if interim else head
 
     async def _send_response(self, exchange: H1Exchange, response: Response) -> None:
-        if isinstance(response.body, Takeover):
-            await self._run_takeover(exchange, response.body.fn)
+        body = response.body
+        if isinstance(body, Takeover):
+            await self._run_takeover(exchange, body.fn)
             return
         connection = self._connection
-        framer = connection.framer
-        request = exchange.request
-        headers = list(response.headers.raw)
-        body = response.body
         status = response.status
-        no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
-        trailers = response.trailers.raw if response.trailers else None
-        readable = isinstance(body, Readable)
-        content_length(response, headers)
+        trailers = response.trailers
+        length = body_length(response)
         # An exchange that failed meanwhile is cancelled here, before any byte goes out,
         # so that the connection may still answer it with its own status.
         await trio.lowlevel.checkpoint_if_cancelled()
-        if readable:
-            exchange.response_body = body  # type: ignore[assignment]
         reason = response.reason or REASONS.get(status, b"")
-        head = self.head(exchange, status, reason, headers, may_read=not isinstance(body, bytes))
-        self._trailers = trailers
+        self._trailers = trailers.raw if trailers else None
+        no_body = status in NO_BODY_STATUSES or exchange.request.method == "HEAD"
         if isinstance(body, bytes):
-            pieces = [head]
-            if body and not no_body:
-                pieces += framer.frame(body)
+            head = self.head(
+                exchange, status, reason, response.headers.raw, may_read=False, length=length
+            )
+            # The whole response in one write.
+            pieces = [head, *connection.framer.frame(body)] if body and not no_body else [head]
             pieces += self.ending()
             await connection.transport.send_pieces(pieces)
             return
+        if isinstance(body, Readable):
+            exchange.response_body = body
+        head = self.head(
+            exchange, status, reason, response.headers.raw, may_read=True, length=length
+        )
         await connection.transport.send_pieces([head])
-        assert not isinstance(body, Takeover)
         await send_body(
             exchange,
             body,
