@@ -54,7 +54,8 @@ WORKER_APP = '''\
 """Answers with its pid; /slow streams until the client ends its request body.
 
 In workers (``--worker``), APP_STARTS_SLOWLY_IN_WORKERS makes the import print
-"starting in PID" then block; APP_FAILS_IN_WORKERS makes it fail.
+"starting in PID" then block; APP_FAILS_IN_WORKERS makes it fail, and so does a file
+named "broken" beside this module (a release that breaks, for a rolling restart).
 """
 
 import os
@@ -117,6 +118,9 @@ handler = Handler()
 
 if "--worker" in sys.argv and os.environ.get("APP_FAILS_IN_WORKERS"):
     raise ImportError("this module imports in the supervisor only")
+
+if "--worker" in sys.argv and os.path.exists(os.path.join(os.path.dirname(__file__), "broken")):
+    raise ImportError("a broken release: a file named 'broken' lies beside this module")
 '''
 """A handler app: ``app:handler``. Each worker answers with its pid."""
 

@@ -353,7 +353,8 @@ async def test_sighup_replaces_every_worker_one_at_a_time_and_no_request_fails(
                     codes = [await close_code(websocket) for websocket in sockets]
                 _, end = await supervisor.stderr.wait_for(RESTARTED, start)
                 for pid in old:
-                    await supervisor.stderr.wait_for(rf"\(pid {pid}\) has finished", start)
+                    finished = rf"\(pid {pid}\) has finished \(exit status 0\)"
+                    await supervisor.stderr.wait_for(finished, start)
                     assert not is_alive(pid)
                 new = {
                     int(match[1])
@@ -444,3 +445,31 @@ async def test_connections_queued_for_a_worker_being_replaced_are_answered_by_it
     # Some landed on the stopped worker's socket (all but certain: 1 - 2**-QUEUED).
     assert answered - {running}
     assert answered <= {running, *successors}
+
+
+async def test_a_restart_whose_new_worker_fails_to_start_stops_and_the_old_workers_serve_on(
+    app_dir: Path,
+) -> None:
+    with trio.fail_after(3 * TIMEOUT):
+        async with workers(app_dir) as supervisor:
+            old = set(await serving_pids(supervisor))
+            await (trio.Path(app_dir) / "broken").touch()
+            start = len(supervisor.stderr.lines)
+            supervisor.signal(signal.SIGHUP)
+            await supervisor.stderr.wait_for(r"failed to start; the restart stops there", start)
+            assert all(is_alive(pid) for pid in old)
+            assert await pids_answering(supervisor.port, old) == old
+            # Once the release is mended, the next SIGHUP replaces them all.
+            await (trio.Path(app_dir) / "broken").unlink()
+            start = len(supervisor.stderr.lines)
+            supervisor.signal(signal.SIGHUP)
+            _, end = await supervisor.stderr.wait_for(RESTARTED, start)
+            new = {
+                int(match[1])
+                for line in supervisor.stderr.lines[start:end]
+                if (match := re.search(SERVING, line))
+            }
+            assert len(new) == WORKERS and not new & old
+            for pid in old:
+                await supervisor.stderr.wait_for(rf"\(pid {pid}\) has finished", start)
+            assert await pids_answering(supervisor.port, new) == new

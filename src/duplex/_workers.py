@@ -208,6 +208,7 @@ class _Supervisor:
         """Replace every worker, one at a time: start the new one on the old one's
         socket, wait until it serves, then ask the old one to finish (SIGHUP). A
         replacement that fails to start ends the restart; the old workers serve on."""
+        replaced = 0
         for slot in range(len(self.slots)):
             async with self.locks[slot]:
                 old = self.slots[slot]
@@ -219,9 +220,11 @@ class _Supervisor:
                 if not new.ready:
                     log.error(
                         "worker %d: its replacement (pid %d) failed to start; the restart "
-                        "stops there, and pid %d serves on",
+                        "stops there (%d of %d workers replaced), and pid %d serves on",
                         slot,
                         new.pid,
+                        replaced,
+                        len(self.slots),
                         old.pid,
                     )
                     return
@@ -230,13 +233,23 @@ class _Supervisor:
             log.info("worker %d (pid %d) is finishing its exchanges", slot, old.pid)
             old.process.send_signal(signal.SIGHUP)
             self.nursery.start_soon(self._retire, old)
-        log.info("every worker has been restarted")
+            replaced += 1
+        if replaced == len(self.slots):
+            log.info("every worker has been restarted")
+        else:
+            # The others were starting (or dying): their new workers run the new code.
+            log.info(
+                "%d of %d workers restarted; the others were starting", replaced, len(self.slots)
+            )
 
     async def _retire(self, worker: _Worker) -> None:
         """Kill ``worker`` if it has not finished within the grace period (and a margin)."""
         with trio.move_on_after(self.grace + EXIT_MARGIN):
             await worker.exited.wait()
-            log.info("worker %d (pid %d) has finished", worker.slot, worker.pid)
+            status = worker.process.returncode
+            log.info(
+                "worker %d (pid %d) has finished (exit status %s)", worker.slot, worker.pid, status
+            )
             return
         log.warning("worker %d (pid %d) did not finish in time; killed", worker.slot, worker.pid)
         worker.process.kill()
