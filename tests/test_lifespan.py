@@ -202,6 +202,9 @@ exited (one file per process and event)."""
 
 import contextlib
 import os
+import sys
+
+import trio
 
 import duplex
 
@@ -219,6 +222,14 @@ async def lifespan():
     record("lifespan-entered")
     yield
     record("lifespan-exited")
+
+
+@contextlib.asynccontextmanager
+async def stuck():
+    """A lifespan that never finishes entering (a database that does not answer)."""
+    print(f"entering in {PID}", file=sys.stderr, flush=True)
+    await trio.sleep_forever()
+    yield
 
 
 class Handler:
@@ -308,6 +319,20 @@ async def test_a_lifespan_that_does_not_import_is_one_line_before_any_worker_sta
         async with duplex_process(arguments, cwd=app_dir, env={}, ready=False) as process:
             assert await process.wait() != 0
     assert process.stderr.text == "duplex: 'app' has no attribute 'nowhere'\n"
+    assert recorded(app_dir) == {}
+
+
+async def test_a_signal_while_the_lifespan_enters_stops_the_server_at_once(
+    app_dir: Path,
+) -> None:
+    arguments = ["serve", "app:handler", "--port", "0", "--lifespan", "app:stuck"]
+    with trio.fail_after(TIMEOUT):
+        async with duplex_process(arguments, cwd=app_dir, env={}, ready=False) as server:
+            await server.stderr.wait_for(r"^entering in \d+$")
+            server.signal(signal.SIGINT)
+            assert await server.wait() == 0
+    assert "serving on" not in server.stdout.text
+    assert "Traceback" not in server.stderr.text
     assert recorded(app_dir) == {}
 
 
