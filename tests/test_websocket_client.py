@@ -9,6 +9,7 @@ import contextlib
 import ssl
 from typing import Any
 
+import h2.settings
 import pytest
 import trio
 from websockets.asyncio.server import ServerConnection
@@ -540,3 +541,33 @@ async def test_a_message_over_max_message_size_over_http2_closes_with_1009() -> 
                 with pytest.raises(ConnectionClosed) as closed:
                     await ws.receive()
     assert closed.value.code == 1009
+
+
+async def test_without_extended_connect_an_http2_client_falls_back_to_an_upgrade(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server whose SETTINGS do not enable extended CONNECT gets HTTP/1.1's Upgrade on
+    a connection of its own; the HTTP/2 connection stays for requests."""
+
+    class WithoutExtendedConnect(h2.settings.Settings):
+        def __init__(self, client: bool = True, initial_values: Any = None) -> None:
+            if not client and initial_values:
+                code = h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL
+                initial_values = {
+                    key: value for key, value in initial_values.items() if key != code
+                }
+            super().__init__(client, initial_values)
+
+    monkeypatch.setattr(h2.settings, "Settings", WithoutExtendedConnect)
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(versioned()) as server,
+            duplex.Client(http2="prior-knowledge") as http,
+        ):
+            response = await http.get(f"http://127.0.0.1:{server.port}/")
+            assert response.http_version == "2"
+            await response.read()
+            async with http.websocket(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                await ws.send("hi")
+                assert await ws.receive() == "1.1 None: hi"
+            assert http.pool.http2_connections() == 1
