@@ -11,6 +11,7 @@ a ``ClientWebSocket``; a reader task answers pings and holds at most one message
 nobody has taken yet, so a server that sends faster than the caller receives is held
 back (by TCP, or by HTTP/2's flow control).
 """
+
 from __future__ import annotations
 
 import math
