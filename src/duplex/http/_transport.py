@@ -185,6 +185,26 @@ class Receiver:
         await self.spend()
         return got
 
+    async def read_when_ready(
+        self,
+        timeout: float | None = None,
+        phase: str = "read",
+        *,
+        deadline: float = inf,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        """``read_some`` for a caller that has just found the socket empty
+        (``read_nowait`` returned None): wait first, then read. On the fast path only
+        (``direct``); raises as ``read_some``."""
+        sock = self._socket
+        assert sock is not None
+        while True:
+            await self._wait(trio.lowlevel.wait_readable, sock, timeout, phase, deadline)
+            got = self.read_nowait(max_bytes)
+            if got is not None:
+                self._budget -= 1  # (as ``spend``: the wait has just yielded)
+                return got
+
     async def wait_readable(self, timeout: float | None = None, phase: str = "read") -> None:
         """Wait until the socket has bytes (or its end) to read, on the fast path only
         (``direct``); a checkpoint. Raises ``duplex.Timeout`` after ``timeout`` seconds,

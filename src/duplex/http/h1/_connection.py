@@ -143,6 +143,12 @@ class ServerConnection:
                 self.wire.feed(data)
                 await transport.spend()
                 return bool(data)
+            # Found empty: wait before reading again.
+            data = await transport.read_when_ready(
+                timeout, phase, deadline=deadline, max_bytes=self.wire.fill_size
+            )
+            self.wire.feed(data)
+            return bool(data)
         data = await transport.read_some(
             timeout, phase, deadline=deadline, max_bytes=self.wire.fill_size
         )

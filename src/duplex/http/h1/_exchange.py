@@ -15,7 +15,7 @@ from .._models import Headers, Request
 from ._bodies import PeerGone, RequestBody
 from ._closing import linger
 from ._head import RequestHead
-from ._wire import CONTINUE, comma_tokens, request_body_length
+from ._wire import CONTINUE, request_framing
 
 if TYPE_CHECKING:
     from ._connection import ServerConnection
@@ -81,7 +81,7 @@ class H1Exchange(Exchange):
         """The exchange for a request head ``connection`` just read (``last``: the
         connection serves no more after it)."""
         fields = head.fields
-        length = request_body_length(fields, connection.limits.max_body_size)
+        length, closes, expects_continue = request_framing(fields, connection.limits.max_body_size)
         body: RequestBody | EmptyBody
         if length == 0:
             body = EmptyBody()
@@ -101,16 +101,13 @@ class H1Exchange(Exchange):
         # A failed exchange ends its connection: the connection's scope is its scope.
         exchange = cls(connection, request, body, connection.cancel_scope, connection.nursery)
         exchange.http_10 = http_10
-        closes = b"close" in comma_tokens(fields, b"connection")
         exchange.keep_alive = not (last or http_10 or closes)
         if length == 0:
             exchange.request_complete = True
         else:
             assert isinstance(body, RequestBody)
             body.exchange = exchange
-            exchange.expects_continue = not http_10 and b"100-continue" in comma_tokens(
-                fields, b"expect"
-            )
+            exchange.expects_continue = expects_continue and not http_10
         return exchange
 
     def drain_soon(self) -> None:

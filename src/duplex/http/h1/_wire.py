@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from math import inf
+from typing import NamedTuple
 
 import h11
 
@@ -29,11 +30,12 @@ __all__ = [
     "CONTINUE",
     "LENGTH",
     "NONE",
+    "RequestFraming",
     "ServerWire",
     "check_line_ends",
     "check_request",
     "comma_tokens",
-    "request_body_length",
+    "request_framing",
 ]
 
 # The first blank line ends a head; h11 also accepts a bare LF there, so look for both.
@@ -89,18 +91,45 @@ def check_request(head: RequestHead, head_has_controls: bool) -> None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
 
 
-def request_body_length(fields: list[tuple[bytes, bytes]], max_body_size: int | None) -> int | None:
-    """The request body's length from its (checked) fields: 0 without one, None when
-    chunked. Raises ``ProtocolError`` (413) for a Content-Length over ``max_body_size``."""
+class RequestFraming(NamedTuple):
+    """What a request's (checked) fields say of its body and its connection."""
+
+    #: The body's length: 0 without one, None when chunked.
+    length: int | None
+    #: ``Connection: close``.
+    closes: bool
+    #: ``Expect: 100-continue``.
+    expects_continue: bool
+
+
+# The fields ``request_framing`` reads; a request rarely has more than one of them.
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"expect"})
+
+
+def request_framing(fields: list[tuple[bytes, bytes]], max_body_size: int | None) -> RequestFraming:
+    """What the request's checked fields say, in one pass. Raises ``ProtocolError``
+    (413) for a Content-Length over ``max_body_size``."""
     length: int | None = 0
+    closes = expects_continue = False
     for name, value in fields:
+        if name not in _FRAMING_FIELDS:
+            continue
         if name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
             length = None  # chunked: h11 accepts no other coding
+        elif name == b"connection":
+            closes = closes or _lists(value, b"close")
+        else:
+            expects_continue = expects_continue or _lists(value, b"100-continue")
     if length and max_body_size is not None and length > max_body_size:
         raise ProtocolError("request body too large", 413)
-    return length
+    return RequestFraming(length, closes, expects_continue)
+
+
+def _lists(value: bytes, token: bytes) -> bool:
+    """Whether the comma-separated ``value`` holds ``token`` (lower-case), in any case."""
+    return any(part.strip().lower() == token for part in value.split(b","))
 
 
 def comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
