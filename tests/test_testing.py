@@ -214,7 +214,6 @@ async def test_a_channel_hears_the_client_leave() -> None:
     assert [status.kind for status in closed.statuses] == ["gone"]
 
 
-@pytest.mark.both_protocols(False)  # the client's WebSocket is its own HTTP/1.1 connection
 async def test_a_websocket_channel_echoes_what_the_client_sends() -> None:
     closed = CloseRecorder()
 
