@@ -83,7 +83,8 @@ class ClientWebSocket:
         self._closed_here = False
 
     def __repr__(self) -> str:
-        return f"<ClientWebSocket {self._websocket._connection.state.name}>"
+        status = self.close_status
+        return f"<ClientWebSocket {'open' if status is None else f'closed {status.code}'}>"
 
     @property
     def subprotocol(self) -> str | None:
@@ -104,7 +105,7 @@ class ClientWebSocket:
         ``"gone"`` (no close frame: 1006), ``"error"`` (a code that says the
         conversation broke, whichever side sent it).
         """
-        close = self._websocket._close
+        close = self._websocket.closing
         if close is None:
             return None
         code, reason = close
@@ -174,17 +175,11 @@ class ClientWebSocket:
             raise ValueError(f"{code} is not a close code an endpoint may send")
         if len(reason.encode()) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        if self._websocket._close is None:
+        if self._websocket.closing is None:
             self._closed_here = True
         timeout = math.inf if self._close_timeout is None else self._close_timeout
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(timeout):  # aclose closes the connection either way
             await self._websocket.aclose(code, reason)
-        await trio.aclose_forcefully(self._websocket._stream)
-
-    async def _abort(self) -> None:
-        """End at once, without a closing handshake (the server sees 1006)."""
-        self._websocket._set_close(1006, "the client gave up")
-        await trio.aclose_forcefully(self._websocket._stream)
 
 
 def _as_http(url: str) -> str:
@@ -284,7 +279,7 @@ async def connect(
                 yield ws
             except BaseException as error:
                 raised = error
-                await ws._abort()
+                await websocket.abort("the client gave up")
                 raise
             await ws.close()
     except BaseExceptionGroup as group:

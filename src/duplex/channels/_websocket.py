@@ -682,6 +682,19 @@ class WebSocket:
         """Start the reader task in ``nursery`` (``open_client`` leaves it to the caller)."""
         nursery.start_soon(self._read)
 
+    @property
+    def closing(self) -> tuple[int, str] | None:
+        """The code and reason of the close frame that began the closing handshake
+        (1006 when the connection ended without one); None while the WebSocket is open."""
+        return self._close
+
+    async def abort(self, reason: str) -> None:
+        """End at once, without a closing handshake (the peer sees the connection end:
+        1006). Idempotent."""
+        self._set_close(1006, reason)
+        self._messages.close()
+        await trio.aclose_forcefully(self._stream)
+
     # -- what the user calls ----------------------------------------------------------
 
     async def get_message(self) -> str | bytes:
