@@ -261,6 +261,20 @@ async def test_connections_are_kept_alive_between_requests() -> None:
     assert test_client.connections_opened == 1
 
 
+@pytest.mark.both_protocols(False)
+async def test_the_clients_limits_hold_too() -> None:
+    async def ask(client: duplex.Client) -> None:
+        await (await client.get("/")).read()
+
+    with trio.fail_after(TIMEOUT):
+        limits = duplex.ClientLimits(max_connections_per_origin=1)
+        test_client = TestClient(hello, client_limits=limits)
+        async with test_client as client, trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(ask, client)
+    assert test_client.connections_opened == 1
+
+
 async def test_a_body_over_the_limit_is_refused_with_413() -> None:
     async def upload(request: duplex.Request) -> duplex.Response:
         return duplex.Response(200, body=b"%d" % len(await request.body.join()))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import trio
 
@@ -24,7 +24,8 @@ from ._body import Writable
 from ._stream import Stream
 from .http._client import Client
 from .http._limits import ClientLimits, Limits
-from .http._pool import Origin
+from .http._models import HeadersLike
+from .http._pool import HTTP2, Origin
 from .http._server import Handler, Lifespan, Server
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASE_URL",
     "Cancellation",
+    "ClientOptions",
     "MemoryStream",
     "TestClient",
     "cancellations",
@@ -105,6 +107,15 @@ def memory_stream_pair(
 # -- the test client -----------------------------------------------------------------------
 
 
+class ClientOptions(TypedDict, total=False):
+    """What ``TestClient`` passes on to ``duplex.Client``."""
+
+    headers: HeadersLike | None
+    follow_redirects: bool
+    max_redirects: int
+    http2: HTTP2
+
+
 class TestClient:
     """Serve ``handler`` in memory and hand back a ``duplex.Client`` that reaches it.
 
@@ -139,13 +150,12 @@ class TestClient:
         base_url: str = BASE_URL,
         client_limits: ClientLimits | None = None,
         max_buffer_size: int = DEFAULT_BUFFER_SIZE,
-        **client_options: Any,
+        **client_options: Unpack[ClientOptions],
     ) -> None:
         self.server = Server(handler, limits=limits, lifespan=lifespan)
         self.base_url = base_url
         self.max_buffer_size = max_buffer_size
-        if client_limits is not None:
-            client_options["limits"] = client_limits
+        self._client_limits = client_limits
         self._client_options = client_options
         # The client's ends of its connections.
         self._streams: set[MemoryStream] = set()
@@ -161,7 +171,7 @@ class TestClient:
         try:
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(partial(self.server.serve, listen=False))
-            client = Client(self.base_url, **self._client_options)
+            client = Client(self.base_url, limits=self._client_limits, **self._client_options)
             await stack.enter_async_context(client)
             client.pool.connector = self._connect
             stack.push_async_callback(self._shutdown)
