@@ -152,7 +152,8 @@ class Responder:
             # The whole response in one write.
             pieces = [head, *connection.framer.frame(body)] if body and not no_body else [head]
             pieces += self.ending()
-            await connection.transport.send_pieces(pieces)
+            # (What the connection does next is read the next request.)
+            await connection.transport.send_pieces(pieces, read_next=True)
             return
         if isinstance(body, Readable):
             exchange.response_body = body
