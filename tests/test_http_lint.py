@@ -199,6 +199,18 @@ async def test_duplex_echo_has_no_error_level_lint(method: str) -> None:
     assert lint_report(linted) == []
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_duplex_echo_says_no_cache_may_keep_its_response(method: str) -> None:
+    """Without Cache-Control, httplint warns that caches may make up a freshness
+    lifetime (FRESHNESS_HEURISTIC) for an echo that answers one request only."""
+    with trio.fail_after(20):
+        async with serving(echo) as server:
+            linted = await lint(server.port, Exchange(method, "/"))
+    warned = [type(note).__name__ for note in linted.linter.notes if note.level == levels.WARN]
+    assert warned == []
+    assert linted.linter.headers.parsed["cache-control"] == [("no-store", None)]
+
+
 def test_the_harness_reports_what_httplint_finds_wrong() -> None:
     """A response with a wrong Content-Length and a bad date, fed raw: both reported."""
     linted = ResponseLint(Exchange("GET", "/"))

@@ -35,13 +35,15 @@ log = logging.getLogger("duplex")
 
 
 async def echo(request: Request) -> Response:
-    """Stream every request body back as it arrives (the bi-directional style)."""
+    """Stream every request body back as it arrives (the bi-directional style). The
+    echo is of this one request, so no cache may keep it (``no-store``)."""
 
     async def copy(stream: Stream) -> None:
         while chunk := await stream.readpartial(65536):
             await stream.write(chunk)
 
-    return Response(200, {"content-type": "application/octet-stream"}, Streamable(copy))
+    headers = {"content-type": "application/octet-stream", "cache-control": "no-store"}
+    return Response(200, headers, Streamable(copy))
 
 
 def load_handler(spec: str, what: str = "handler") -> Handler:
