@@ -435,9 +435,7 @@ async def test_leaving_the_block_closes_open_channels_with_the_servers_status() 
     assert [status.kind for status in closed.statuses] == ["shutdown"]
 
 
-# Over HTTP/2 the client sometimes reads "the server closed the HTTP/2 connection"
-# rather than the end of the channel's stream: not TestClient's doing.
-@pytest.mark.both_protocols(False)
+@pytest.mark.both_protocols
 async def test_a_shutdown_inside_the_block_ends_channels_and_refuses_new_requests() -> None:
     closed = CloseRecorder()
     opened = Opened()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import suppress
 from functools import partial
 from math import inf
 from typing import TYPE_CHECKING
@@ -537,6 +538,7 @@ class H2ServerConnection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_forever)
                     await self._serve()
+                    await self._drain()
                     nursery.cancel_scope.cancel()
         except Exception:
             log.exception("unexpected error serving %s over HTTP/2", self.client)
@@ -594,6 +596,19 @@ class H2ServerConnection:
                 await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.debug("connection from %s ended: %r", self.client, error)
+
+    async def _drain(self) -> None:
+        """Before the connection closes: what is queued, and what the sender task is
+        writing, goes out (the last streams' ends, a GOAWAY), within the linger time. A
+        flush returns once its own bytes are out, not those of another task's flush."""
+        with trio.move_on_after(self.limits.linger_timeout), suppress(*PEER_ERRORS):
+            self._take_output()
+            if self._outgoing or self._sending or self._flush_wanted:
+                self.flush_soon()
+            while self._sent < self._queued and not self._broken:
+                await self._sent_lot.park()
+            if not self._broken:
+                await self.transport.flush()  # (what a direct write left to it)
 
     async def _close_with_goaway(self) -> None:
         """Send the GOAWAY h2 has queued for a connection error, then linger a moment
