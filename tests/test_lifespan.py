@@ -6,6 +6,7 @@ async context manager is entered the same way, inside the lifespan. A
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -245,6 +246,38 @@ class Handler:
 
 
 handler = Handler()
+
+
+@contextlib.asynccontextmanager
+async def unreachable():
+    """A lifespan whose database refuses the connection."""
+    raise ConnectionRefusedError(111, "Connection refused")
+    yield
+
+
+@contextlib.asynccontextmanager
+async def unflushed():
+    """A lifespan that fails as it closes."""
+    yield
+    raise RuntimeError("flush failed")
+
+
+def not_a_context():
+    return 42
+
+
+class Refusing:
+    async def __aenter__(self):
+        raise RuntimeError("no pool")
+
+    async def __aexit__(self, *exc_info):
+        pass
+
+    async def __call__(self, request):
+        return duplex.Response(200, body="hello")
+
+
+refusing = Refusing()
 '''
 
 
@@ -334,6 +367,68 @@ async def test_a_signal_while_the_lifespan_enters_stops_the_server_at_once(
     assert "serving on" not in server.stdout.text
     assert "Traceback" not in server.stderr.text
     assert recorded(app_dir) == {}
+
+
+FAILING_TO_START = {
+    "lifespan": (
+        ["app:handler", "--lifespan", "app:unreachable"],
+        "duplex: the lifespan failed to start: ConnectionRefusedError: [Errno 111] "
+        "Connection refused",
+    ),
+    "handler": (["app:refusing"], "duplex: the handler failed to start: RuntimeError: no pool"),
+}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "last_line"), FAILING_TO_START.values(), ids=FAILING_TO_START.keys()
+)
+async def test_what_fails_to_start_is_named_after_its_own_traceback_with_status_1(
+    app_dir: Path, arguments: list[str], last_line: str
+) -> None:
+    """An OSError of the application's (its database refuses it) is not the server
+    failing to listen; the traceback is the application's, not an exception group's."""
+    with trio.fail_after(TIMEOUT):
+        async with duplex_process(
+            ["serve", *arguments, "--port", "0"], cwd=app_dir, env={}, ready=False
+        ) as server:
+            assert await server.wait() == 1
+    lines = server.stderr.text.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-1] == last_line
+    assert any('app.py", line' in line for line in lines)
+    assert "cannot listen" not in server.stderr.text
+    assert "Group" not in server.stderr.text
+    assert "serving on" not in server.stdout.text
+
+
+async def test_a_lifespan_that_fails_as_the_server_stops_is_named_with_status_1(
+    app_dir: Path,
+) -> None:
+    arguments = ["serve", "app:handler", "--port", "0", "--lifespan", "app:unflushed"]
+    with trio.fail_after(TIMEOUT):
+        async with duplex_process(arguments, cwd=app_dir, env={}) as server:
+            assert (await http_get(server.port)).body == b"hello"
+            server.signal(signal.SIGTERM)
+            assert await server.wait() == 1
+    lines = server.stderr.text.splitlines()
+    assert (
+        lines[-1] == "duplex: the lifespan failed as the server stopped: RuntimeError: flush failed"
+    )
+    assert "Group" not in server.stderr.text
+
+
+async def test_a_lifespan_that_returns_no_context_manager_is_one_line_on_the_command_line(
+    app_dir: Path,
+) -> None:
+    arguments = ["serve", "app:handler", "--port", "0", "--lifespan", "app:not_a_context"]
+    with trio.fail_after(TIMEOUT):
+        async with duplex_process(arguments, cwd=app_dir, env={}, ready=False) as server:
+            assert await server.wait() == 1
+    assert re.fullmatch(
+        r"duplex: the lifespan <function not_a_context at \w+> returned 42, not an async "
+        r"context manager \(write it with @contextlib\.asynccontextmanager\)\n",
+        server.stderr.text,
+    ), server.stderr.text
 
 
 # -- RedisChannelGroup ---------------------------------------------------------------------

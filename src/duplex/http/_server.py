@@ -22,9 +22,11 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from functools import partial
+from types import TracebackType
 from typing import Any, Protocol, TypedDict, Unpack
 
 import trio
@@ -152,6 +154,9 @@ class Server:
         #: Where connections and their helper tasks run (made by ``serve``).
         self.nursery: trio.Nursery
         self._direct_io = True
+        #: What the application's own code raised while the lifespan (or the handler)
+        #: was entered or exited, if it did: ``serve_process`` reports it as such.
+        self.application_failure: ApplicationFailure | None = None
 
     @property
     def port(self) -> int:
@@ -207,7 +212,7 @@ class Server:
         self._direct_io = platform.direct_io
         try:
             async with AsyncExitStack() as application:
-                await enter_application(application, self.handler, self.lifespan)
+                await enter_application(application, self.handler, self.lifespan, self)
                 if listen:
                     self.listeners = [await self._listen()]
                     log.info("listening on %s:%d", self.host, self.port)
@@ -409,22 +414,76 @@ def _escape(text: str) -> str:
 
 
 async def enter_application(
-    stack: AsyncExitStack, handler: object, lifespan: Lifespan | None
+    stack: AsyncExitStack, handler: object, lifespan: Lifespan | None, server: Server
 ) -> None:
     """Enter ``lifespan()``, then ``handler`` if it is an async context manager, on
     ``stack`` (which exits them in the reverse order). Raises ``TypeError`` if
     ``lifespan()`` returns anything but an async context manager, and what entering
-    raises."""
+    raises; what they raise entering or exiting is also kept in
+    ``server.application_failure``."""
     if lifespan is not None:
         manager = lifespan()
         if not isinstance(manager, AbstractAsyncContextManager):
-            raise TypeError(
+            error = TypeError(
                 f"the lifespan {lifespan!r} returned {manager!r}, not an async context "
                 "manager (write it with @contextlib.asynccontextmanager)"
             )
-        await stack.enter_async_context(manager)
+            # A mistake of the command line's kind: one line says it all.
+            message = f"duplex: {error}"
+            server.application_failure = {"error": error, "message": message, "traceback": ""}
+            raise error
+        await stack.enter_async_context(_Watched(manager, "the lifespan", server))
     if isinstance(handler, AbstractAsyncContextManager):
-        await stack.enter_async_context(handler)
+        await stack.enter_async_context(_Watched(handler, "the handler", server))
+
+
+class ApplicationFailure(TypedDict):
+    """What the lifespan or the handler raised entering or exiting (``Exception`` only: a
+    cancellation is no failure), with its traceback from the application's code down."""
+
+    error: Exception
+    message: str
+    traceback: str
+
+
+class _Watched(AbstractAsyncContextManager[object]):
+    """``manager``, whose failures are kept in ``server.application_failure``, so that
+    ``serve_process`` tells them from the server's own (a lifespan that cannot reach its
+    database raises an ``OSError`` too, and must not read as "cannot listen")."""
+
+    def __init__(self, manager: AbstractAsyncContextManager[object], what: str, server: Server):
+        self.manager = manager
+        self.what = what
+        self.server = server
+
+    async def __aenter__(self) -> object:
+        try:
+            return await self.manager.__aenter__()
+        except Exception as error:
+            self._failed(error, "failed to start")
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await self.manager.__aexit__(exc_type, exc, tb)
+        except Exception as error:
+            if error is not exc:
+                self._failed(error, "failed as the server stopped")
+            raise
+
+    def _failed(self, error: Exception, stage: str) -> None:
+        # Its traceback from here down is the application's: the server's frames above
+        # would only bury it.
+        below = error.__traceback__.tb_next if error.__traceback__ else None
+        text = "".join(traceback.format_exception(type(error), error, below))
+        summary = traceback.format_exception_only(type(error), error)[-1].strip()
+        message = f"duplex: {self.what} {stage}: {summary}"
+        self.server.application_failure = {"error": error, "message": message, "traceback": text}
 
 
 class ServerOptions(TypedDict, total=False):
@@ -497,14 +556,21 @@ def serve_process(
     *,
     signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
 ) -> int:
-    """Run ``serve_until_signal`` in a new trio run: the exit status, 0; or 1 when the
-    server cannot listen (the port is in use, the address does not resolve), which it
-    says in one line on standard error."""
+    """Run ``serve_until_signal`` in a new trio run: the exit status, 0; or 1, saying why
+    on standard error, when the server cannot listen (the port is in use, the address
+    does not resolve: one line) or when the lifespan (or the handler) raises as it is
+    entered or exited (its traceback from the application's code down, then one line
+    naming it)."""
     try:
         trio.run(serve_until_signal, server, background, signals)
-    except (OSError, BaseExceptionGroup) as error:
-        cause = _os_error(error)
-        if cause is None:
+    except Exception as error:
+        cause = _only_error(error)
+        failure = server.application_failure
+        if failure is not None and cause is failure["error"]:
+            print(failure["traceback"], end="", file=sys.stderr)
+            print(failure["message"], file=sys.stderr)
+            return 1
+        if failure is not None or not isinstance(cause, OSError):
             raise
         reason = cause.strerror or str(cause)
         where = f"{server.host}:{server.requested_port}"
@@ -513,11 +579,11 @@ def serve_process(
     return 0
 
 
-def _os_error(error: BaseException) -> OSError | None:
-    """The ``OSError`` that ``error`` is, or is all of (through exception groups)."""
+def _only_error(error: BaseException) -> BaseException:
+    """The one exception that ``error`` is, or is all of (through exception groups)."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
-    return error if isinstance(error, OSError) else None
+    return error
 
 
 async def serve_until_signal(
