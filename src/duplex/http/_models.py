@@ -78,8 +78,9 @@ class Headers:
         if isinstance(headers, Headers):
             self._raw = list(headers._raw)
             return
+        # (A dict is the common case: no check against the Mapping ABC for it.)
         items: Iterable[tuple[str | bytes, str | bytes]] = (
-            headers.items() if isinstance(headers, Mapping) else headers
+            headers.items() if type(headers) is dict or isinstance(headers, Mapping) else headers
         )
         for name, value in items:
             self.add(name, value)
@@ -235,7 +236,9 @@ class Response:
             if reason
             else b""
         )
-        if isinstance(body, str):
+        if type(body) is bytes:
+            pass
+        elif isinstance(body, str):
             body = body.encode()
             if "content-type" not in self.headers:
                 self.headers.add("content-type", "text/plain; charset=utf-8")
