@@ -3,8 +3,8 @@
 The configuration is taken from the guide itself (its one ``nginx`` block), with only
 the addresses and the certificate's path replaced, so that the guide and what is tested
 cannot drift apart. Through it: a full-duplex echo over HTTP/1.1 and over HTTP/2 (TLS),
-Server-Sent Events that are not buffered, and a WebSocket. Skipped when nginx is not
-installed.
+Server-Sent Events that are not buffered, a WebSocket, back-pressure, and a rolling
+restart of workers. Skipped when nginx is not installed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -28,7 +29,8 @@ import trio.testing
 import trustme
 
 import duplex
-from _redis_support import ROOT, free_port
+from _redis_support import ROOT, WORKER_APP, duplex_process, free_port
+from test_workers import ANSWERS_AFTER, CLIENTS, RESTARTED, WORKERS, Load, serving_pids
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
@@ -390,3 +392,31 @@ async def test_where_nginx_buffers_duplex_sends_all_whatever_the_client_reads() 
         async with behind_nginx(buffering=True) as (app, front), duplex.Client() as client:
             await flood_unread(app, f"{front.http}/flood", client)
             assert app.flood_sent.is_set()
+
+
+async def test_a_rolling_restart_of_workers_behind_nginx_loses_no_request(tmp_path: Path) -> None:
+    # Behind nginx, the workers' kept-alive connections are nginx's: a GET that nginx
+    # sends on one just as its worker closes it must come back all the same.
+    (tmp_path / "app.py").write_text(WORKER_APP)
+    arguments = ["serve", "app:handler", "--port", "0", "--workers", str(WORKERS)]
+    with trio.fail_after(3 * TIMEOUT):
+        async with (
+            duplex_process(arguments, cwd=tmp_path, env={}) as supervisor,
+            nginx(supervisor.port) as front,
+        ):
+            old = set(await serving_pids(supervisor))
+            load = Load(front.ports.plain, http2=False)  # nginx's port 80 has no h2c
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load.run)
+                await load.wait_answers([1] * CLIENTS)
+                start = len(supervisor.stderr.lines)
+                supervisor.signal(signal.SIGHUP)
+                await supervisor.stderr.wait_for(RESTARTED, start)
+                for pid in old:
+                    await supervisor.stderr.wait_for(rf"\(pid {pid}\) has finished", start)
+                before = list(load.answers)
+                await load.wait_answers([count + ANSWERS_AFTER for count in before])
+                load.stop()
+            after = {pid for n, pids in enumerate(load.pids) for pid in pids[before[n] :]}
+    assert load.failures == []
+    assert after and not after & old

@@ -244,9 +244,10 @@ async def test_serve_workers_raises_workers_failed_when_workers_keep_failing_at_
 
 # -- rolling restarts (SIGHUP) -----------------------------------------------------------
 
-#: Clients looping requests through a rolling restart: half reuse kept-alive
-#: connections, half open a new connection for every request.
-CLIENTS = 20
+#: Clients looping requests through a rolling restart: a third open a new connection
+#: for every request, a third reuse kept-alive HTTP/1.1 connections, a third send
+#: their requests as streams of one HTTP/2 connection (h2c).
+CLIENTS = 21
 #: Requests one client sends at most (the loop ends long before, once told to stop).
 MAX_REQUESTS = 5000
 #: Answers each client must get after the restart has ended, from the new workers.
@@ -258,10 +259,12 @@ RESTARTED = "every worker has been restarted"
 
 class Load:
     """``CLIENTS`` clients looping GET / until ``stop()``: the pids that answered each,
-    and every failure (an exception, a status other than 200)."""
+    and every failure (an exception, a status other than 200). Without ``http2``, the
+    h2c third reuse HTTP/1.1 connections too."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, http2: bool = True) -> None:
         self.port = port
+        self.http2 = http2
         self.answers = [0] * CLIENTS
         self.pids: list[list[int]] = [[] for _ in range(CLIENTS)]
         self.failures: list[str] = []
@@ -271,8 +274,11 @@ class Load:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             for client in range(CLIENTS):
-                loop = self._keep_alive if client % 2 else self._new_connections
-                nursery.start_soon(loop, client)
+                kind = client % 3
+                if kind == 0:
+                    nursery.start_soon(self._new_connections, client)
+                else:
+                    nursery.start_soon(self._keep_alive, client, self.http2 and kind == 2)
 
     def stop(self) -> None:
         self.stopping = True
@@ -301,8 +307,8 @@ class Load:
                 continue
             self._answered(client, int(reply.headers["x-pid"]))
 
-    async def _keep_alive(self, client: int) -> None:
-        async with duplex.Client() as http:
+    async def _keep_alive(self, client: int, http2: bool) -> None:
+        async with duplex.Client(http2="prior-knowledge" if http2 else False) as http:
             for _ in range(MAX_REQUESTS):
                 if self.stopping:
                     return
@@ -310,10 +316,10 @@ class Load:
                     response = await http.get(f"http://127.0.0.1:{self.port}/")
                     await response.body.join()
                 except Exception as error:
-                    self.failures.append(f"kept alive: {error!r}")
+                    self.failures.append(f"kept alive (http2={http2}): {error!r}")
                     continue
                 if response.status != 200:
-                    self.failures.append(f"kept alive: status {response.status}")
+                    self.failures.append(f"kept alive (http2={http2}): {response.status}")
                     continue
                 self._answered(client, int(response.headers["x-pid"]))
 
