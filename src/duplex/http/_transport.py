@@ -391,14 +391,8 @@ class Transport(Receiver):
         if self._send_waiters is not None:
             self._send_waiters.unpark()
 
-    async def send_pieces(self, pieces: list[Any], *, read_next: bool = False) -> None:
-        """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed).
-
-        With ``read_next`` (the caller reads the socket next, and that read yields
-        whenever this would have), a send that did not wait leaves its yield to that
-        read: a connection that answers and then waits for its next request goes
-        through trio's scheduler once, not twice.
-        """
+    async def send_pieces(self, pieces: list[Any]) -> None:
+        """Write ``pieces`` in order, as ``send_raw`` writes one (the list is consumed)."""
         if self._sending:
             await self._take_sending()
         else:
@@ -416,7 +410,7 @@ class Transport(Receiver):
             if sock is None:
                 await self._send_through_stream(pieces)
             else:
-                await self._send_to_socket(sock, pieces, committed, read_next)
+                await self._send_to_socket(sock, pieces, committed)
         finally:
             self._sending = False
             if self._send_waiters is not None:
@@ -450,7 +444,7 @@ class Transport(Receiver):
             raise Timeout("write", 0.0 if timeout is None else timeout)
 
     async def _send_to_socket(
-        self, sock: trio.socket.SocketType, pieces: list[Any], committed: bool, read_next: bool
+        self, sock: trio.socket.SocketType, pieces: list[Any], committed: bool
     ) -> None:
         pieces = [piece for piece in pieces if piece]
         partial = False
@@ -488,11 +482,7 @@ class Transport(Receiver):
             if pieces and (committed or partial):
                 self.cut()
             raise
-        if waited:
-            return
-        if read_next and self._budget > 0:
-            self._budget -= 1  # (the read that follows yields if this should have)
-        else:
+        if not waited:
             await self.spend()
 
     async def _wait_to_send(self, sock: trio.socket.SocketType) -> None:

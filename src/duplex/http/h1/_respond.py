@@ -152,8 +152,7 @@ class Responder:
             # The whole response in one write.
             pieces = [head, *connection.framer.frame(body)] if body and not no_body else [head]
             pieces += self.ending()
-            # (What the connection does next is read the next request.)
-            await connection.transport.send_pieces(pieces, read_next=True)
+            await connection.transport.send_pieces(pieces)
             return
         if isinstance(body, Readable):
             exchange.response_body = body
