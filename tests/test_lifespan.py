@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 import duplex
-from _redis_support import duplex_process, http_get
+from _redis_support import RedisServer, duplex_process, http_get
 from _server_support import RawClient, free_port, get, hello, request_bytes
 
 #: Seconds a test may take: in-process servers take well under one, processes a few.
@@ -471,3 +471,62 @@ async def test_a_redis_group_that_has_not_started_refuses_members_with_the_same_
             nursery.cancel_scope.cancel()
     assert len(refused) == 1
     assert "async with group" in str(refused[0])
+
+
+@pytest.fixture
+def paused_redis() -> Iterator[RedisServer]:
+    """A Redis server that accepts connections but answers nothing (SIGSTOP)."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer()
+    server.start()
+    server.pause()
+    yield server
+    server.resume()
+    server.stop()
+
+
+async def test_a_redis_group_that_cannot_reach_redis_fails_to_start_naming_where_it_looked() -> (
+    None
+):
+    """Not a wait, silent and without end, for a Redis that is not there; and the
+    password in the URL stays out of the message."""
+    pytest.importorskip("coredis")
+    port = free_port()
+    room = duplex.RedisChannelGroup(f"redis://:secret@127.0.0.1:{port}", "room", timeout=5)
+    with trio.fail_after(TIMEOUT), pytest.raises(ConnectionError) as raised:
+        async with room:
+            pytest.fail("the group started without Redis")
+    assert str(raised.value) == (
+        f"RedisChannelGroup 'room' cannot reach Redis at 127.0.0.1:{port}: Connection refused"
+    )
+    with pytest.raises(RuntimeError, match="not started"):
+        await room.broadcast("hello")
+
+
+async def test_a_redis_group_whose_redis_does_not_answer_fails_to_start_within_its_timeout(
+    paused_redis: RedisServer,
+) -> None:
+    pytest.importorskip("coredis")
+    room = duplex.RedisChannelGroup(paused_redis.url, "room", timeout=0.5)
+    with trio.fail_after(TIMEOUT), pytest.raises(ConnectionError, match=r"no answer within 0\.5 s"):
+        async with room:
+            pytest.fail("the group started without an answer from Redis")
+
+
+async def test_a_redis_group_cancelled_while_it_starts_leaves_its_caller_intact(
+    paused_redis: RedisServer,
+) -> None:
+    """A signal while a lifespan enters the group cancels it there: what it had opened
+    closes, and the task that entered it goes on (trio's nurseries stay nested)."""
+    pytest.importorskip("coredis")
+    room = duplex.RedisChannelGroup(paused_redis.url, "room", timeout=TIMEOUT)
+    with trio.fail_after(TIMEOUT):
+        with trio.move_on_after(0.2) as entering:
+            async with room:
+                pytest.fail("the group started without an answer from Redis")
+        assert entering.cancelled_caught
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 0)
+    with pytest.raises(RuntimeError, match="not started"):
+        await room.broadcast("hello")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -82,7 +84,10 @@ class RedisChannelGroup(ChannelGroup):
     The group works only while it is entered (it holds the connection to Redis and the
     subscription): ``broadcast`` and ``add`` outside ``async with group`` raise
     ``RuntimeError``. A server enters it once per process from its lifespan
-    (``serve(..., lifespan=...)``, ``duplex serve --lifespan``).
+    (``serve(..., lifespan=...)``, ``duplex serve --lifespan``). Entering raises
+    ``ConnectionError`` if Redis cannot be reached or does not answer within
+    ``timeout``: a server then fails to start rather than wait, silent, for a Redis that
+    may never come.
     """
 
     def __init__(
@@ -106,7 +111,8 @@ class RedisChannelGroup(ChannelGroup):
         self._channel_key = f"duplex:group:{name}"
         self._stream_key = f"duplex:group:{name}:history"
         self._client: Any = None
-        self._exit: Any = None
+        # Holds the client and the nursery of the subscription while the group is entered.
+        self._entered: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._subscribed = trio.Event()
         # Members catching up from the stream: live messages wait here until they have.
@@ -120,20 +126,56 @@ class RedisChannelGroup(ChannelGroup):
                 "RedisChannelGroup needs coredis: pip install 'duplex[redis]'"
             ) from error
         parts = urlsplit(self.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
         client = coredis.Redis(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
+            host=host,
+            port=port,
             db=int(parts.path.strip("/") or 0),
             password=parts.password,
             connect_timeout=self.timeout,
             stream_timeout=None,
         )
-        self._exit = client
-        self._client = await client.__aenter__()
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
-        await self._nursery.start(self._subscribe)
+        # Whatever fails or is cancelled on the way in unwinds what was entered before it
+        # (a nursery left open would corrupt the caller's task).
+        try:
+            async with AsyncExitStack() as entering:
+                try:
+                    self._client = await entering.enter_async_context(client)
+                    await self._reach(host, port)
+                    self._nursery = await entering.enter_async_context(trio.open_nursery())
+                    await self._nursery.start(self._subscribe)
+                except BaseException:
+                    self._client = self._nursery = None
+                    raise
+                self._entered = entering.pop_all()
+        except ExceptionGroup as group:
+            # The client's exit wraps what passes through it in a group of one.
+            (unreachable, *others) = group.exceptions
+            if others or not isinstance(unreachable, ConnectionError):
+                raise
+            raise unreachable from None
         return self
+
+    async def _reach(self, host: str, port: int) -> None:
+        """Raise ``ConnectionError`` (naming Redis by host and port, never by a URL that
+        may hold a password) unless Redis answers a PING within ``timeout``."""
+        where = f"RedisChannelGroup {self.name!r} cannot reach Redis at {host}:{port}"
+        try:
+            with trio.fail_after(self.timeout):
+                await self._client.ping()
+        except trio.TooSlowError:
+            raise ConnectionError(f"{where}: no answer within {self.timeout:g} s") from None
+        except Exception as error:
+            if not type(error).__module__.startswith("coredis"):
+                raise
+            # The first cause says it plainly ("Connection refused").
+            cause: BaseException = error
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            reason = (
+                os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else error
+            )
+            raise ConnectionError(f"{where}: {reason}") from None
 
     async def __aexit__(
         self,
@@ -141,14 +183,14 @@ class RedisChannelGroup(ChannelGroup):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        assert self._nursery is not None
+        assert self._nursery is not None and self._entered is not None
         self._nursery.cancel_scope.cancel()
         self._nursery = None
+        entered, self._entered = self._entered, None
         try:
-            await self._nursery_manager.__aexit__(exc_type, exc_value, traceback)
+            await entered.__aexit__(exc_type, exc_value, traceback)
         finally:
             self._client = None
-            await self._exit.__aexit__(exc_type, exc_value, traceback)
 
     def _started(self) -> Any:
         """The Redis client; raises ``RuntimeError`` saying how to start the group if
