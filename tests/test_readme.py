@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+import duplex
 from _redis_support import ROOT
 from test_run import running
 
@@ -66,3 +67,23 @@ async def test_the_echo_server_snippet_serves_the_client_snippet(tmp_path: Path)
     assert result.stdout.decode().splitlines() == expected
     assert echo.stdout.text == f"duplex: serving on http://127.0.0.1:{echo.port}/\n"
     assert "Traceback" not in echo.stderr.text
+
+
+async def test_the_channel_snippet_runs_as_a_file_and_broadcasts(tmp_path: Path) -> None:
+    """Pasted into a file of its own, it imports what it uses and serves."""
+    snippet = the_snippet("duplex.ChannelGroup(")
+    assert "duplex.run(chat)" in snippet
+    (tmp_path / "chat.py").write_text(
+        snippet.replace("duplex.run(chat)", "duplex.run(chat, port=0)")
+    )
+    with trio.fail_after(TIMEOUT):
+        async with running(["chat.py"], tmp_path) as chat:
+            async with duplex.Client() as client:
+                url = f"ws://127.0.0.1:{chat.port}/"
+                async with client.websocket(url) as websocket:
+                    await websocket.send("hello, room")
+                    assert await websocket.receive() == "hello, room"
+                await chat.stdout.wait_for(r"^left: client$")
+            chat.signal(signal.SIGINT)
+            assert await chat.wait() == 0
+    assert "Traceback" not in chat.stderr.text
