@@ -175,6 +175,50 @@ async def test_a_websocket_over_http11_is_logged_as_switching_protocols(
     assert parse(line)[1:3] == ("GET /chat HTTP/1.1", "101")
 
 
+H1_LEFT_UNMARKED = pytest.mark.xfail(
+    strict=True,
+    reason="HTTP/1.1's Control.wait_peer_gone returns without failing the exchange (as the "
+    "parking's peer_left does), so control.gone stays False and finish_takeover answers "
+    "the departed client 500",
+)
+
+
+@pytest.mark.parametrize(
+    "http2",
+    [pytest.param(False, marks=H1_LEFT_UNMARKED), "prior-knowledge"],
+    ids=["http1.1", "h2c"],
+)
+async def test_a_long_poll_whose_client_left_before_any_answer_logs_no_status(
+    access: AccessLines, http2: bool | Literal["prior-knowledge"]
+) -> None:
+    """No response went out, so none is logged: a 500 would count a client that left
+    as a server error."""
+    opened = trio.Event()
+    closed: list[str] = []
+
+    async def poll(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(
+            request,
+            on_open=lambda channel: opened.set(),
+            on_close=lambda channel, status: closed.append(status.kind),
+        )
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(duplex.serve, poll, "127.0.0.1", 0, access_log=True)
+            )
+            async with duplex.Client(http2=http2) as client, trio.open_nursery() as polling:
+                polling.start_soon(client.get, f"http://127.0.0.1:{server.port}/poll")
+                await opened.wait()
+                polling.cancel_scope.cancel()
+            (line,) = await access.wait_for(1)
+            nursery.cancel_scope.cancel()
+    version = "HTTP/2.0" if http2 else "HTTP/1.1"
+    assert closed == ["gone"]
+    assert parse(line)[1:] == (f"GET /poll {version}", "-", "-")
+
+
 async def test_the_access_log_is_off_by_default(access: AccessLines) -> None:
     with trio.fail_after(TIMEOUT):
         async with serving(access_log=False) as server:
