@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -58,9 +59,12 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def running(arguments: list[str], cwd: Path) -> AsyncIterator[DuplexProcess]:
-    """``python ARGUMENTS`` in ``cwd``, once it says where it serves (``port`` set); on
-    the way out, killed if it is still running."""
+async def running(
+    arguments: list[str], cwd: Path, *, serving: str = SERVING
+) -> AsyncIterator[DuplexProcess]:
+    """``python ARGUMENTS`` in ``cwd``, once it says where it serves (a line that
+    ``serving`` matches, the port its first group; ``port`` set); on the way out, killed
+    if it is still running."""
     process = await trio.lowlevel.open_process(
         [sys.executable, *arguments],
         cwd=cwd,
@@ -75,7 +79,7 @@ async def running(arguments: list[str], cwd: Path) -> AsyncIterator[DuplexProces
             assert process.stdout is not None and process.stderr is not None
             nursery.start_soon(running.stdout.collect, process.stdout)
             nursery.start_soon(running.stderr.collect, process.stderr)
-            match, _ = await running.stdout.wait_for(SERVING)
+            match, _ = await running.stdout.wait_for(serving)
             running.port = int(match[1])
             yield running
             await process.wait()
@@ -213,8 +217,13 @@ async def test_a_second_signal_to_the_supervisor_of_workers_stops_them_at_once(
             slow, _ = await start_slow(supervisor.port)
             async with slow:
                 supervisor.signal(signal.SIGINT)
-                # The worker that serves the slow exchange waits for it (its grace: 10 s).
-                await supervisor.stderr.wait_for(r"^duplex: shutting down: waiting")
+                # The worker that serves the slow exchange waits for it (its grace: 10 s),
+                # and though its supervisor passed the Ctrl-C on as SIGTERM, what it
+                # tells the user is what the user did.
+                await supervisor.stderr.wait_for(
+                    r"^duplex: shutting down: waiting up to 10 s for 1 connection to finish "
+                    r"\(press Ctrl-C or send SIGTERM again to stop now\)$"
+                )
                 supervisor.signal(signal.SIGINT)
                 with trio.fail_after(5):
                     assert await supervisor.wait() == 0
@@ -223,3 +232,36 @@ async def test_a_second_signal_to_the_supervisor_of_workers_stops_them_at_once(
                     received += chunk
     assert b"done" not in received
     assert "Traceback" not in supervisor.stderr.text
+    assert "duplex: stopping now\n" in supervisor.stderr.lines
+    assert "SIGTERM again, stopping" not in supervisor.stderr.text
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["one process", "workers"])
+async def test_the_serving_line_brackets_an_ipv6_host_as_a_url_does(
+    app_dir: Path, workers: list[str]
+) -> None:
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    command = ["-m", "duplex", "serve", "app:handler", "--host", "::1", "--port", "0", *workers]
+    serving = r"^duplex: serving on http://\[::1\]:(\d+)/( with 1 worker)?$"
+    with trio.fail_after(TIMEOUT):
+        async with running(command, app_dir, serving=serving) as server:
+            stream = await trio.open_tcp_stream("::1", server.port)
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n")
+                received = b""
+                while chunk := await stream.receive_some():
+                    received += chunk
+            server.signal(signal.SIGTERM)
+            assert await server.wait() == 0
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.endswith(b"hello")

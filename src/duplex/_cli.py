@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a rolling restart; the SIGINT of a Ctrl-C reaches the whole process group,
         # and would count as a second signal (stop now).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return serve_process(server, signals=(signal.SIGTERM, signal.SIGHUP))
+        return serve_process(server, signals=(signal.SIGTERM, signal.SIGHUP), supervised=True)
     return serve_process(server)
 
 
@@ -316,8 +316,10 @@ def run_workers(
 
     class Announce:
         def started(self, bound: int) -> None:
-            origin = f"{scheme}://{host}:{bound}"
-            print(f"duplex: serving on {origin}/ with {workers} workers", flush=True)
+            # An IPv6 address is bracketed in a URL.
+            origin = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound}"
+            count = f"{workers} worker{'s' if workers > 1 else ''}"
+            print(f"duplex: serving on {origin}/ with {count}", flush=True)
 
     try:
         trio.run(

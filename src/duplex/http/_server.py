@@ -555,14 +555,16 @@ def serve_process(
     background: Callable[[], Awaitable[object]] | None = None,
     *,
     signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+    supervised: bool = False,
 ) -> int:
-    """Run ``serve_until_signal`` in a new trio run: the exit status, 0; or 1, saying why
+    """Run ``serve_until_signal`` in a new trio run (``supervised``: a worker of
+    ``duplex serve --workers``, which its supervisor signals): the exit status, 0; or 1, saying why
     on standard error, when the server cannot listen (the port is in use, the address
     does not resolve: one line) or when the lifespan (or the handler) raises as it is
     entered or exited (its traceback from the application's code down, then one line
     naming it)."""
     try:
-        trio.run(serve_until_signal, server, background, signals)
+        trio.run(partial(serve_until_signal, server, background, signals, supervised=supervised))
     except Exception as error:
         cause = _only_error(error)
         failure = server.application_failure
@@ -590,10 +592,14 @@ async def serve_until_signal(
     server: Server,
     background: Callable[[], Awaitable[object]] | None = None,
     signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+    *,
+    supervised: bool = False,
 ) -> None:
     """Serve until one of ``signals``, then shut down gracefully; a second signal cuts
     the grace short, and one that comes while the server starts (its lifespan still
     entering) stops it at once. Prints ``duplex: serving on ORIGIN/`` once it serves.
+    ``supervised``: the signals come from the supervisor of ``--workers``, which passes
+    on a user's Ctrl-C as SIGTERM (what it prints says so).
 
     ``background`` runs beside the server and is cancelled once it has stopped.
     Returns once the server has stopped; raises what ``Server.serve`` raises.
@@ -603,7 +609,8 @@ async def serve_until_signal(
             if background is not None:
                 nursery.start_soon(background)
             serving = _Serving(server)
-            nursery.start_soon(_stop_on_signals, server, received, serving, nursery)
+            stop = partial(_stop_on_signals, server, received, serving, nursery, supervised)
+            nursery.start_soon(stop)
             await server.serve(task_status=serving)
             nursery.cancel_scope.cancel()
 
@@ -624,7 +631,7 @@ class _Serving:
 
 
 async def _stop_on_signals(
-    server: Server, received: Any, serving: _Serving, nursery: trio.Nursery
+    server: Server, received: Any, serving: _Serving, nursery: trio.Nursery, supervised: bool
 ) -> None:
     stopping = False
     async for signum in received:
@@ -634,7 +641,8 @@ async def _stop_on_signals(
             nursery.cancel_scope.cancel()
             return
         if stopping:
-            print(f"duplex: received {name} again, stopping now", file=sys.stderr, flush=True)
+            again = "stopping now" if supervised else f"received {name} again, stopping now"
+            print(f"duplex: {again}", file=sys.stderr, flush=True)
             nursery.start_soon(server.shutdown, 0)
             return
         stopping = True
@@ -644,7 +652,12 @@ async def _stop_on_signals(
         busy = server.busy_connections
         if busy:
             grace = server.limits.shutdown_grace
-            again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+            if supervised:
+                again = "press Ctrl-C or send SIGTERM again"
+            elif signum == signal.SIGINT:
+                again = "press Ctrl-C again"
+            else:
+                again = f"send {name} again"
             print(
                 f"duplex: shutting down: waiting up to {grace:g} s for {busy} connection"
                 f"{'s' if busy > 1 else ''} to finish ({again} to stop now)",
