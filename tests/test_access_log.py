@@ -219,6 +219,47 @@ async def test_a_long_poll_whose_client_left_before_any_answer_logs_no_status(
     assert parse(line)[1:] == (f"GET /poll {version}", "-", "-")
 
 
+@pytest.fixture
+def access_at_no_level() -> Iterator[AccessLines]:
+    """The lines of ``duplex.access`` as an application's own logging set-up hears them:
+    its handler on the logger, no level set there, the root logger at WARNING."""
+    logger, root = logging.getLogger("duplex.access"), logging.getLogger()
+    lines = AccessLines()
+    levels = logger.level, root.level
+    logger.setLevel(logging.NOTSET)
+    root.setLevel(logging.WARNING)
+    logger.addHandler(lines)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(levels[0])
+        root.setLevel(levels[1])
+
+
+async def test_access_log_true_is_heard_by_logging_left_at_warning(
+    access_at_no_level: AccessLines,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving() as server:
+            assert (await http_get(server.port)).status == 200
+            (line,) = await access_at_no_level.wait_for(1)
+    assert parse(line)[1:] == ("GET / HTTP/1.1", "200", "5")
+
+
+def test_a_level_set_on_the_access_logger_is_kept(access_at_no_level: AccessLines) -> None:
+    logging.getLogger("duplex.access").setLevel(logging.WARNING)
+
+    async def serve_one() -> None:
+        async with serving() as server:
+            assert (await http_get(server.port)).status == 200
+            await server.shutdown()
+
+    trio.run(serve_one)
+    assert access_at_no_level.lines == []
+    assert logging.getLogger("duplex.access").level == logging.WARNING
+
+
 async def test_the_access_log_is_off_by_default(access: AccessLines) -> None:
     with trio.fail_after(TIMEOUT):
         async with serving(access_log=False) as server:

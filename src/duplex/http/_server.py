@@ -103,8 +103,10 @@ class Server:
     way (after the lifespan, and exited before it).
 
     ``access_log`` logs one line per exchange in the common log format to the
-    ``duplex.access`` logger at INFO; the size is the response body's bytes sent
-    (``-`` for none, as for the status of an exchange that sent no response).
+    ``duplex.access`` logger at INFO (which it sets to INFO when it serves, unless the
+    logger has a level of its own: asked for, the lines must not fall below the root's
+    WARNING); the size is the response body's bytes sent (``-`` for none, as for the
+    status of an exchange that sent no response).
     """
 
     def __init__(
@@ -210,6 +212,8 @@ class Server:
         """
         platform = capabilities()
         self._direct_io = platform.direct_io
+        if self.access_log and access_log.level == logging.NOTSET:
+            access_log.setLevel(logging.INFO)
         try:
             async with AsyncExitStack() as application:
                 await enter_application(application, self.handler, self.lifespan, self)
