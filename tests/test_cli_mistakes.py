@@ -49,6 +49,25 @@ def test_a_url_without_its_scheme_is_one_line() -> None:
     one_clear_line(result, "the URL needs its scheme: http://127.0.0.1:8140/")
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:abc/", "Port could not be cast to integer value as 'abc'"),
+        ("http://127.0.0.1:99999/", "Port out of range 0-65535"),
+        ("http:///path", "no host in URL 'http:///path'"),
+    ],
+)
+def test_a_url_that_cannot_be_requested_is_one_line(url: str, reason: str) -> None:
+    result = duplex("request", "GET", url)
+    one_clear_line(result, f"duplex: cannot send GET {url}: {reason}")
+
+
+def test_a_header_value_with_a_line_break_is_one_line() -> None:
+    result = duplex("request", "GET", "http://127.0.0.1:1/", "-H", "X-Note: a\nb")
+    one_clear_line(result, "duplex: cannot send GET http://127.0.0.1:1/: header value")
+
+
 def test_an_unknown_log_level_is_refused_before_or_after_the_command() -> None:
     one_clear_line(duplex("--log-level", "nonsense", "echo"), "invalid choice: 'nonsense'")
     one_clear_line(duplex("echo", "--log-level", "nonsense"), "invalid choice: 'nonsense'")

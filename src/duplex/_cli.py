@@ -97,7 +97,13 @@ async def run_request(
     try:
         async with Client(http2=http2) as client, stdout:
             body = _stdin_chunks() if send_body else None
-            response = await client.request(method, url, headers=pairs, body=body)
+            try:
+                response = await client.request(method, url, headers=pairs, body=body)
+            except ValueError as error:
+                # The request as given cannot be sent: a URL without a host or with a
+                # bad port, a header value with a line break.
+                print(f"duplex: cannot send {method} {url}: {error}", file=sys.stderr)
+                return 2
             async for chunk in response.body:
                 await stdout.send_all(chunk)
     except (OSError, trio.BrokenResourceError, Timeout) as error:
