@@ -105,7 +105,9 @@ async def test_a_bad_chunk_size_raises_protocol_error(nursery: trio.Nursery) -> 
         head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         server = await FakeServer.start(nursery, answering(head, b"zz\r\nhello\r\n0\r\n\r\n"))
         error = await fetch(server)
-        assert isinstance(error.__cause__, h11.RemoteProtocolError)
+        # Bodies are parsed by duplex's wire (heads by h11 when not plainly well-formed).
+        assert isinstance(error.__cause__, duplex.ProtocolError)
+        assert "chunk size" in str(error.__cause__)
 
 
 async def test_an_invalid_content_length_raises_protocol_error(nursery: trio.Nursery) -> None:

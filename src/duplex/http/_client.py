@@ -20,13 +20,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-import h11
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from .._body import Buffered, BytesLike, Readable, Writable
 from .._errors import ProtocolError, Timeout
-from .._foreign import translate
 from .._stream import Stream
 from .._version import __version__
 from ._limits import ClientLimits
@@ -35,6 +33,7 @@ from ._platform import capabilities
 from ._pool import HTTP2, Origin, Pool, PooledConnection
 from .h1._client import client_error
 from .h1._client_exchange import ClientExchange, RequestContent
+from .h1._client_wire import EncodedRequest, encode_request
 from .h2client import H2ClientConnection, H2Exchange, H2ResponseBody, StreamRefused
 
 if TYPE_CHECKING:
@@ -464,10 +463,7 @@ class Client:
         elif isinstance(body, bytearray | memoryview):
             body = bytes(body)
         fields = _request_fields(method, origin, authorization, headers, body)
-        try:
-            request = h11.Request(method=method, target=target, headers=fields)
-        except h11.LocalProtocolError as error:
-            raise translate(error) from error
+        request = encode_request(method, target, fields)
         replayable = body is None or isinstance(body, bytes)
         for attempt in (1, 2, 3):
             pool = self._pool
@@ -506,7 +502,7 @@ class Client:
         raise AssertionError("unreachable")
 
     async def _exchange(
-        self, connection: PooledConnection, request: h11.Request, body: RequestContent, url: str
+        self, connection: PooledConnection, request: EncodedRequest, body: RequestContent, url: str
     ) -> ClientResponse:
         assert self._nursery is not None and self._token is not None
         exchange = ClientExchange(connection, self._token)
@@ -516,8 +512,7 @@ class Client:
         except BaseException as error:
             exchange.abort()
             raise client_error(error, "before the response arrived")  # noqa: B904
-        method = request.method.decode("ascii")
-        head = await exchange.receive_response(method, limits)
+        head = await exchange.receive_response(request, limits)
         return ClientResponse(
             head.status_code,
             head.reason.decode("latin-1"),
@@ -525,7 +520,7 @@ class Client:
             head.http_version.decode("ascii"),
             ResponseBody(exchange, limits.read_timeout),
             url,
-            method,
+            request.method.decode("ascii"),
         )
 
     async def _exchange_h2(

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from math import inf
 from typing import Any, Protocol, TypeAlias
 
-import h11
 import trio
 from trio.lowlevel import TrioToken
 
@@ -19,6 +18,7 @@ from ..._errors import ProtocolError, Timeout
 from .._limits import ClientLimits
 from .._request_body import close_unsent, send_chunks
 from ._client import HTTPConnection, client_error
+from ._client_wire import EncodedRequest, ResponseHead
 
 __all__ = ["ClientExchange", "Lease", "RequestContent"]
 
@@ -70,7 +70,7 @@ class RequestSender:
     go out before the response is read; the rest of a larger body, and every streamed
     one, from a task. It tells its exchange how the request ended."""
 
-    __slots__ = ("_exchange", "http", "nursery", "scope", "size", "state")
+    __slots__ = ("_exchange", "http", "length", "nursery", "scope", "size", "state")
 
     def __init__(self, exchange: ClientExchange) -> None:
         self._exchange = exchange
@@ -83,24 +83,36 @@ class RequestSender:
         self.nursery: trio.Nursery | None = None
         #: Bytes of request body handed to the connection so far.
         self.size = 0
+        #: The request body's length as its head frames it; None when chunked.
+        self.length: int | None = 0
 
-    async def send(self, request: h11.Request, body: RequestContent, nursery: trio.Nursery) -> None:
+    async def send(
+        self, request: EncodedRequest, body: RequestContent, nursery: trio.Nursery
+    ) -> None:
         """Send the request, or start sending it: returns once the response may be read.
 
         A request whose bytes the socket takes at once costs no task. Raises
-        ``ProtocolError`` (500) for a request HTTP/1.1 cannot carry, and
-        ``duplex.Timeout("write")`` for a small request the server never takes.
+        ``ProtocolError`` (500) for a body its head cannot frame (a Content-Length it
+        does not match), and ``duplex.Timeout("write")`` for a small request the server
+        never takes.
         """
         http = self.http
-        pieces = http.encode(request)
+        self.length = request.length
         if body is not None and not isinstance(body, bytes):
-            await http.send_pieces(pieces)
+            await http.send_pieces([request.data])
             self._start(nursery, self._send_body, body)
             return
-        if body:
-            self.size = len(body)
-            pieces += http.encode(h11.Data(data=body))
-        pieces += http.encode(h11.EndOfMessage())
+        pieces = [request.data]
+        size = len(body) if body else 0
+        if self.length is None:
+            if body:
+                pieces += (b"%x\r\n" % size, body, b"\r\n")
+            pieces.append(_LAST_CHUNK)
+        elif size != self.length:
+            raise _length_error(size, self.length)
+        elif body:
+            pieces.append(body)
+        self.size = size
         sent = http.write_nowait(pieces)
         if sent:
             self.state = _SENT
@@ -154,9 +166,20 @@ class RequestSender:
         exchange = self._exchange
         failure: BaseException | None = None
 
+        length = self.length
+
         async def send(chunk: bytes) -> None:
-            self.size += len(chunk)
-            await http.send(h11.Data(data=chunk))
+            size = len(chunk)
+            if length is None:
+                if not size:
+                    return
+                self.size += size
+                await http.send_pieces([b"%x\r\n" % size, chunk, b"\r\n"])
+                return
+            if self.size + size > length:
+                raise _length_error(self.size + size, length)
+            self.size += size
+            await http.send_pieces([chunk])
 
         with self.scope:
             try:
@@ -164,7 +187,10 @@ class RequestSender:
                 if produced is not None:
                     exchange.abort(produced)
                     return
-                await http.send(h11.EndOfMessage())
+                if length is None:
+                    await http.send_pieces([_LAST_CHUNK])
+                elif self.size != length:
+                    raise _length_error(self.size, length)
                 exchange.request_ended(_SENT)
             except ProtocolError as error:
                 failure = error
@@ -227,7 +253,7 @@ class ClientExchange:
     # -- the request ------------------------------------------------------------------
 
     async def send_request(
-        self, request: h11.Request, body: RequestContent, nursery: trio.Nursery
+        self, request: EncodedRequest, body: RequestContent, nursery: trio.Nursery
     ) -> None:
         """Send the request, or start sending it (see ``RequestSender.send``)."""
         await self._sender.send(request, body, nursery)
@@ -250,40 +276,40 @@ class ClientExchange:
 
     # -- the response -----------------------------------------------------------------
 
-    async def receive_response(self, method: str, limits: ClientLimits) -> h11.Response:
+    async def receive_response(self, request: EncodedRequest, limits: ClientLimits) -> ResponseHead:
         """Read up to the final response head (skipping interim 1xx ones).
 
         The heads together are bounded by ``max_response_header_size`` and each read by
         ``read_timeout``. Raises ``ProtocolError`` (the server broke HTTP or the
-        connection) or ``duplex.Timeout``; on any exception the connection is closed. A
-        response that cannot have a body (to HEAD, 204, 304, ``Content-Length: 0``) has
-        ended when this returns, and the connection is free.
+        connection) or ``duplex.Timeout``; on any exception the connection is closed.
+        A response that cannot have a body (to HEAD, 204, 304, ``Content-Length: 0``)
+        has ended when this returns, and the connection is free.
         """
         http = self.http
+        wire = http.wire
         self._read_timeout = limits.read_timeout
         head_size = 0
         try:
             while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
+                parsed = wire.next_head()
+                if parsed is None:
                     await http.receive_data(limits.read_timeout, "read")
                     continue
-                # h11 bounds only a head still incomplete: one that arrived in a single
-                # read, and any number of 1xx heads, are counted here.
-                head_size += _head_size(event)
+                # A head that arrived whole is not bounded by the wire, nor are 1xx
+                # heads together: counted here.
+                head, size = parsed
+                head_size += size
                 if head_size > limits.max_response_header_size:
                     raise ProtocolError(f"response head of over {head_size} bytes", 431)
-                if type(event) is h11.Response:
+                if head.status_code >= 200:
                     break
-                if type(event) is not h11.InformationalResponse:
-                    raise ProtocolError(f"unexpected {type(event).__name__} instead of a response")
             self._response = _BODY
-            self.response_length = _body_length(method, event)
-            if self.response_length == 0:
-                self._end_if_complete()
+            self.response_length = wire.begin_body(request.method, request.closes, head)
+            if wire.body_complete:
+                self.response_ended()
         except BaseException as error:
             raise self._fail(error, "before the response arrived")  # noqa: B904
-        return event
+        return head
 
     async def receive_body(self, timeout: float | None) -> bytes:
         """The next piece of the response body as it arrives; ``b""`` at its end (the
@@ -294,26 +320,31 @@ class ClientExchange:
         connection, ``duplex.Timeout("read")``; either closes the connection.
         """
         http = self.http
+        wire = http.wire
         try:
             while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
+                data = wire.take_body()
+                if data is None:
                     if http.receive_data_nowait() is None:
                         await self._read_more(timeout)
                     continue
-                if type(event) is h11.Data:
-                    data = bytes(event.data)
+                if data:
                     self._received += len(data)
-                    if self._received == self.response_length:
-                        self._end_if_complete()
+                    if wire.body_complete:
+                        # A body of known length read whole: the connection is free
+                        # before the reader asks for the b"" that follows.
+                        self.response_ended()
                     return data
-                if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
-                    self.response_ended()
-                    return b""
-                raise ProtocolError(f"unexpected {type(event).__name__} in a response body")
+                self.response_ended()
+                return b""
         except _ReaderClosed:
             raise
-        except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
+        except (
+            ProtocolError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            Timeout,
+        ) as error:
             raise self._fail(error, "in the middle of the response")  # noqa: B904
 
     async def _read_more(self, timeout: float | None) -> None:
@@ -331,12 +362,6 @@ class ClientExchange:
                 self._reader_gone.set()
         if scope.cancelled_caught:
             raise _ReaderClosed("the response body was closed while it was read")
-
-    def _end_if_complete(self) -> None:
-        # A body of known length read whole: its end is taken without reading more, so
-        # that the connection is free before the reader asks for the b"" that follows.
-        if type(self.http.next_event()) is h11.EndOfMessage:
-            self.response_ended()
 
     @property
     def response_done(self) -> bool:
@@ -396,13 +421,13 @@ class ClientExchange:
                     assert self._reader_gone is not None
                     await self._reader_gone.wait()
                 while http.bytes_received <= self._linger_until:
-                    event = http.next_event()
-                    if type(event) is h11.EndOfMessage or type(event) is h11.ConnectionClosed:
+                    data = http.wire.take_body()
+                    if data == b"":
                         self.response_ended()
                         return
-                    if event is h11.NEED_DATA:
+                    if data is None:
                         await http.receive_data(None, "read")
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 log.debug("response not read to its end: %r", error)
         self.abort()  # too long, too much, or broken (nothing to do once it was given back)
 
@@ -462,22 +487,11 @@ class _ReaderClosed(trio.ClosedResourceError):
     connection is fine, the reader's part in it over."""
 
 
-def _body_length(method: str, response: h11.Response) -> int | None:
-    """The length of ``response``'s body, when its head says it."""
-    if method == "HEAD" or response.status_code in (204, 304):
-        return 0
-    length = None
-    for name, value in response.headers:
-        if name == b"transfer-encoding":
-            return None  # chunked, whatever Content-Length says
-        if name == b"content-length":
-            length = int(value)
-    return length
+#: The chunk that ends a chunked body, with no trailers (as h11 writes it).
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
-def _head_size(event: Any) -> int:
-    """About the bytes a response head took on the wire (the status line and fields)."""
-    size = 16 + len(event.reason)
-    for name, value in event.headers:
-        size += len(name) + len(value) + 4
-    return size
+def _length_error(size: int, length: int) -> ProtocolError:
+    """What a request body of ``size`` bytes raises when its head says ``length``."""
+    what = "over" if size > length else f"of {size} bytes under"
+    return ProtocolError(f"cannot send this message: a body {what} Content-Length: {length}", 500)
