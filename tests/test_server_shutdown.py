@@ -1,5 +1,6 @@
 """Graceful shutdown: stop accepting, let exchanges in flight finish within the grace
-period, close idle connections at once, then cancel what is left.
+period, close idle connections at once (a new connection still has its first request
+answered), then cancel what is left.
 
 Over both protocols (conftest's ``both_protocols``): over HTTP/2 the server says GOAWAY
 first, then lets the streams in flight finish on the same connection.
@@ -16,7 +17,7 @@ import trio.testing
 import duplex
 from _channel_support import ConnectionEnded
 from _protocol_support import H1Exchange, H2Exchange, exchange
-from _server_support import get, serving
+from _server_support import RawClient, get, hello, request_bytes, serving
 
 pytestmark = pytest.mark.both_protocols
 
@@ -166,3 +167,38 @@ async def test_an_exchange_whose_request_body_still_streams_finishes_within_the_
             await client.expect_closed()
     assert len(received) == len(late)
     assert received == late
+
+
+@pytest.mark.both_protocols(False)
+async def test_a_new_connection_has_its_first_request_answered_once_shutdown_starts() -> None:
+    # Accepted just before the shutdown, its client may be sending the request already:
+    # closing it would lose that request (a rolling restart of workers must not).
+    with trio.fail_after(5):
+        async with serving(hello) as server, await RawClient.connect(server.port) as client:
+            while server.connection_count == 0:
+                await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.shutdown, 10)
+                await trio.testing.wait_all_tasks_blocked()
+                await client.send(request_bytes())
+                response = await client.read_response()
+                await client.expect_closed()
+    assert (response.status, response.body, response.closes) == (200, b"hello", True)
+
+
+@pytest.mark.both_protocols(False)
+async def test_a_request_whose_head_has_begun_to_arrive_is_answered_once_shutdown_starts() -> None:
+    with trio.fail_after(5):
+        async with serving(hello) as server, await RawClient.connect(server.port) as client:
+            await client.send(request_bytes())
+            assert not (await client.read_response()).closes
+            second = request_bytes("/second")
+            await client.send(second[:10])
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.shutdown, 10)
+                await trio.testing.wait_all_tasks_blocked()
+                await client.send(second[10:])
+                response = await client.read_response()
+                await client.expect_closed()
+    assert (response.status, response.closes) == (200, True)
