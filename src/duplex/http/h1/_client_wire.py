@@ -250,12 +250,12 @@ def parse_response_head_h11(
     Raises ``ProtocolError`` for a head h11 refuses, one over ``max_size`` bytes (431),
     and at ``eof`` before a whole head (400).
     """
-    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_size)
-    parser.send(h11.Request(method="GET", target="/", headers=[("host", "h")]))
-    parser.send(h11.EndOfMessage())
     received = data[pos:]
     if not received and not eof:
         return None  # to h11, receiving nothing means the end of the input
+    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_size)
+    parser.send(h11.Request(method="GET", target="/", headers=[("host", "h")]))
+    parser.send(h11.EndOfMessage())
     try:
         parser.receive_data(received)
         if eof:
@@ -314,6 +314,8 @@ class ClientWire:
         None until it is whole. Raises ``ProtocolError`` as
         ``parse_response_head_h11`` does."""
         wire = self._body
+        if not wire.buffered and not wire.eof:
+            return None
         data = wire.leftover()
         parsed = parse_common_response_head(data, 0, self.max_head_size)
         if parsed is None:
