@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -181,6 +181,22 @@ async def test_a_lifespan_that_fails_to_enter_stops_serve_before_it_listens() ->
 async def test_a_lifespan_that_fails_to_enter_stops_a_server_before_it_listens() -> None:
     server = duplex.Server(hello, "127.0.0.1", 0, lifespan=failing)
     with trio.fail_after(TIMEOUT), pytest.raises(ConnectionError, match="database is down"):
+        await server.serve()
+    assert server.listeners == []
+
+
+async def test_a_lifespan_given_as_its_context_manager_is_a_clear_type_error() -> None:
+    """``lifespan=fn()`` for ``lifespan=fn``: what it says names the fix."""
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        yield
+
+    server = duplex.Server(hello, "127.0.0.1", 0, lifespan=cast(Any, lifespan()))
+    with (
+        trio.fail_after(TIMEOUT),
+        pytest.raises(TypeError, match=r"lifespan=fn, not lifespan=fn\(\)"),
+    ):
         await server.serve()
     assert server.listeners == []
 

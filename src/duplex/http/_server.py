@@ -426,19 +426,31 @@ async def enter_application(
     raises; what they raise entering or exiting is also kept in
     ``server.application_failure``."""
     if lifespan is not None:
+        if isinstance(lifespan, AbstractAsyncContextManager) or not callable(lifespan):
+            # (An @asynccontextmanager's result is callable too, as a decorator.)
+            raise _mistake(
+                server,
+                f"lifespan= takes a function that returns an async context manager "
+                f"(lifespan=fn, not lifespan=fn()), not {lifespan!r}",
+            )
         manager = lifespan()
         if not isinstance(manager, AbstractAsyncContextManager):
-            error = TypeError(
+            raise _mistake(
+                server,
                 f"the lifespan {lifespan!r} returned {manager!r}, not an async context "
-                "manager (write it with @contextlib.asynccontextmanager)"
+                "manager (write it with @contextlib.asynccontextmanager)",
             )
-            # A mistake of the command line's kind: one line says it all.
-            message = f"duplex: {error}"
-            server.application_failure = {"error": error, "message": message, "traceback": ""}
-            raise error
         await stack.enter_async_context(_Watched(manager, "the lifespan", server))
     if isinstance(handler, AbstractAsyncContextManager):
         await stack.enter_async_context(_Watched(handler, "the handler", server))
+
+
+def _mistake(server: Server, text: str) -> TypeError:
+    """A ``TypeError`` for a lifespan given wrong, kept as ``server``'s failure: a mistake
+    of the command line's kind, which one line says all of."""
+    error = TypeError(text)
+    server.application_failure = {"error": error, "message": f"duplex: {text}", "traceback": ""}
+    return error
 
 
 class ApplicationFailure(TypedDict):
