@@ -134,7 +134,7 @@ def heads(draw: st.DrawFn) -> bytes:
     return b"".join(parts)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(heads())
 @example(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 @example(b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
@@ -145,7 +145,7 @@ def test_the_fast_path_reads_a_built_head_as_h11_does_or_declines(data: bytes) -
     assert_fast_agrees(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(heads(), st.data())
 def test_the_fast_path_reads_every_prefix_of_a_head_as_h11_does_or_declines(
     data: bytes, draw: st.DataObject
@@ -154,13 +154,13 @@ def test_the_fast_path_reads_every_prefix_of_a_head_as_h11_does_or_declines(
     assert_fast_agrees(data[:cut])
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=200))
 def test_the_fast_path_reads_arbitrary_bytes_as_h11_does_or_declines(data: bytes) -> None:
     assert_fast_agrees(data)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=1, max_size=8), st.integers(0, 200), heads())
 def test_the_fast_path_reads_a_corrupted_head_as_h11_does_or_declines(
     noise: bytes, at: int, data: bytes
