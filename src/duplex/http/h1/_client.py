@@ -71,22 +71,30 @@ class HTTPConnection(Transport):
         #: True once ``close_nowait`` has run.
         self.closed = False
 
-    async def receive_data(self, timeout: float | None = None, phase: str = "read") -> bool:
-        """Read once from the socket into the wire; False at EOF.
+    async def receive_data(
+        self, timeout: float | None = None, phase: str = "read", *, found_empty: bool = False
+    ) -> bool:
+        """Read once from the socket into the wire (as much as it asks for); False at EOF.
+        ``found_empty``: the caller has just found the socket empty, so the read waits
+        before it tries.
 
         Raises ``duplex.Timeout`` after ``timeout`` seconds without data,
         ``trio.BrokenResourceError`` if the connection broke and
         ``trio.ClosedResourceError`` if it was closed here.
         """
-        data = await self.read_some(timeout, phase)
-        self.wire.feed(data)
+        wire = self.wire
+        if found_empty and self._socket is not None:
+            data = await self.read_when_ready(timeout, phase, max_bytes=wire.fill_size)
+        else:
+            data = await self.read_some(timeout, phase, max_bytes=wire.fill_size)
+        wire.feed(data)
         return bool(data)
 
     def receive_data_nowait(self) -> bool | None:
         """Read once from the socket into the wire if that needs no wait (the fast
         path): True if bytes came, False at EOF, None if it would block (or the
         transport is not a plain socket). Raises as ``receive_data`` does."""
-        data = self.read_nowait()
+        data = self.read_nowait(self.wire.fill_size)
         if data is None:
             return None
         self.wire.feed(data)

@@ -355,7 +355,7 @@ class ClientExchange:
         scope = self._reader = trio.CancelScope()
         try:
             with scope:
-                await self.http.receive_data(timeout, "read")
+                await self.http.receive_data(timeout, "read", found_empty=True)
         finally:
             self._reader = None
             if self._reader_gone is not None:

@@ -305,6 +305,12 @@ class ClientWire:
         return self._body.eof
 
     @property
+    def fill_size(self) -> int | None:
+        """How much to read from the socket next (None: the transport's read size): in a
+        chunked body, whole chunks, so that each read gives its reader one piece."""
+        return None if self._mode == _CLOSE else self._body.fill_size
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not yet consumed."""
         return self._body.buffered
