@@ -125,6 +125,11 @@ async def trio_get(args: argparse.Namespace) -> Result:
 async def trio_stream(args: argparse.Namespace) -> Result:
     import trio
 
+    if args.lib == "duplex":
+        import duplex  # before the clocks start, as aiohttp is imported before its own
+    else:
+        import httpx
+
     progress = Progress()
     url = f"{args.url.rstrip('/')}/{args.route}"
     outcome = "ok"
@@ -144,8 +149,6 @@ async def trio_stream(args: argparse.Namespace) -> Result:
             nursery.start_soon(watchdog, nursery.cancel_scope)
             start = progress.stamp = time.perf_counter()
             if args.lib == "duplex":
-                import duplex
-
                 async with duplex.Client() as client:
                     if args.route == "echo":
                         body = duplex.Writable()
@@ -162,8 +165,6 @@ async def trio_stream(args: argparse.Namespace) -> Result:
                     async for chunk in response.body:
                         progress.received(len(chunk))
             else:
-                import httpx
-
                 async with (
                     httpx.AsyncClient(timeout=None) as httpx_client,
                     httpx_client.stream("POST", url, content=chunks(args, progress)) as reply,
