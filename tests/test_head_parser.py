@@ -139,6 +139,7 @@ def heads(draw: st.DrawFn) -> bytes:
 @example(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 @example(b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
 @example(b"GET / HTTP/1.0\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: x\r\nX-A:\x1f\r\n\r\n")
 @example(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
 @example(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\n\r\n")
 def test_the_fast_path_reads_a_built_head_as_h11_does_or_declines(data: bytes) -> None:
@@ -248,6 +249,8 @@ def test_the_fast_path_keeps_the_size_limits_to_the_byte(data: bytes, taken: boo
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x7f\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
         b"GET / HTTP/1.1\nHost: x\n\n",
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\n",
