@@ -68,6 +68,12 @@ def test_a_header_value_with_a_line_break_is_one_line() -> None:
     one_clear_line(result, "duplex: cannot send GET http://127.0.0.1:1/: header value")
 
 
+def test_no_workers_is_refused_by_the_serve_command() -> None:
+    result = duplex("serve", "duplex._cli:echo", "--workers", "0")
+    one_clear_line(result, "duplex serve: error: --workers takes a number from 1 up")
+    assert result.stderr.startswith("usage: duplex serve ")
+
+
 def test_an_unknown_log_level_is_refused_before_or_after_the_command() -> None:
     one_clear_line(duplex("--log-level", "nonsense", "echo"), "invalid choice: 'nonsense'")
     one_clear_line(duplex("echo", "--log-level", "nonsense"), "invalid choice: 'nonsense'")

@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_process(Server(demo.handler, args.host, args.port, **options), demo.run)
     if args.command == "serve" and args.workers is not None:
         if args.workers < 1:
-            parser.error("--workers takes a number from 1 up")
+            serve_parser.error("--workers takes a number from 1 up")
         if args.lifespan:
             load_handler(args.lifespan, "lifespan")  # here, once, rather than in each worker
         scheme = "http" if context is None else "https"
