@@ -175,17 +175,9 @@ async def test_a_websocket_over_http11_is_logged_as_switching_protocols(
     assert parse(line)[1:3] == ("GET /chat HTTP/1.1", "101")
 
 
-H1_LEFT_UNMARKED = pytest.mark.xfail(
-    strict=True,
-    reason="HTTP/1.1's Control.wait_peer_gone returns without failing the exchange (as the "
-    "parking's peer_left does), so control.gone stays False and finish_takeover answers "
-    "the departed client 500",
-)
-
-
 @pytest.mark.parametrize(
     "http2",
-    [pytest.param(False, marks=H1_LEFT_UNMARKED), "prior-knowledge"],
+    [False, "prior-knowledge"],
     ids=["http1.1", "h2c"],
 )
 async def test_a_long_poll_whose_client_left_before_any_answer_logs_no_status(

@@ -272,6 +272,9 @@ class Control(ExchangeControl):
             # Busy again (writing, say): a watcher task looks after it meanwhile.
             exchange.watch = NO_WATCH
             self._connection.watch_later()
+        # The peer left: the exchange failed (as a watcher or parking would say), so that
+        # no answer goes to nobody (nor is logged as the server's error).
+        self._connection.peer_left(exchange)
 
     @property
     def can_park(self) -> bool:
