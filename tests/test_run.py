@@ -113,7 +113,11 @@ async def start_slow(port: int) -> tuple[trio.SocketStream, bytes]:
 
 
 @COMMANDS
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
 async def test_a_signal_shuts_an_idle_server_down_with_status_0_and_no_traceback(
     app_dir: Path, command: list[str], grace: int, signum: int
 ) -> None:

@@ -566,11 +566,17 @@ def show_access_log() -> None:
     access_log.propagate = False
 
 
+#: What stops a server that runs alone: Ctrl-C, SIGTERM, and SIGHUP (its terminal
+#: closed, or a restart asked of a process that has no supervisor to restart it: the
+#: default action would kill it with its exchanges in flight).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def serve_process(
     server: Server,
     background: Callable[[], Awaitable[object]] | None = None,
     *,
-    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+    signals: Sequence[int] = STOP_SIGNALS,
     supervised: bool = False,
 ) -> int:
     """Run ``serve_until_signal`` in a new trio run (``supervised``: a worker of
@@ -607,7 +613,7 @@ def _only_error(error: BaseException) -> BaseException:
 async def serve_until_signal(
     server: Server,
     background: Callable[[], Awaitable[object]] | None = None,
-    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+    signals: Sequence[int] = STOP_SIGNALS,
     *,
     supervised: bool = False,
 ) -> None:
@@ -662,8 +668,8 @@ async def _stop_on_signals(
             nursery.start_soon(server.shutdown, 0)
             return
         stopping = True
-        # SIGHUP: a worker that its supervisor's rolling restart replaces.
-        restart = signum == signal.SIGHUP
+        # SIGHUP to a worker: its supervisor's rolling restart replaces it.
+        restart = supervised and signum == signal.SIGHUP
         log.info("received %s, %s", name, "restarting" if restart else "shutting down")
         busy = server.busy_connections
         if busy:
