@@ -190,7 +190,9 @@ async def test_workers_that_keep_failing_at_start_end_the_supervisor_with_a_clea
         env = {"APP_FAILS_IN_WORKERS": "1"}
         async with workers(app_dir, env=env, ready=False) as supervisor:
             assert await supervisor.wait() == 1
-            await supervisor.stderr.wait_for(r"^duplex: workers keep failing at start")
+            await supervisor.stderr.wait_for(
+                r"^duplex: workers keep failing at start .*their own errors are above"
+            )
             assert "serving on" not in supervisor.stdout.text
 
 

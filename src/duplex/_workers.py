@@ -199,8 +199,8 @@ class _Supervisor:
                 if self.start_failures >= MAX_START_FAILURES:
                     raise WorkersFailed(
                         f"workers keep failing at start ({self.start_failures} in a row; "
-                        f"last exit status {status}): is {self.spec!r} importable "
-                        f"and {self.host}:{self.port} free?"
+                        f"last exit status {status}); their own errors are above (is "
+                        f"{self.spec!r} importable, does its lifespan start?)"
                     )
             log.warning("worker %d (pid %d) exited with %s; restarting", slot, worker.pid, status)
 
