@@ -118,6 +118,30 @@ async def test_each_http11_exchange_is_one_line_in_the_common_log_format(
     ]
 
 
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "400",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "431"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "400"),
+    ],
+    ids=["smuggling", "too-large", "not-http"],
+)
+async def test_a_request_refused_before_it_is_read_whole_is_logged_without_a_request_line(
+    access: AccessLines, data: bytes, status: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving() as server, await RawClient.connect(server.port) as client:
+            await client.send(data)
+            response = await client.read_response()
+            (line,) = await access.wait_for(1)
+    assert str(response.status) == status
+    assert parse(line)[1:] == ("-", status, str(len(response.body)))
+
+
 async def test_a_head_request_logs_no_body_bytes(access: AccessLines) -> None:
     with trio.fail_after(TIMEOUT):
         async with serving() as server, await RawClient.connect(server.port) as client:

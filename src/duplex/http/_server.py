@@ -397,11 +397,20 @@ class Server:
         """Log one exchange in the common log format (``access_log=True``): the client,
         now (the exchange has just ended), the request line, the status (``-`` when no
         response went out) and the response body's bytes sent (``-`` for none)."""
-        client = request.client[0] if request.client else "-"
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
         version = "2.0" if request.http_version == "2" else request.http_version
         line = _escape(f"{request.method} {request.target} HTTP/{version}")
-        access_log.info('%s - - [%s] "%s" %s %s', client, when, line, status or "-", size or "-")
+        _log_line(request.client, line, status, size)
+
+    def log_refused(self, client: tuple[str, int] | None, status: int, size: int) -> None:
+        """Log a request refused before it was read whole (a malformed or oversized
+        head, ``access_log=True``): its request line is ``-``."""
+        _log_line(client, "-", status, size)
+
+
+def _log_line(client: tuple[str, int] | None, line: str, status: int | None, size: int) -> None:
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+    host = client[0] if client else "-"
+    access_log.info('%s - - [%s] "%s" %s %s', host, when, line, status or "-", size or "-")
 
 
 def _escape(text: str) -> str:

@@ -22,7 +22,7 @@ from .._transport import Transport
 from ._bodies import PeerGone
 from ._closing import answer_and_close, linger
 from ._exchange import H1Exchange
-from ._framing import CountingFramer, ResponseFramer
+from ._framing import CountingFramer, ResponseFramer, error_body
 from ._head import RequestHead
 from ._respond import Responder
 from ._wire import ServerWire
@@ -233,6 +233,10 @@ class ServerConnection:
                 return await self._serve(resumed)
             except ProtocolError as error:
                 log.debug("bad request from %s: %s", self.client, error)
+                if self.server.access_log:
+                    # (Refused before it was read whole: no request line to log.)
+                    size = len(error_body(error.status, str(error)))
+                    self.server.log_refused(self.client, error.status, size)
                 await answer_and_close(
                     self.transport,
                     error.status,

@@ -58,10 +58,15 @@ def _status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
+def error_body(status: int, message: str) -> bytes:
+    """The body of ``error_response``."""
+    return f"{status} {HTTPStatus(status).phrase}: {message}\n".encode()
+
+
 def error_response(status: int, message: str) -> bytes:
     """A whole response that answers a request the server refuses, and closes."""
     phrase = HTTPStatus(status).phrase
-    body = f"{status} {phrase}: {message}\n".encode()
+    body = error_body(status, message)
     return (
         b"HTTP/1.1 %d %s\r\ndate: %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
         b"content-length: %d\r\nconnection: close\r\n\r\n"
