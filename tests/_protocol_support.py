@@ -290,7 +290,10 @@ class WebSocketPeer:
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    await self._send(event.response())
+                    # (Over HTTP/2 the server may have reset the stream once its close
+                    # went out, its request being unfinished: no answer is owed then.)
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
+                        await self._send(event.response())
             elif isinstance(event, Message):
                 self._parts.append(event.data)
                 if event.message_finished:
