@@ -90,7 +90,7 @@ def requests(draw: st.DrawFn) -> tuple[str, str, list[tuple[bytes, bytes]]]:
     return draw(st.sampled_from(REQUEST_METHODS)), draw(st.sampled_from(REQUEST_TARGETS)), fields
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 @example(("GET", "/", [(b"host", b"x"), (b"Content-Length", b"1"), (b"Content-Length", b"1")]))
 @example(("POST", "/", [(b"host", b"x"), (b"Transfer-Encoding", b"Chunked")]))
@@ -253,7 +253,7 @@ def responses(draw: st.DrawFn) -> bytes:
     return b"".join(parts)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses())
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n")
@@ -265,7 +265,7 @@ def test_the_fast_path_reads_a_built_response_head_as_h11_does_or_declines(data:
     assert_head_agrees(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(responses(), st.data())
 def test_the_fast_path_reads_every_prefix_of_a_response_head_as_h11_does_or_declines(
     data: bytes, draw: st.DataObject
@@ -273,13 +273,13 @@ def test_the_fast_path_reads_every_prefix_of_a_response_head_as_h11_does_or_decl
     assert_head_agrees(data[: draw.draw(st.integers(0, len(data)))])
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=200))
 def test_the_fast_path_reads_arbitrary_bytes_as_h11_does_or_declines(data: bytes) -> None:
     assert_head_agrees(data)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.binary(min_size=1, max_size=8), st.integers(0, 200), responses())
 def test_the_fast_path_reads_a_corrupted_response_head_as_h11_does_or_declines(
     noise: bytes, at: int, data: bytes
@@ -426,7 +426,7 @@ def assert_body_agrees(data: bytes) -> None:
                 assert got == expected
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses())
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
@@ -444,7 +444,7 @@ def test_the_wire_reads_a_response_body_as_h11_does_or_refuses_it(data: bytes) -
     assert_body_agrees(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(responses(), st.data())
 def test_the_wire_reads_every_prefix_of_a_response_as_h11_does_or_refuses_it(
     data: bytes, draw: st.DataObject
