@@ -9,7 +9,8 @@ stricter with chunked bodies), and keeps the connection only where h11 would. Ch
 arbitrary bytes, on heads from a grammar that mixes the valid with the hostile (obs-fold,
 bare LF and CR, repeated and listed Content-Length, Transfer-Encoding variants, 1xx,
 HTTP/1.0, no-body statuses, HEAD), on every prefix of them, and the requests and
-responses clients meet every day do take the fast paths.
+responses clients meet every day do take the fast paths. A body that has arrived whole
+is read at one checkpoint, and a cancelled read of it takes nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from typing import Any
 
 import h11
 import pytest
+import trio
+import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import duplex
+from _client_support import TIMEOUT, start_duplex, url
 from duplex._errors import ProtocolError
 from duplex.http.h1._client_wire import (
     ClientWire,
@@ -462,3 +467,43 @@ def test_a_response_of_known_length_read_whole_leaves_the_connection_reusable() 
     assert wire.take_body() == b"Hello, world!"
     assert wire.body_complete
     assert wire.reusable()
+
+
+# -- a body that has arrived whole ------------------------------------------------------
+
+
+async def test_a_body_that_arrived_whole_is_read_at_once_and_frees_its_connection(
+    nursery: trio.Nursery,
+) -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.Response(200, body=b"x" * 1000)
+
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, handler)
+        async with duplex.Client() as client:
+            for _ in range(3):
+                response = await client.get(url(server))
+                await trio.testing.wait_all_tasks_blocked()  # the body is here by now
+                assert await response.read() == b"x" * 1000
+                assert await response.body.read() == b""
+                assert client.pool.idle_connections() == 1
+
+
+async def test_a_cancelled_read_of_a_body_that_arrived_whole_takes_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    async def handler(request: duplex.Request) -> duplex.Response:
+        return duplex.Response(200, body=b"whole")
+
+    with trio.fail_after(TIMEOUT):
+        server = await start_duplex(nursery, handler)
+        async with duplex.Client() as client:
+            response = await client.get(url(server))
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await response.read()
+            assert scope.cancelled_caught
+            assert client.pool.idle_connections() == 0  # the body is still unread
+            assert await response.read() == b"whole"
+            assert client.pool.idle_connections() == 1

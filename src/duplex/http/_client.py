@@ -232,6 +232,17 @@ class ResponseBody(Readable):
         await cancel_shielded_checkpoint()
         return data
 
+    async def join(self) -> bytes:
+        """As ``Readable.join``; a body of known length that has arrived whole is taken
+        at one checkpoint, not one per read."""
+        if not (self._pushback or self._remainder or self._closed or self._error is not None):
+            await checkpoint_if_cancelled()
+            whole = self._exchange.take_whole_body()
+            if whole is not None:
+                await cancel_shielded_checkpoint()
+                return whole
+        return await super().join()
+
     async def aclose(self, error: BaseException | None = None) -> None:
         """Stop reading. A body not read to its end closes its connection once the
         request has gone out: a request body still streaming goes on, the rest of the

@@ -347,6 +347,20 @@ class ClientExchange:
         ) as error:
             raise self._fail(error, "in the middle of the response")  # noqa: B904
 
+    def take_whole_body(self) -> bytes | None:
+        """The whole response body, when none of it has been taken yet, its length is
+        known and all of it has arrived: the response has then ended. None otherwise,
+        having taken nothing. Never waits, never raises."""
+        length = self.response_length
+        wire = self.http.wire
+        if self._response != _BODY or not length or self._received or wire.buffered < length:
+            return None
+        data = wire.take_body()
+        assert data is not None and len(data) == length and wire.body_complete
+        self._received = length
+        self.response_ended()
+        return data
+
     async def _read_more(self, timeout: float | None) -> None:
         """Wait for the socket and read once for the body's reader, in a scope that a
         close of the body from another task cancels (then raises
