@@ -501,11 +501,12 @@ class H2ServerConnection:
         except h2.exceptions.ProtocolError as error:  # the connection is closed
             log.debug("no window update for stream %d: %r", exchange.stream_id, error)
             return
-        # h2 sends WINDOW_UPDATE once enough was read: by the sender task, which runs
-        # once this task waits next, unless a write of this task's comes first and takes
-        # it along (an echo: one write for the update and the echoed DATA, not two).
+        # h2 sends WINDOW_UPDATE once enough was read: then straight to the socket if it
+        # takes it at once (no wait, no task), else by the sender task. At once rather
+        # than with the reader's next write: the peer sends on while the reader works
+        # (measured: an echo paced by the window loses a tenth of its speed otherwise).
         self._take_output()
-        if self._outgoing:
+        if self._outgoing and not self._write_now():
             self.flush_soon()
 
     # -- the connection's life ------------------------------------------------------------
