@@ -1052,7 +1052,8 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             f"{_fmt(d)} / {_fmt(p)} KiB",
         )
     measured = {row["subscribers"]: row for row in _get(results, "broadcast", "results") or []}
-    for subscribers, goal in ((1_000, 15.0), (10_000, 150.0)):
+    # (Issue 6's two goals, then issue 16's: 10,000 within 75 ms.)
+    for subscribers, goal in ((1_000, 15.0), (10_000, 150.0), (10_000, 75.0)):
         row = measured.get(subscribers)
         at_most(
             f"broadcast to {subscribers:,} (median of rounds)",
@@ -1079,6 +1080,13 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             _ratio(d, h),
             f"{_fmt(d, 0)} / {_fmt(h, 0)}",
         )
+        a = _get(client, "get", f"aiohttp/c{concurrency}", "req_per_cpu_s")
+        at_least(
+            f"client: GET per client CPU-s vs aiohttp, {concurrency} task(s)",
+            1.0,
+            _ratio(d, a),
+            f"{_fmt(d, 0)} / {_fmt(a, 0)}",
+        )
     h2 = results.get("h2", {})
     d = _get(h2, "small", "duplex", "req_per_cpu_s")
     p = _get(h2, "small", "hypercorn-trio", "req_per_cpu_s")
@@ -1097,6 +1105,14 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         f"{_fmt(d)} / {_fmt(p)} MiB/s",
     )
     stream = client.get("stream", {})
+    d = _get(stream, "duplex/echo", "mib_per_s")
+    a = _get(stream, "aiohttp/echo", "mib_per_s")
+    at_least(
+        "client: streaming full-duplex echo MiB/s vs aiohttp",
+        0.8,
+        _ratio(d, a),
+        f"{_fmt(d)} / {_fmt(a)} MiB/s",
+    )
     h = _get(stream, "httpx/updown", "mib_per_s")
     for route, label in (("echo", "full duplex"), ("updown", "upload then download")):
         d = _get(stream, f"duplex/{route}", "mib_per_s")
