@@ -18,14 +18,15 @@ import pytest
 import trio
 
 import duplex
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS
+from _websocket_support import in_chromium as shared_in_chromium
+from test_demo_browser import CHROMIUM
 
 T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium")
 
 if os.path.exists(CHROMIUM):
-    from playwright.sync_api import Page, sync_playwright
+    from playwright.sync_api import Page
 
 PAGE = b"<!doctype html><title>duplex over HTTP/2</title><p>ready</p>"
 
@@ -72,29 +73,7 @@ async def in_chromium(script: Callable[[Page], T], app: duplex.Handler) -> T:
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
-    async with trio.open_nursery() as nursery:
-        server: duplex.Server = await nursery.start(
-            lambda task_status: duplex.serve(
-                app, "127.0.0.1", 0, ssl_context=context, task_status=task_status
-            )
-        )
-
-        def browse() -> T:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-                )
-                try:
-                    page = browser.new_context(ignore_https_errors=True).new_page()
-                    page.set_default_timeout(15_000)
-                    page.goto(f"https://127.0.0.1:{server.port}/")
-                    return script(page)
-                finally:
-                    browser.close()
-
-        result = await trio.to_thread.run_sync(browse, abandon_on_cancel=True)
-        nursery.cancel_scope.cancel()
-    return result
+    return await shared_in_chromium(script, app, context)
 
 
 async def test_a_streaming_upload_reaches_the_handler_chunk_by_chunk() -> None:
