@@ -107,9 +107,7 @@ async def test_data_past_the_stream_window_is_a_flow_control_error() -> None:
                     + data(1, bytes(WINDOW))  # the whole window: taken
                     + data(1, b"x")  # one byte past it
                 )
-                goaway = await peer.goaway()
-                assert goaway is not None
-                assert goaway.error_code == ErrorCodes.FLOW_CONTROL_ERROR
+                await goes_away(peer, ErrorCodes.FLOW_CONTROL_ERROR)
             await served_by(server.port)
 
 
@@ -127,9 +125,7 @@ async def test_data_inside_a_header_block_is_a_protocol_error() -> None:
                     + open_block.serialize()
                     + data(1, b"inside the block of stream 3")
                 )
-                goaway = await peer.goaway()
-                assert goaway is not None
-                assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+                await goes_away(peer, ErrorCodes.PROTOCOL_ERROR)
             await served_by(server.port)
 
 
@@ -146,9 +142,7 @@ async def test_a_frame_longer_than_the_settings_allow_is_refused_from_its_head()
                     + b"\x00\x00"
                     + (1).to_bytes(4)
                 )
-                goaway = await peer.goaway()
-                assert goaway is not None
-                assert goaway.error_code == ErrorCodes.FRAME_SIZE_ERROR
+                await goes_away(peer, ErrorCodes.FRAME_SIZE_ERROR)
             await served_by(server.port)
 
 
@@ -177,6 +171,13 @@ async def test_data_after_a_reset_or_an_end_leaves_the_connection_serving() -> N
                 await peer.send(peer.headers(5, peer.request_block("/", "POST"), end_stream=False))
                 await peer.send(data(5, b"next", end=True))
                 assert await peer.response(5) == (200, b"next")
+
+
+async def goes_away(peer: Peer, code: ErrorCodes) -> None:
+    """The server ends ``peer``'s connection with GOAWAY ``code``."""
+    goaway = await peer.goaway()
+    assert goaway is not None
+    assert goaway.error_code == code
 
 
 async def served_by(port: int) -> None:
