@@ -112,6 +112,8 @@ _HEAD = 9
 #: DATA's frame type, and the flags that keep a DATA frame off the fast path.
 _DATA = 0x0
 _END_STREAM_OR_PADDED = 0x1 | 0x8
+#: A WINDOW_UPDATE frame's head up to its stream id: 4 bytes of payload, type 0x8.
+_WINDOW_UPDATE_HEAD = b"\x00\x00\x04\x08\x00"
 #: The states in which a stream takes DATA, and in which it sends DATA.
 _RECEIVING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
 _SENDING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
@@ -363,11 +365,31 @@ class H2ServerConnection:
         if not self._outgoing:
             await trio.lowlevel.checkpoint()
             return
+        target = self.flush_nowait()
+        if target:
+            await self.wait_sent(target)
+        else:
+            await self.transport.spend()
+
+    def flush_nowait(self) -> int:
+        """``flush`` up to its wait: 0 if the socket took everything queued at once
+        (the caller then spends a checkpoint: ``transport.spend()``); else what
+        ``wait_sent`` waits for, the rest handed to the sender task. Raises ``PeerGone``
+        once the connection broke."""
+        if self._broken:
+            raise PeerGone("the connection is closed")
+        self._take_output()
+        if not self._outgoing:
+            return 0
         target = self._queued
         if self._write_now():
-            await self.transport.spend()
-            return
+            return 0
         self.flush_soon()
+        return target
+
+    async def wait_sent(self, target: int) -> None:
+        """Return once the sender task has written what was queued up to ``target``
+        (a count ``flush_nowait`` gave). Raises ``PeerGone`` once the connection broke."""
         while self._sent < target:
             if self._broken:
                 raise PeerGone("the connection broke")
@@ -496,11 +518,30 @@ class H2ServerConnection:
     def acknowledge(self, exchange: H2Exchange, size: int) -> None:
         """A handler read ``size`` bytes of its request body (or they were dropped):
         give them back to the peer's windows."""
-        try:
-            self.h2.acknowledge_received_data(size, exchange.stream_id)
-        except h2.exceptions.ProtocolError as error:  # the connection is closed
-            log.debug("no window update for stream %d: %r", exchange.stream_id, error)
-            return
+        h2_connection = self.h2
+        stream_id = exchange.stream_id
+        stream = h2_connection.streams.get(stream_id)
+        if stream is not None and size > 0:
+            # h2's ``acknowledge_received_data``, step by step (its window managers
+            # decide when to give back), but its WINDOW_UPDATE frames made here: h2
+            # makes a frame object per frame, and a read of a request body costs one.
+            update = b""
+            increment = h2_connection._inbound_flow_control_window_manager.process_bytes(size)
+            if increment:
+                update = _window_update(0, increment)
+            if stream.open:
+                increment = stream._inbound_window_manager.process_bytes(size)
+                if increment:
+                    update += _window_update(stream_id, increment)
+            if not update:
+                return
+            h2_connection._data_to_send += update
+        else:
+            try:
+                h2_connection.acknowledge_received_data(size, stream_id)
+            except h2.exceptions.ProtocolError as error:  # the connection is closed
+                log.debug("no window update for stream %d: %r", stream_id, error)
+                return
         # h2 sends WINDOW_UPDATE once enough was read: then straight to the socket if it
         # takes it at once (no wait, no task), else by the sender task. At once rather
         # than with the reader's next write: the peer sends on while the reader works
@@ -621,8 +662,21 @@ class H2ServerConnection:
     async def _read(self) -> bytes:
         """Read once; raises ``duplex.Timeout("read")`` once the connection was idle
         (or had not sent a request) too long."""
+        transport = self.transport
+        size = self.limits.read_size
+        if transport.direct and self._idle_deadline == inf:
+            # While streams are open: bytes already there are read without the scope
+            # that bounds a wait (a scope per read costs as much as the read).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            data = transport.read_nowait(size)
+            if data is not None:
+                await transport.spend()
+                return data
+            with trio.CancelScope(deadline=self._idle_deadline) as self._idle:
+                return await transport.read_when_ready(max_bytes=size)
+            raise Timeout("read", 0.0)
         with trio.CancelScope(deadline=self._idle_deadline) as self._idle:
-            return await self.transport.read_some(max_bytes=self.limits.read_size)
+            return await transport.read_some(max_bytes=size)
         raise Timeout("read", 0.0)
 
     def _check_idle(self) -> None:
@@ -940,6 +994,11 @@ class H2ServerConnection:
         with trio.move_on_after(self.limits.linger_timeout):
             await exchange.start(status, headers)
             await exchange.send(body, end=True)
+
+
+def _window_update(stream_id: int, increment: int) -> bytes:
+    """A WINDOW_UPDATE frame: ``increment`` more bytes for the stream (0: connection)."""
+    return _WINDOW_UPDATE_HEAD + stream_id.to_bytes(4) + increment.to_bytes(4)
 
 
 def _max_frame_size(window: int) -> int:

@@ -209,10 +209,21 @@ class H2Exchange(Exchange):
         """Send ``data`` as DATA frames as the peer's window allows (END_STREAM on the
         last when ``end``); each wait for the window is bounded by the write timeout.
         Raises ``trio.ClosedResourceError`` when ``interrupt``ed."""
+        connection = self.connection
+        if not end and self.send_nowait(data):
+            # The window took all of it: a scope (for ``interrupt``) only if the socket
+            # does not take it at once either.
+            target = connection.flush_nowait()
+            if not target:
+                await connection.transport.spend()
+                return
+            send = connection.wait_sent(target)
+        else:
+            send = self._send(data, end)
         scope = self.sending = trio.CancelScope()
         try:
             with scope:
-                await self._send(data, end)
+                await send
         finally:
             self.sending = None
         if scope.cancelled_caught:
