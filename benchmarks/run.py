@@ -717,6 +717,8 @@ def bench_broadcast(
 
 
 CLIENT_LIBS = ("duplex", "httpx", "aiohttp")
+#: duplex's client streaming a ``Writable`` body another task writes.
+WRITABLE_ROW = "duplex (Writable body)"
 GET_SERVER = "uvicorn-httptools"
 
 
@@ -764,29 +766,42 @@ def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
         results["get"]["_error"] = str(error)
     for key, found in runs.items():
         results["get"][key] = _medians(found, ("rps", "req_per_cpu_s", "requests"))
+    streams: dict[str, list[dict[str, Any]]] = {}
+    # Each client gets the upload as the same async generator; duplex's client also
+    # with a ``Writable`` another task writes (informative: its ``Stream`` way).
+    lineup_stream = [(lib, "iterator") for lib in libs] + [(WRITABLE_ROW, "writable")]
     try:
         with running("duplex", logdir) as server:
-            for route in ("echo", "updown"):
-                for lib in libs:
-                    key = f"{lib}/{route}"
-                    start, env = client(lib)
-                    argv = [
-                        *start, "stream", "--lib", lib.split("@")[0], "--url", server.url,
-                        "--route", route, "--total", str(sizes.stream_bytes),
-                        "--timeout", "120", "--stall", "5",
-                    ]  # fmt: skip
-                    try:
-                        result = run_json(argv, timeout=180, env=env)
-                        results["stream"][key] = result
-                        log(
-                            f"client stream {key}: {result['outcome']}, "
-                            f"{result['mib_per_s']:.1f} MiB/s"
-                        )
-                    except Exception as error:
-                        results["stream"][key] = {"error": str(error)}
-                        log(f"client stream {key}: ERROR {error}")
+            for repeat in range(sizes.repeats):
+                for route in ("echo", "updown"):
+                    for lib, upload in lineup_stream:
+                        if upload == "writable" and route != "echo":
+                            continue
+                        key = f"{lib}/{route}"
+                        name = lib.split("@")[0]
+                        start, env = client(lib)
+                        argv = [
+                            *start, "stream", "--lib", "duplex" if upload == "writable" else name,
+                            "--url", server.url, "--route", route,
+                            "--total", str(sizes.stream_bytes), "--timeout", "120", "--stall", "5",
+                            *(["--upload", upload] if upload == "writable" else []),
+                        ]  # fmt: skip
+                        try:
+                            result = run_json(argv, timeout=180, env=env)
+                            if result["outcome"] != "ok":
+                                raise RuntimeError(f"outcome {result['outcome']}")
+                            streams.setdefault(key, []).append(result)
+                            log(
+                                f"client stream {key} #{repeat + 1}: {result['outcome']}, "
+                                f"{result['mib_per_s']:.1f} MiB/s"
+                            )
+                        except Exception as error:
+                            streams.setdefault(key, []).append({"error": str(error)})
+                            log(f"client stream {key}: ERROR {error}")
     except Exception as error:
         results["stream"]["_error"] = str(error)
+    for key, found in streams.items():
+        results["stream"][key] = _medians(found, ("mib_per_s", "client_cpu_seconds"))
     return results
 
 
@@ -1562,12 +1577,19 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             "chunks against the duplex benchmark server: `/echo` echoes as it reads (needs a",
             "client that reads while it sends), `/updown` reads the whole upload and then",
             "sends it back (any client). MiB/s = payload MiB / seconds from start to the last",
-            "byte back.",
+            f"byte back; medians of {sizes.repeats} run(s), taken in turns. Every client",
+            "uploads the same async generator; the `duplex (Writable body)` row has another",
+            "task write a `duplex.Writable` instead (informative).",
             "",
         ]
         rows = []
         for route in ("echo", "updown"):
-            for lib in lineup(list(CLIENT_LIBS), bname):
+            extra = (
+                [WRITABLE_ROW]
+                if route == "echo" and _get(c, "stream", f"{WRITABLE_ROW}/echo")
+                else []
+            )
+            for lib in lineup(list(CLIENT_LIBS), bname) + extra:
                 r = _get(c, "stream", f"{lib}/{route}") or {
                     "error": _get(c, "stream", "_error") or "not run"
                 }

@@ -8,7 +8,10 @@ comes first. Reports requests/s and requests per client CPU-second.
 chunks, against the duplex benchmark server. ``--route echo`` (``POST /echo``) needs a
 client that reads the response while it still sends the request; ``--route updown``
 (``POST /updown``: the server reads the whole upload, then sends it back) works with
-any client. A run that makes no progress for ``--stall`` seconds stops and says so.
+any client. Every client gets the upload as the same async generator; ``--upload
+writable`` has duplex's client send a ``duplex.Writable`` that another task writes
+instead (its ``Stream`` way), which costs a hand-off between tasks per chunk. A run that
+makes no progress for ``--stall`` seconds stops and says so.
 
 Prints one JSON object.
 """
@@ -150,7 +153,7 @@ async def trio_stream(args: argparse.Namespace) -> Result:
             start = progress.stamp = time.perf_counter()
             if args.lib == "duplex":
                 async with duplex.Client() as client:
-                    if args.route == "echo":
+                    if args.upload == "writable":
                         body = duplex.Writable()
 
                         async def upload() -> None:
@@ -252,6 +255,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--max-requests", type=int, default=1_000_000)
     parser.add_argument("--route", choices=["echo", "updown"], default="echo")
+    parser.add_argument(
+        "--upload",
+        choices=["iterator", "writable"],
+        default="iterator",
+        help="duplex only: the request body as an async generator (as every client "
+        "gets it) or as a duplex.Writable another task writes",
+    )
     parser.add_argument("--total", type=int, default=256 << 20)
     parser.add_argument("--chunk", type=int, default=65536)
     parser.add_argument("--timeout", type=float, default=120.0)

@@ -295,6 +295,16 @@ class Writable(Readable, trio.abc.SendStream):
             await cancel_shielded_checkpoint()
         return data
 
+    def take_nowait(self) -> bytes | None:
+        """The next chunk, if ``read()`` would return one now without waiting; else None
+        (nothing queued, the body ended or failed, or another task reads: ``read()``
+        says which). No checkpoint: for duplex's own senders, whose send is one."""
+        if self._reading or self._pushback or self._read_closed or self._write_error:
+            return None
+        if not self._queue:
+            return None
+        return self._take(None)
+
     def _take(self, max_bytes: int | None) -> bytes:
         head = self._queue[0]
         start = self._offset
