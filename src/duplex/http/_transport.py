@@ -357,14 +357,19 @@ class Transport(Receiver):
             sent = 0
         except OSError as error:
             raise translate(error) from error
-        pieces = list(pieces)
-        while pieces and sent >= len(pieces[0]):
-            sent -= len(pieces.pop(0))
-        if not pieces:
-            return True
+        index = 0
+        for piece in pieces:
+            size = len(piece)
+            if sent < size:
+                break
+            sent -= size
+            index += 1
+        else:
+            return True  # (no copy of the list when all went out: the usual case)
+        rest = pieces[index:]
         if sent:
-            pieces[0] = memoryview(pieces[0])[sent:]
-        self._pending = pieces
+            rest[0] = memoryview(rest[0])[sent:]
+        self._pending = rest
         return False
 
     async def flush(self) -> None:
