@@ -43,6 +43,7 @@ import tarfile
 import tempfile
 import textwrap
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -722,6 +723,40 @@ WRITABLE_ROW = "duplex (Writable body)"
 GET_SERVER = "uvicorn-httptools"
 
 
+def _run_into(
+    runs: list[dict[str, Any]],
+    argv: list[str],
+    timeout: float,
+    env: dict[str, str] | None,
+    check: Callable[[dict[str, Any]], str],
+    log: Log,
+    label: str,
+) -> None:
+    """Run one load generator and add its result to ``runs``: ``check`` completes it
+    and says it in a few words (or raises); a failure is added and logged instead."""
+    try:
+        result = run_json(argv, timeout=timeout, env=env)
+        said = check(result)
+    except Exception as error:
+        runs.append({"error": str(error)})
+        log(f"{label}: ERROR {error}")
+        return
+    runs.append(result)
+    log(f"{label}: {said}")
+
+
+def _get_rates(result: dict[str, Any]) -> str:
+    result["rps"] = result["requests"] / result["seconds"]
+    result["req_per_cpu_s"] = result["requests"] / result["cpu_seconds"]
+    return f"{result['rps']:.0f} req/s, {result['req_per_cpu_s']:.0f} req/client-CPU-s"
+
+
+def _stream_rate(result: dict[str, Any]) -> str:
+    if result["outcome"] != "ok":
+        raise RuntimeError(f"outcome {result['outcome']}")
+    return f"{result['mib_per_s']:.1f} MiB/s"
+
+
 def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
     """The baseline's client (the library at that revision, run by that revision's
     clients/http_clients.py) talks to the same servers as the others: uvicorn-httptools
@@ -736,7 +771,7 @@ def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
             return [PY, script], baseline.env
         return [PY, str(CLIENTS / "http_clients.py")], None
 
-    runs: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:
         with running(GET_SERVER, logdir) as server:
             for repeat in range(sizes.repeats):
@@ -750,23 +785,15 @@ def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
                             "--duration", str(sizes.client_seconds),
                             "--max-requests", "2000000",
                         ]  # fmt: skip
-                        try:
-                            result = run_json(argv, timeout=sizes.client_seconds + 60, env=env)
-                            result["rps"] = result["requests"] / result["seconds"]
-                            result["req_per_cpu_s"] = result["requests"] / result["cpu_seconds"]
-                            runs.setdefault(key, []).append(result)
-                            log(
-                                f"client get {key} #{repeat + 1}: {result['rps']:.0f} req/s, "
-                                f"{result['req_per_cpu_s']:.0f} req/client-CPU-s"
-                            )
-                        except Exception as error:
-                            runs.setdefault(key, []).append({"error": str(error)})
-                            log(f"client get {key}: ERROR {error}")
+                        _run_into(
+                            runs[key], argv, sizes.client_seconds + 60, env, _get_rates, log,
+                            f"client get {key} #{repeat + 1}",
+                        )  # fmt: skip
     except Exception as error:
         results["get"]["_error"] = str(error)
     for key, found in runs.items():
         results["get"][key] = _medians(found, ("rps", "req_per_cpu_s", "requests"))
-    streams: dict[str, list[dict[str, Any]]] = {}
+    streams: dict[str, list[dict[str, Any]]] = defaultdict(list)
     # Each client gets the upload as the same async generator; duplex's client also
     # with a ``Writable`` another task writes (informative: its ``Stream`` way).
     lineup_stream = [(lib, "iterator") for lib in libs] + [(WRITABLE_ROW, "writable")]
@@ -786,18 +813,10 @@ def bench_client(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None
                             "--total", str(sizes.stream_bytes), "--timeout", "120", "--stall", "5",
                             *(["--upload", upload] if upload == "writable" else []),
                         ]  # fmt: skip
-                        try:
-                            result = run_json(argv, timeout=180, env=env)
-                            if result["outcome"] != "ok":
-                                raise RuntimeError(f"outcome {result['outcome']}")
-                            streams.setdefault(key, []).append(result)
-                            log(
-                                f"client stream {key} #{repeat + 1}: {result['outcome']}, "
-                                f"{result['mib_per_s']:.1f} MiB/s"
-                            )
-                        except Exception as error:
-                            streams.setdefault(key, []).append({"error": str(error)})
-                            log(f"client stream {key}: ERROR {error}")
+                        _run_into(
+                            streams[key], argv, 180, env, _stream_rate, log,
+                            f"client stream {key} #{repeat + 1}",
+                        )  # fmt: skip
     except Exception as error:
         results["stream"]["_error"] = str(error)
     for key, found in streams.items():
