@@ -186,6 +186,32 @@ async def test_the_window_grows_only_as_the_handler_reads() -> None:
     assert got == [b"a" * 16384 + b"b" * 100]
 
 
+async def test_every_byte_the_handler_reads_comes_back_as_window_exactly() -> None:
+    # Each window's worth, read whole, is given back whole: the peer can send the same
+    # again, round after round (a window given back short shrinks the stream for good).
+    async def count(request: duplex.Request) -> duplex.Response:
+        size = 0
+        async for chunk in request.body:
+            size += len(chunk)
+        return duplex.Response(200, body=str(size).encode())
+
+    window = 16384
+    limits = duplex.Limits(stream_window_size=window)
+    with trio.fail_after(TIMEOUT):
+        async with serving_h2(count, limits=limits) as server, H2Peer.connect(server.port) as peer:
+            await peer.until(lambda: bool(peer.remote_settings))
+            stream_id = await peer.request("POST", "/", end=False)
+            for round_ in range(4):
+                assert peer.conn.local_flow_control_window(stream_id) == window
+                await peer.send(stream_id, bytes([round_]) * window)
+                assert peer.conn.local_flow_control_window(stream_id) == 0
+                await peer.until(lambda: peer.conn.local_flow_control_window(stream_id) > 0)
+            assert peer.conn.local_flow_control_window(stream_id) == window
+            await peer.send(stream_id, b"", end=True)
+            state = await peer.response(stream_id)
+    assert bytes(state.data) == str(4 * window).encode()
+
+
 async def test_a_streamables_close_write_ends_the_stream_while_it_still_reads() -> None:
     rest: list[bytes] = []
     read_all = trio.Event()
