@@ -365,7 +365,7 @@ class H2ServerConnection:
         if not self._outgoing:
             await trio.lowlevel.checkpoint()
             return
-        target = self.flush_nowait()
+        target = self._write_outgoing()
         if target:
             await self.wait_sent(target)
         else:
@@ -379,8 +379,9 @@ class H2ServerConnection:
         if self._broken:
             raise PeerGone("the connection is closed")
         self._take_output()
-        if not self._outgoing:
-            return 0
+        return self._write_outgoing() if self._outgoing else 0
+
+    def _write_outgoing(self) -> int:
         target = self._queued
         if self._write_now():
             return 0
