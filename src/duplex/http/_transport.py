@@ -589,6 +589,10 @@ async def _wait_gone_portably(
             # reader taking over the socket) would stash them after the reader's later
             # bytes, out of order. trio's recv checkpoints after its read; this does not.
             await trio.lowlevel.wait_readable(sock)
+            # Nor may a watcher that the reader cancelled as it was being woken read on:
+            # the reader's own read (trio's, which yields before its bytes are fed)
+            # may hold earlier bytes, and these would be stashed ahead of them.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = _recv_now(sock, room)
             except BlockingIOError:
