@@ -42,7 +42,7 @@ import h2.settings
 import h2.stream
 import hyperframe.frame
 import trio
-from h2.connection import ConnectionState
+from h2.connection import ConnectionInputs, ConnectionState
 from h2.errors import ErrorCodes
 from h2.stream import StreamInputs, StreamState
 from h2.utilities import (
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 
     from hpack.struct import Header
 
+    from .._limits import Limits
     from .._server import Server
 
 __all__ = ["PREFACE", "H2ServerConnection"]
@@ -112,6 +113,11 @@ _HEAD = 9
 #: DATA's frame type, and the flags that keep a DATA frame off the fast path.
 _DATA = 0x0
 _END_STREAM_OR_PADDED = 0x1 | 0x8
+#: HEADERS and CONTINUATION frame types, and the flags a response head's frames carry.
+_HEADERS = 0x1
+_CONTINUATION = 0x9
+_END_STREAM = 0x1
+_END_HEADERS = 0x4
 #: A WINDOW_UPDATE frame's head up to its stream id: 4 bytes of payload, type 0x8.
 _WINDOW_UPDATE_HEAD = b"\x00\x00\x04\x08\x00"
 #: The states in which a stream takes DATA, and in which it sends DATA.
@@ -279,35 +285,7 @@ class H2ServerConnection:
         #: The preface bytes h2 has still to check, then a frame not yet read whole.
         self._preface_left = len(PREFACE)
         self._inbox = b""
-        # What the peer sends is validated; what duplex sends was already (Headers: token
-        # names, lower-cased, values without CR, LF or NUL; connection-specific fields
-        # dropped by H2Exchange), and checking it again would cost every response.
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=True,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self.h2 = _H2Connection(config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_list_size,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: _max_frame_size(limits.stream_window_size),
-            },
-        )
-        # (Settings made so hold at once, and h2 read this one at its making.)
-        self.h2.max_inbound_frame_size = self.h2.local_settings.max_frame_size
-        # HPACK is decoded whole up to a hard limit (beyond it, the connection fails: the
-        # decoder's state cannot be trusted); a list over the advertised limit but under
-        # that one is answered 431 on its stream, and the connection goes on.
-        self.h2.decoder.max_header_list_size = max(
-            2 * limits.header_list_size, _HARD_HEADER_LIST_SIZE
-        )
+        self.h2 = new_h2(limits)
         #: The exchanges of the streams open, by stream id.
         self.streams: dict[int, H2Exchange] = {}
         #: Streams opened so far.
@@ -515,6 +493,11 @@ class H2ServerConnection:
             data,
         )
         self._queued += 1
+
+    def send_head(self, stream_id: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        """Queue a response head (``:status`` first; END_STREAM when ``end``), as h2's
+        ``send_headers`` does (``queue_head``). Raises h2's errors as it does."""
+        queue_head(self.h2, stream_id, fields, end)
 
     def acknowledge(self, exchange: H2Exchange, size: int) -> None:
         """A handler read ``size`` bytes of its request body (or they were dropped):
@@ -995,6 +978,81 @@ class H2ServerConnection:
         with trio.move_on_after(self.limits.linger_timeout):
             await exchange.start(status, headers)
             await exchange.send(body, end=True)
+
+
+def new_h2(limits: Limits) -> _H2Connection:
+    """The h2 connection a server connection drives, set up from ``limits``."""
+    # What the peer sends is validated; what duplex sends was already (Headers: token
+    # names, lower-cased, values without CR, LF or NUL; connection-specific fields
+    # dropped by H2Exchange), and checking it again would cost every response.
+    config = h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+    connection = _H2Connection(config)
+    connection.local_settings = h2.settings.Settings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_size,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_list_size,
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: _max_frame_size(limits.stream_window_size),
+        },
+    )
+    # (Settings made so hold at once, and h2 read this one at its making.)
+    connection.max_inbound_frame_size = connection.local_settings.max_frame_size
+    # HPACK is decoded whole up to a hard limit (beyond it, the connection fails: the
+    # decoder's state cannot be trusted); a list over the advertised limit but under
+    # that one is answered 431 on its stream, and the connection goes on.
+    connection.decoder.max_header_list_size = max(
+        2 * limits.header_list_size, _HARD_HEADER_LIST_SIZE
+    )
+    return connection
+
+
+def queue_head(
+    h2_connection: h2.connection.H2Connection,
+    stream_id: int,
+    fields: list[tuple[bytes, bytes]],
+    end: bool,
+) -> None:
+    """Queue a response head (``:status`` first; END_STREAM when ``end``) on a server's
+    h2 connection: what h2's ``send_headers`` queues, byte for byte, with the same state
+    changes, but the HEADERS and CONTINUATION frames made here rather than as h2's frame
+    objects (with the state machines' logging, a third of a small response's cost).
+    A stream's first head that is not 1xx only; h2's ``send_headers``, which raises
+    what is wrong, for anything else (trailers, 1xx, a stream not open for sending)."""
+    stream = h2_connection.streams.get(stream_id)
+    if (
+        stream is None
+        or stream.state_machine.headers_sent
+        or stream.state_machine.state not in _SENDING
+        or h2_connection.state_machine.state is not ConnectionState.SERVER_OPEN
+        or fields[0][1].startswith(b"1")
+    ):
+        h2_connection.send_headers(stream_id, fields, end_stream=end)
+        return
+    # In h2's order: the state changes before the encoding, which changes the
+    # connection's HPACK state for good.
+    h2_connection.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+    stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
+    block = h2_connection.encoder.encode(fields)
+    if end:
+        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+    largest = h2_connection.max_outbound_frame_size
+    tail = stream_id.to_bytes(4)
+    first = block[:largest]
+    flags = (_END_STREAM if end else 0) | (_END_HEADERS if len(block) <= largest else 0)
+    frames = [len(first).to_bytes(3), bytes((_HEADERS, flags)), tail, first]
+    for start in range(largest, len(block), largest):
+        piece = block[start : start + largest]
+        last = _END_HEADERS if start + largest >= len(block) else 0
+        frames += (len(piece).to_bytes(3), bytes((_CONTINUATION, last)), tail, piece)
+    h2_connection._data_to_send += b"".join(frames)
 
 
 def _window_update(stream_id: int, increment: int) -> bytes:

@@ -195,7 +195,7 @@ class H2Exchange(Exchange):
             fields.append((b"date", http_date()))
         fields += [field for field in headers if field[0] not in CONNECTION_HEADERS]
         try:
-            self.connection.h2.send_headers(self.stream_id, fields, end_stream=end)
+            self.connection.send_head(self.stream_id, fields, end)
         except H2Error as error:
             raise translate(error) from error
         if self.state is HANDLING:
