@@ -47,6 +47,7 @@ from _real_body_support import (
     url,
 )
 from _server_support import RawClient, serving
+from duplex.http.h1 import _client_exchange
 from duplex.testing import Cancellation, cancellations, chunkings
 from helpers import TIMEOUT, Call, background, produce
 from test_properties import Read, payloads, payloads_with_lines, reads
@@ -855,30 +856,36 @@ async def exchanges(
     # ends, so a connection whose exchange is complete on the wire still serves nothing
     # else until then.
     limits = duplex.ClientLimits(max_connections_per_origin=1000, max_idle_connections=0)
-    # The checks close one end and write to the other until it breaks: a server whose
-    # handler gave up an upload drops what comes for linger_timeout, then closes.
+    # The checks close one end and write to the other, 100 bytes a write, until it
+    # breaks: a server whose handler gave up an upload drops what comes for
+    # linger_timeout, then closes; a client whose reader gave up a response drops up to
+    # _LINGER_SIZE (1 MiB) of it, then closes. 1 MiB takes 10,000 writes, two CPU
+    # seconds for the checks on the portable path, and a loaded machine made that more
+    # than TIMEOUT: 64 KiB checks the same rule.
     server_limits = duplex.Limits(linger_timeout=0.2)
-    async with (
-        serving(handler, limits=server_limits) as server,
-        duplex.Client(limits=limits, http2=http2) as client,
-    ):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_client_exchange, "_LINGER_SIZE", 65536)
+        async with (
+            serving(handler, limits=server_limits) as server,
+            duplex.Client(limits=limits, http2=http2) as client,
+        ):
 
-        async def make() -> tuple[duplex.Stream, duplex.Stream]:
-            output = duplex.Writable(0 if clogged else 65536) if upload else None
-            response = await client.post(url(server), body=output)
-            server_stream = await taken.receive()
-            if clogged:
-                assert server_stream.output is not None
-                async with tasks() as clogging:  # the clogging calls still waiting end here
-                    await clog_with_a_wait(clogging, server_stream.output)
-                    if output is not None:
-                        await clog_with_a_write(clogging, output)
-            return server_stream, duplex.Stream(response.body, output)
+            async def make() -> tuple[duplex.Stream, duplex.Stream]:
+                output = duplex.Writable(0 if clogged else 65536) if upload else None
+                response = await client.post(url(server), body=output)
+                server_stream = await taken.receive()
+                if clogged:
+                    assert server_stream.output is not None
+                    async with tasks() as clogging:  # the clogging calls still waiting end here
+                        await clog_with_a_wait(clogging, server_stream.output)
+                        if output is not None:
+                            await clog_with_a_write(clogging, output)
+                return server_stream, duplex.Stream(response.body, output)
 
-        try:
-            yield make
-        finally:
-            finished.set()
+            try:
+                yield make
+            finally:
+                finished.set()
 
 
 async def test_a_streamable_and_a_client_exchange_pass_trios_half_closeable_stream_check() -> None:
