@@ -499,11 +499,11 @@ async def test_a_cancelled_join_gives_back_what_it_had_read() -> None:
         assert await body.join() == b"first second third"
 
 
-async def test_take_nowait_takes_a_queued_chunk_without_waiting_and_wakes_the_writer() -> None:
+async def test_a_queued_chunk_is_taken_without_a_wait_and_the_writer_woken() -> None:
     # What duplex's own senders use: a whole chunk when read() would return one at
     # once, else None, and read() then says why.
     body = Writable(max_buffer_size=0)
-    assert body.take_nowait() is None  # nothing queued
+    assert body._take_nowait() is None  # nothing queued
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             wrote = trio.Event()
@@ -515,31 +515,31 @@ async def test_take_nowait_takes_a_queued_chunk_without_waiting_and_wakes_the_wr
             nursery.start_soon(write)
             await trio.testing.wait_all_tasks_blocked()
             assert not wrote.is_set()
-            assert body.take_nowait() == b"one"
+            assert body._take_nowait() == b"one"
             await wrote.wait()
     await body.close_write()
-    assert body.take_nowait() is None  # ended: read() returns b""
+    assert body._take_nowait() is None  # ended: read() returns b""
     assert await body.read() == b""
 
 
-async def test_take_nowait_leaves_failures_and_pushback_to_read() -> None:
+async def test_taking_without_a_wait_leaves_failures_and_pushback_to_read() -> None:
     failed = Writable()
     await failed.write(b"queued")
     await failed.close_write(Oops("producer failed"))
-    assert failed.take_nowait() is None
+    assert failed._take_nowait() is None
     with pytest.raises(trio.BrokenResourceError):
         await failed.read()
 
     closed = Writable()
     await closed.write(b"queued")
     await closed.aclose()
-    assert closed.take_nowait() is None
+    assert closed._take_nowait() is None
     with pytest.raises(trio.ClosedResourceError):
         await closed.read()
 
     pushed = Writable()
     await pushed.write(b"second")
     pushed._pushback = b"first"  # as join() leaves what a cancelled join had read
-    assert pushed.take_nowait() is None
+    assert pushed._take_nowait() is None
     assert await pushed.read() == b"first"
-    assert pushed.take_nowait() == b"second"
+    assert pushed._take_nowait() == b"second"

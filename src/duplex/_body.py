@@ -295,7 +295,7 @@ class Writable(Readable, trio.abc.SendStream):
             await cancel_shielded_checkpoint()
         return data
 
-    def take_nowait(self) -> bytes | None:
+    def _take_nowait(self) -> bytes | None:
         """The next chunk, if ``read()`` would return one now without waiting; else None
         (nothing queued, the body ended or failed, or another task reads: ``read()``
         says which). No checkpoint: for duplex's own senders, whose send is one."""

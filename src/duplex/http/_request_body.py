@@ -20,7 +20,7 @@ async def _chunks(body: Readable | AsyncIterable[bytes]) -> AsyncIterator[bytes]
     if type(body) is Writable:
         # What another task has queued is taken without a checkpoint of its own (the
         # send that follows is one): a chunk costs no extra pass through the scheduler.
-        while (chunk := body.take_nowait()) or (chunk := await body.read()):
+        while (chunk := body._take_nowait()) or (chunk := await body.read()):
             yield chunk
     elif isinstance(body, Readable):
         while chunk := await body.read():
