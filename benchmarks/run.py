@@ -731,11 +731,13 @@ def _run_into(
     check: Callable[[dict[str, Any]], str],
     log: Log,
     label: str,
+    run: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Run one load generator and add its result to ``runs``: ``check`` completes it
-    and says it in a few words (or raises); a failure is added and logged instead."""
+    """Run one load generator (``argv`` printing JSON, or ``run``) and add its result
+    to ``runs``: ``check`` completes it and says it in a few words (or raises); a
+    failure is added and logged instead."""
     try:
-        result = run_json(argv, timeout=timeout, env=env)
+        result = run() if run is not None else run_json(argv, timeout=timeout, env=env)
         said = check(result)
     except Exception as error:
         runs.append({"error": str(error)})
@@ -749,6 +751,10 @@ def _get_rates(result: dict[str, Any]) -> str:
     result["rps"] = result["requests"] / result["seconds"]
     result["req_per_cpu_s"] = result["requests"] / result["cpu_seconds"]
     return f"{result['rps']:.0f} req/s, {result['req_per_cpu_s']:.0f} req/client-CPU-s"
+
+
+def _stream_rate_h2load(result: dict[str, Any]) -> str:
+    return f"{result['mib_per_s']:.1f} MiB/s, {result['cpu_s_per_gib']:.2f} CPU-s/GiB"
 
 
 def _stream_rate(result: dict[str, Any]) -> str:
@@ -897,6 +903,33 @@ def h2_echo(server: RunningServer, sizes: Sizes, mode: str) -> dict[str, Any]:
     return result
 
 
+def h2load_echo(server: RunningServer, upload: Path) -> dict[str, Any]:
+    """The streaming echo with h2load as the client (C: its own cost is small): the file
+    ``upload`` as one request's body, the response read as it comes (h2load opens its
+    own receive window wide). MiB/s = echoed MiB / h2load's time."""
+    argv = pinned(["h2load", "-n1", "-c1", "-d", str(upload), server.url + "/echo"])
+    cpu0 = server.cpu_seconds()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    cpu = server.cpu_seconds() - cpu0
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    result = parse_h2load(done.stdout)
+    finished = re.search(r"finished in ([\d.]+)(m?s),", done.stdout)
+    echoed = re.search(r"\((\d+)\) data", done.stdout)
+    if not result["requests"] or finished is None or echoed is None:
+        raise RuntimeError(f"h2load: the echo failed: {done.stdout.strip()[-300:]}")
+    seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
+    size = int(echoed[1])
+    if size != upload.stat().st_size:
+        raise RuntimeError(f"h2load: {size:,} bytes echoed of {upload.stat().st_size:,}")
+    return {
+        "mib_per_s": size / MIB / seconds,
+        "seconds": seconds,
+        "server_cpu_s": cpu,
+        "cpu_s_per_gib": cpu / (size / GIB),
+    }
+
+
 def bench_h2(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) -> dict[str, Any]:
     """HTTP/2 with prior knowledge (h2c): small requests by h2load, the streaming echo by
     echo_client.py's h2 mode; duplex's HTTP/1.1 echo in the same rounds for the ratio."""
@@ -905,6 +938,10 @@ def bench_h2(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) ->
         results["small"]["_skipped"] = "h2load is not installed (apt-get install nghttp2-client)"
     small: dict[str, list[dict[str, Any]]] = {name: [] for name in H2_SERVERS}
     echo: dict[str, list[dict[str, Any]]] = {name: [] for name in H2_ECHO_ROWS}
+    by_h2load: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    upload = logdir / "h2load-upload.bin"
+    with upload.open("wb") as file:
+        file.truncate(sizes.echo_bytes)  # (zeros: h2load sends the file as it is)
     for repeat in range(sizes.repeats):
         for name in H2_ECHO_ROWS:
             h1 = name == H1_ECHO_ROW
@@ -922,6 +959,12 @@ def bench_h2(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) ->
                         except Exception as error:
                             small[name].append({"error": str(error)})
                             log(f"h2 small {name}: ERROR {error}")
+                    if not h1 and "_skipped" not in results["small"]:
+                        _run_into(
+                            by_h2load[name], [], 0, None, _stream_rate_h2load, log,
+                            f"h2 echo by h2load {name} #{repeat + 1}",
+                            run=lambda: h2load_echo(server, upload),
+                        )  # fmt: skip
                     result = h2_echo(server, sizes, "http" if h1 else "h2")
                     echo[name].append(result)
                     log(
@@ -938,6 +981,10 @@ def bench_h2(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) ->
             results["small"][name] = _medians(found, ("req_per_cpu_s", "rps", "server_cpu_s"))
     for name, found in echo.items():
         results["echo"][name] = _medians(found, ("mib_per_s", "cpu_s_per_gib"))
+    results["echo_h2load"] = {
+        name: _medians(found, ("mib_per_s", "cpu_s_per_gib")) for name, found in by_h2load.items()
+    }
+    upload.unlink(missing_ok=True)
     return results
 
 
@@ -1718,6 +1765,26 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             rows,
         )
         out.append("")
+        by_h2load = h2.get("echo_h2load") or {}
+        if by_h2load:
+            out += [
+                "The same echo with h2load as the client (informative: C, so that the",
+                f"client costs little): `h2load -n1 -c1 -d FILE` with a {sizes.echo_bytes // MIB}"
+                " MiB file, 16 KiB DATA frames sent as the server's window allows.",
+                "",
+            ]
+            rows = []
+            for name, r in by_h2load.items():
+                error = _cell_error(r)
+                rows.append(
+                    [name, *error, "", ""]
+                    if error
+                    else [name, _fmt(r["mib_per_s"]), _spread(r, 1), _fmt(r["cpu_s_per_gib"], 2)]
+                )
+            out += _table(
+                ["server (h2c)", "MiB/s", "(runs: min to max)", "server CPU-s per GiB"], rows
+            )
+            out.append("")
     out += [
         "## Servers",
         "",
