@@ -269,9 +269,13 @@ async def test_the_live_chart_draws_the_servers_counts() -> None:
     def script(page: Page) -> dict[str, object]:
         page.wait_for_function("document.getElementById('ws-status').textContent === 'connected'")
         send(page, "ws", "counted")
+        page.wait_for_function("window.stats.some((sample) => sample.rate > 0)")
+        # The line said ends the long-poll, which asks again a moment later (later than
+        # the next sample, on a loaded machine): wait for a sample that counts it again.
         page.wait_for_function(
-            "window.stats.length >= 3 && window.stats.at(-1).connections.websocket >= 1"
-            " && window.stats.some((sample) => sample.rate > 0)"
+            """() => window.stats.length >= 3 && ((now) =>
+                now.websocket >= 1 && now.sse >= 2 && now.http >= 1
+            )(window.stats.at(-1).connections)"""
         )
         result: dict[str, object] = page.evaluate(
             """() => ({
