@@ -237,8 +237,11 @@ async def run_streamable(body: Streamable, stream: Stream) -> None:
 async def finish_takeover(control: ResponseControl, exchange: Exchange, *, ended: bool) -> None:
     """What follows a ``Takeover`` function that returned without detaching: a response
     it never began is answered 500; one it left unfinished (not ``ended``) is cut
-    (``trio.BrokenResourceError``)."""
+    (``trio.BrokenResourceError``), as is one whose exchange failed before it began
+    (its peer left: nobody is there to answer)."""
     if not exchange.head_started:
+        if exchange.failed:
+            raise trio.BrokenResourceError("the exchange failed before its response began")
         await control.start(500, {"content-type": "text/plain; charset=utf-8"})
         await control.write(b"the response ended before it began\n")
         await control.end()
