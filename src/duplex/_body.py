@@ -301,9 +301,7 @@ class Writable(Readable, trio.abc.SendStream):
         says which). No checkpoint: for duplex's own senders, whose send is one."""
         if self._reading or self._pushback or self._read_closed or self._write_error:
             return None
-        if not self._queue:
-            return None
-        return self._take(None)
+        return self._take(None) if self._queue else None
 
     def _take(self, max_bytes: int | None) -> bytes:
         head = self._queue[0]

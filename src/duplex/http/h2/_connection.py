@@ -1023,9 +1023,10 @@ def queue_head(
     """Queue a response head (``:status`` first; END_STREAM when ``end``) on a server's
     h2 connection: what h2's ``send_headers`` queues, byte for byte, with the same state
     changes, but the HEADERS and CONTINUATION frames made here rather than as h2's frame
-    objects (with the state machines' logging, a third of a small response's cost).
-    A stream's first head that is not 1xx only; h2's ``send_headers``, which raises
-    what is wrong, for anything else (trailers, 1xx, a stream not open for sending)."""
+    objects (which, with h2's checks and logging on the way, cost more than the HPACK
+    encoding). A stream's first head that is not 1xx only; h2's ``send_headers``, which
+    raises what is wrong, for anything else (trailers, 1xx, a stream not open for
+    sending)."""
     stream = h2_connection.streams.get(stream_id)
     if (
         stream is None
