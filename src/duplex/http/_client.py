@@ -427,11 +427,7 @@ class Client:
         """
         follow = self.follow_redirects if follow_redirects is None else follow_redirects
         method = method.upper()
-        if self.base_url is not None:
-            url = urljoin(self.base_url, url)
-        request_headers = self.headers.copy()
-        for name, value in Headers(headers).raw:
-            request_headers.add(name, value)
+        url, request_headers = self._resolve(url, headers)
         redirects = 0
         while True:
             response = await self._send(method, url, request_headers, body)
@@ -462,6 +458,16 @@ class Client:
                 raise
             url = new_url
             redirects += 1
+
+    def _resolve(self, url: str, headers: HeadersLike | None) -> tuple[str, Headers]:
+        """``url`` against ``base_url``, and the client's headers followed by
+        ``headers``."""
+        if self.base_url is not None:
+            url = urljoin(self.base_url, url)
+        fields = self.headers.copy()
+        for name, value in Headers(headers).raw:
+            fields.add(name, value)
+        return url, fields
 
     async def _send(
         self, method: str, url: str, headers: Headers, body: RequestBody
@@ -542,6 +548,26 @@ class Client:
         body: RequestContent,
         url: str,
     ) -> ClientResponse:
+        exchange, status, fields = await self._open_h2(connection, block, body)
+        read_timeout = self.limits.read_timeout
+        length = _h2_body_length(method, status, fields)
+        return ClientResponse(
+            status,
+            "",
+            Headers.from_fields(fields),
+            "2",
+            H2ResponseBody(exchange, read_timeout, length),
+            url,
+            method,
+        )
+
+    async def _open_h2(
+        self, connection: H2ClientConnection, block: list[tuple[bytes, bytes]], body: RequestContent
+    ) -> tuple[H2Exchange, int, list[tuple[bytes, bytes]]]:
+        """Open a stream on ``connection`` (reserved for it) with the header ``block``,
+        start sending ``body``, and return the exchange with its response's status and
+        fields. Raises as ``request`` does (the reservation given back if no stream
+        opened)."""
         assert self._nursery is not None and self._token is not None
         limits = self.limits
         exchange = H2Exchange(
@@ -558,16 +584,7 @@ class Client:
             exchange.abort()
             raise client_error(error, "before the response arrived")  # noqa: B904
         status, fields = await exchange.receive_response(limits.read_timeout)
-        length = _h2_body_length(method, status, fields)
-        return ClientResponse(
-            status,
-            "",
-            Headers.from_fields(fields),
-            "2",
-            H2ResponseBody(exchange, limits.read_timeout, length),
-            url,
-            method,
-        )
+        return exchange, status, fields
 
     def websocket(
         self,
@@ -604,11 +621,7 @@ class Client:
         """
         from ..websocket import connect  # the WebSocket client builds on this module
 
-        if self.base_url is not None:
-            url = urljoin(self.base_url, url)
-        fields = self.headers.copy()
-        for name, value in Headers(headers).raw:
-            fields.add(name, value)
+        url, fields = self._resolve(url, headers)
         return connect(
             url,
             limits=self.limits,
@@ -655,21 +668,8 @@ class Client:
         if not lease.h2.remote_settings.enable_connect_protocol:
             lease.unreserve()
             return None
-        exchange = H2Exchange(
-            lease,
-            self._token,
-            write_timeout=limits.write_timeout,
-            read_timeout=limits.read_timeout,
-        )
         output = Writable()
-        try:
-            await exchange.send_request(block, output, self._nursery)
-        except BaseException as error:
-            if not exchange.stream_id:
-                lease.unreserve()
-            exchange.abort()
-            raise client_error(error, "before the response arrived")  # noqa: B904
-        status, fields = await exchange.receive_response(limits.read_timeout)
+        exchange, status, fields = await self._open_h2(lease, block, output)
         return status, fields, Stream(H2ResponseBody(exchange, None, None), output)
 
     async def get(self, url: str, **kwargs: Any) -> ClientResponse:
