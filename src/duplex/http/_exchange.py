@@ -165,6 +165,20 @@ class Exchange:
             self.state = state
             if state is RESPONDING:
                 self.head_started = True
+            elif state is OVER or state is FAILED:
+                self._untie(state)
+
+    def _untie(self, state: State) -> None:
+        # The request holds its exchange (for ``request.nursery``), and a streamed
+        # response's body holds it too: cycles that only the garbage collector would
+        # undo, one collection every hundred or so requests. At its end the exchange
+        # lets go of what the cycles went through.
+        if self.tasks is None:
+            # (What an ended exchange's nursery needs, without the exchange.)
+            self.request.set_nursery(_Ended(self))
+        if state is OVER:
+            # (A failed exchange still closes the response's body with its error.)
+            self.response_body = None
 
     @property
     def failed(self) -> bool:
@@ -229,6 +243,32 @@ class Exchange:
         self.cancel()
 
 
+class _Ended:
+    """What makes ``request.nursery`` once its exchange has ended: what the exchange
+    would have made (its tasks are cancelled as they start), without the exchange."""
+
+    __slots__ = ("scope", "state", "task_nursery")
+
+    running = False
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.scope = exchange.scope
+        self.state = exchange.state
+        self.task_nursery = exchange.task_nursery
+
+    def __repr__(self) -> str:
+        return f"<ended exchange {self.state.name}>"
+
+    def make_tasks(self) -> ExchangeTasks:
+        return ExchangeTasks(self, self.task_nursery)
+
+    def task_failed(self) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
 class ExchangeTasks(ExchangeNursery):
     """``request.nursery``: its tasks run in a nursery of the server's, each in a scope
     the exchange cancels at its end (the exchange itself needs no nursery).
@@ -239,7 +279,7 @@ class ExchangeTasks(ExchangeNursery):
 
     __slots__ = ("_done", "_exchange", "_scopes", "count")
 
-    def __init__(self, exchange: Exchange, nursery: trio.Nursery) -> None:
+    def __init__(self, exchange: Exchange | _Ended, nursery: trio.Nursery) -> None:
         self._exchange = exchange
         self._nursery = nursery
         self._scopes: set[trio.CancelScope] | None = None  # (made with the first task)

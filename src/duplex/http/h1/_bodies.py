@@ -94,8 +94,6 @@ class RequestBody(Readable):
     async def _receive(self, max_bytes: int | None) -> bytes:
         await checkpoint_if_cancelled()
         connection = self._connection
-        exchange = self.exchange
-        assert exchange is not None
         yields = connection.transport.yields
         while True:
             if self._closed:
@@ -107,6 +105,8 @@ class RequestBody(Readable):
             if self._ended:
                 data = b""
                 break
+            exchange = self.exchange
+            assert exchange is not None
             try:
                 piece = connection.wire.take_body(max_bytes)
             except ProtocolError as error:
@@ -116,6 +116,9 @@ class RequestBody(Readable):
                 data = piece
                 if not data:
                     self._ended = True
+                    # (Read whole, the body needs its exchange no more; the exchange
+                    # holds it: a cycle, left to the garbage collector, otherwise.)
+                    self.exchange = None
                     exchange.complete_request()
                 break
             await self._fill(exchange)

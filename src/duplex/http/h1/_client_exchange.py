@@ -70,10 +70,11 @@ class RequestSender:
     go out before the response is read; the rest of a larger body, and every streamed
     one, from a task. It tells its exchange how the request ended."""
 
-    __slots__ = ("_exchange", "http", "length", "nursery", "scope", "size", "state")
+    __slots__ = ("http", "length", "nursery", "scope", "size", "state")
 
     def __init__(self, exchange: ClientExchange) -> None:
-        self._exchange = exchange
+        # (Not the exchange itself, which holds its sender: a task that sends is given
+        # it, so that an exchange and its sender are no cycle for the garbage collector.)
         self.http = exchange.http
         #: Where the request is: going out, out whole, or cut short.
         self.state = _SENDING
@@ -87,7 +88,11 @@ class RequestSender:
         self.length: int | None = 0
 
     async def send(
-        self, request: EncodedRequest, body: RequestContent, nursery: trio.Nursery
+        self,
+        exchange: ClientExchange,
+        request: EncodedRequest,
+        body: RequestContent,
+        nursery: trio.Nursery,
     ) -> None:
         """Send the request, or start sending it: returns once the response may be read.
 
@@ -100,7 +105,7 @@ class RequestSender:
         self.length = request.length
         if body is not None and not isinstance(body, bytes):
             await http.send_pieces([request.data])
-            self._start(nursery, self._send_body, body)
+            self._start(nursery, self._send_body, exchange, body)
             return
         pieces = [request.data]
         size = len(body) if body else 0
@@ -121,7 +126,7 @@ class RequestSender:
         else:
             # What the socket did not take goes out from a task while the caller reads
             # the response: a server that echoes as it reads never waits on us.
-            self._start(nursery, self._send_rest, [] if sent is False else pieces)
+            self._start(nursery, self._send_rest, exchange, [] if sent is False else pieces)
 
     async def _send_inline(self, pieces: list[Any]) -> None:
         try:
@@ -135,13 +140,17 @@ class RequestSender:
             self.state = _SENT
 
     def _start(
-        self, nursery: trio.Nursery, task: Callable[[Any], Awaitable[None]], what: object
+        self,
+        nursery: trio.Nursery,
+        task: Callable[[ClientExchange, Any], Awaitable[None]],
+        exchange: ClientExchange,
+        what: object,
     ) -> None:
         self.scope = trio.CancelScope()
         self.nursery = nursery
-        nursery.start_soon(task, what)
+        nursery.start_soon(task, exchange, what)
 
-    async def _send_rest(self, pieces: list[Any]) -> None:
+    async def _send_rest(self, exchange: ClientExchange, pieces: list[Any]) -> None:
         """Send what the socket did not take at once; runs in the client's nursery and
         never raises into it."""
         assert self.scope is not None
@@ -149,11 +158,13 @@ class RequestSender:
             try:
                 await self.http.send_pieces(pieces)
             except (trio.BrokenResourceError, trio.ClosedResourceError, Timeout) as error:
-                self._exchange.request_failed(error)
+                exchange.request_failed(error)
             else:
-                self._exchange.request_ended(_SENT)
+                exchange.request_ended(_SENT)
 
-    async def _send_body(self, body: Readable | AsyncIterable[bytes]) -> None:
+    async def _send_body(
+        self, exchange: ClientExchange, body: Readable | AsyncIterable[bytes]
+    ) -> None:
         """Stream a request body; runs in the client's nursery and never raises into it.
 
         A body that fails (its producer raised) or cannot be framed as announced cuts
@@ -163,7 +174,6 @@ class RequestSender:
         """
         assert self.scope is not None
         http = self.http
-        exchange = self._exchange
         failure: BaseException | None = None
 
         length = self.length
@@ -256,7 +266,7 @@ class ClientExchange:
         self, request: EncodedRequest, body: RequestContent, nursery: trio.Nursery
     ) -> None:
         """Send the request, or start sending it (see ``RequestSender.send``)."""
-        await self._sender.send(request, body, nursery)
+        await self._sender.send(self, request, body, nursery)
 
     def request_ended(self, state: int) -> None:
         """The request went out whole, or was cut short (``state``)."""

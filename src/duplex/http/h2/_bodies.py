@@ -93,8 +93,12 @@ class StreamBody(Writable):
                 # over HTTP/1.1, where a read finds it): the server answers it.
                 exchange.cancel()
             raise
-        if not data and exchange is not None and not exchange.request_complete:
-            exchange.complete_request()
+        if not data and exchange is not None:
+            if not exchange.request_complete:
+                exchange.complete_request()
+            # (Read whole, the body needs its exchange no more; the exchange holds it:
+            # a cycle, left to the garbage collector, otherwise.)
+            self._exchange = None
         return data
 
     def _take(self, max_bytes: int | None) -> bytes:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import suppress
-from functools import partial
 from math import inf
 from typing import TYPE_CHECKING
 
@@ -193,8 +192,9 @@ class _H2Connection(h2.connection.H2Connection):
         self, stream_id: int, allowed_ids: h2.connection.AllowedStreamIDs
     ) -> h2.stream.H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream._track_content_length = partial(_count_only, stream)  # type: ignore[method-assign]
-        stream._process_received_headers = _process_received_headers  # type: ignore[method-assign,assignment]
+        # (A class rather than attributes of the stream: a bound method of its own
+        # would make each stream a cycle for the garbage collector to undo.)
+        stream.__class__ = _Stream
         return stream
 
 
@@ -233,8 +233,14 @@ def _process_received_headers(
     return received
 
 
-def _count_only(stream: h2.stream.H2Stream, length: int, end_stream: bool) -> None:
-    stream._actual_content_length += length
+class _Stream(h2.stream.H2Stream):
+    """h2's stream, with duplex's checks of a received header block, and a body's
+    length only counted (duplex checks it against Content-Length itself)."""
+
+    _process_received_headers = staticmethod(_process_received_headers)  # type: ignore[assignment]
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        self._actual_content_length += length
 
 
 class H2ServerConnection:

@@ -25,6 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import trio
 from trio.lowlevel import ParkingLot
 
@@ -51,6 +52,7 @@ _MAX_UNWRITTEN = 1000 * _MAX_FRAME_SIZE + (1 << 20)
 #: The connection's receive window: given back as data arrives, so it never holds a
 #: stream back; large so that the server is never held back by the round trip either.
 _CONNECTION_WINDOW = 1 << 24
+_ENDED_BY_SERVER = (h2.stream.StreamState.CLOSED, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 #: Bytes received before the connection's window is given back (one WINDOW_UPDATE).
 _CONNECTION_ACK_SIZE = 1 << 20
 
@@ -246,7 +248,11 @@ class H2ClientConnection:
         again (WINDOW_UPDATE)."""
         if self.closed or size <= 0:
             return
-        # A stream that has ended has no window left to give.
+        # A stream the server has ended takes no more: there is no window to give it
+        # (asking h2 would raise, and a raise is dear: a response's last read gets here).
+        stream = self.h2.streams.get(stream_id)
+        if stream is None or stream.state_machine.state in _ENDED_BY_SERVER:
+            return
         with contextlib.suppress(trio.BrokenResourceError, KeyError), mapped():
             self.h2.increment_flow_control_window(size, stream_id)
         self.pull()
