@@ -103,3 +103,25 @@ async def test_an_exchange_leaves_no_cycle_behind(
                     response = await client.request(method, address, body=body)
                     assert await response.read() == (body or b"Hello, world!")
             assert left_behind(counts) == {}
+
+
+@pytest.mark.both_protocols(False)
+async def test_a_connection_that_closes_leaves_no_cycle_behind() -> None:
+    async def one_request(port: int) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+            return received
+
+    with trio.fail_after(30):
+        async with serving(handler) as server:
+            for _ in range(3):
+                assert (await one_request(server.port)).endswith(b"Hello, world!")
+            with garbage_kept() as counts:
+                for _ in range(ROUNDS):
+                    assert (await one_request(server.port)).endswith(b"Hello, world!")
+    per_connection = {"ServerConnection", "Responder", "ServerWire", "Transport", "SocketStream"}
+    assert {name: n for name, n in counts.items() if name in per_connection and n > 1} == {}

@@ -289,7 +289,7 @@ class ResponseOutput(DirectOutput):
         connection = self._connection
         if connection.transport.broken or connection.framer.response_ended:
             return
-        pieces = connection.responder.ending()
+        pieces = connection.responder.ending(connection.framer)
         try:
             sent = connection.transport.write_nowait(pieces)
             if not sent:

@@ -99,7 +99,7 @@ class ServerConnection:
         #: What the peer sent, when it opened with the HTTP/2 preface: the server then
         #: speaks HTTP/2 on the transport (h2c with prior knowledge).
         self.handover: bytes | None = None
-        self.responder = Responder(self)
+        self.responder = Responder()
         #: Set once the end of a response handed to a server task (``Streamable``
         #: output closed while the socket could not take it at once) has gone out.
         self.ending: trio.Event | None = None

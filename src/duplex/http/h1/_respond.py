@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from math import inf
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from ._wire import CONTINUE
 if TYPE_CHECKING:
     from ._connection import ServerConnection
     from ._exchange import H1Exchange
+    from ._framing import ResponseFramer
 
 __all__ = ["Control", "Responder"]
 
@@ -40,16 +42,18 @@ log = logging.getLogger("duplex.server")
 class Responder:
     """Sends the responses of one connection."""
 
-    __slots__ = ("_connection", "_trailers")
+    # (It keeps no reference to its connection, which holds it: each method finds the
+    # connection through its exchange, and a connection that closes is no cycle left to
+    # the garbage collector.)
+    __slots__ = ("_trailers",)
 
-    def __init__(self, connection: ServerConnection) -> None:
-        self._connection = connection
+    def __init__(self) -> None:
         # The trailers of the response being sent, for whoever ends it.
         self._trailers: list[tuple[bytes, bytes]] | None = None
 
     async def respond(self, exchange: H1Exchange) -> None:
         """Run the handler (or a parked exchange's sequel) and send its response."""
-        connection = self._connection
+        connection = exchange.connection
         resume = exchange.resume
         try:
             if resume is not None:
@@ -89,7 +93,7 @@ class Responder:
         """The response head (``length``: the body's, when known), with ``100 Continue``
         before it when the client waits for one and the response ``may_read`` the body
         as it streams; the exchange learns whether the connection closes after it."""
-        connection = self._connection
+        connection = exchange.connection
         wire = connection.wire
         keep_alive = exchange.keep_alive and not (
             connection.closing or connection.server.shutting_down
@@ -135,7 +139,7 @@ class Responder:
         if isinstance(body, Takeover):
             await self._run_takeover(exchange, body.fn)
             return
-        connection = self._connection
+        connection = exchange.connection
         status = response.status
         trailers = response.trailers
         length = body_length(response)
@@ -151,7 +155,7 @@ class Responder:
             )
             # The whole response in one write.
             pieces = [head, *connection.framer.frame(body)] if body and not no_body else [head]
-            pieces += self.ending()
+            pieces += self.ending(connection.framer)
             await connection.transport.send_pieces(pieces)
             return
         if isinstance(body, Readable):
@@ -163,20 +167,18 @@ class Responder:
         await send_body(
             exchange,
             body,
-            self._send_chunk,
+            partial(self._send_chunk, connection),
             lambda: ResponseOutput(connection, exchange),
             no_body=no_body,
         )
         await self.end(exchange)
 
-    async def _send_chunk(self, chunk: bytes) -> None:
-        connection = self._connection
+    async def _send_chunk(self, connection: ServerConnection, chunk: bytes) -> None:
         await connection.transport.send_pieces(connection.framer.frame(chunk))
 
-    def ending(self) -> list[Any]:
-        """What ends the response on the wire, its trailers where the framing carries
-        them (elsewhere they are dropped, as HTTP allows)."""
-        framer = self._connection.framer
+    def ending(self, framer: ResponseFramer) -> list[Any]:
+        """What ends the response on the wire (as ``framer`` frames it), its trailers
+        where the framing carries them (elsewhere they are dropped, as HTTP allows)."""
         trailers, self._trailers = self._trailers, None
         if trailers and not framer.carries_trailers:
             log.debug("trailers dropped: this response cannot carry them")
@@ -184,8 +186,9 @@ class Responder:
 
     async def end(self, exchange: H1Exchange) -> None:
         """End the response on the wire (once)."""
-        if not self._connection.framer.response_ended:
-            await self._connection.transport.send_pieces(self.ending())
+        connection = exchange.connection
+        if not connection.framer.response_ended:
+            await connection.transport.send_pieces(self.ending(connection.framer))
         if exchange.state is RESPONDING:
             exchange.to(RESPONDED)
         exchange.drain_soon()
@@ -193,7 +196,7 @@ class Responder:
     async def _run_takeover(
         self, exchange: H1Exchange, fn: Callable[[ResponseControl], Awaitable[object]]
     ) -> None:
-        connection = self._connection
+        connection = exchange.connection
         control = Control(connection, exchange)
         await fn(control)
         if control.parking:
