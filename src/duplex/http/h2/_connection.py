@@ -583,6 +583,10 @@ class H2ServerConnection:
             self.transport.abort_send()
             await self.transport.aclose()
             self.server.connection_closed(self)
+            # h2's table of its own bound methods, one per frame type, makes each of its
+            # connections a cycle that only the garbage collector would undo (with the
+            # HPACK tables and settings behind it); nothing reads frames any more.
+            self.h2._frame_dispatch_table.clear()
 
     async def _serve(self) -> None:
         h2_connection = self.h2

@@ -326,17 +326,23 @@ class H2ClientConnection:
         """Read and write until the connection ends; never raises (the reason goes to
         every stream on it)."""
         error: BaseException | None = None
-        with self._scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop)
-                    await self._read_loop()
-            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-                error = _first(group)
-                self.cut_off = not isinstance(error, _ServerBrokeHTTP2)
-        if error is None:
-            error = trio.ClosedResourceError("the HTTP/2 connection was closed")
-        self._end(error)
+        try:
+            with self._scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._write_loop)
+                        await self._read_loop()
+                except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                    error = _first(group)
+                    self.cut_off = not isinstance(error, _ServerBrokeHTTP2)
+            if error is None:
+                error = trio.ClosedResourceError("the HTTP/2 connection was closed")
+            self._end(error)
+        finally:
+            # h2's table of its own bound methods, one per frame type, makes each of
+            # its connections a cycle that only the garbage collector would undo; this
+            # task was the only reader of frames (cancelled from outside too).
+            self.h2._frame_dispatch_table.clear()
 
     async def _read_loop(self) -> None:
         h = self.h2
