@@ -139,3 +139,41 @@ async def test_a_connection_that_closes_leaves_no_cycle_behind() -> None:
         "Client",
     }
     assert {name: n for name, n in counts.items() if name in per_connection and n > 1} == {}
+
+
+async def test_a_channel_that_closes_leaves_its_exchange_to_no_cycle() -> None:
+    """A channel (a server-sent event stream here) whose client goes away: its exchange
+    and connection are freed as it ends (the channel's own objects may still be tied
+    together, and a user may hold them)."""
+    closed = trio.Semaphore(0)
+
+    async def on_close(channel: duplex.Channel, status: duplex.CloseStatus) -> None:
+        closed.release()
+
+    async def events(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request, on_close=on_close, heartbeat=None)
+
+    with trio.fail_after(30):
+        async with serving(events) as server:
+            address = f"http://127.0.0.1:{server.port}/"
+
+            async def one_channel() -> None:
+                async with duplex.Client() as client:
+                    response = await client.get(address, headers={"accept": "text/event-stream"})
+                    assert response.status == 200
+                await closed.acquire()  # (the client gone, the channel closes)
+
+            for _ in range(3):
+                await one_channel()
+            with garbage_kept() as counts:
+                for _ in range(ROUNDS):
+                    await one_channel()
+    per_exchange = {
+        "H1Exchange",
+        "H2Exchange",
+        "ServerConnection",
+        "H2ServerConnection",
+        "Transport",
+        "Control",
+    }
+    assert {name: n for name, n in counts.items() if name in per_exchange and n > 1} == {}

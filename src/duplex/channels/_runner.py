@@ -485,6 +485,10 @@ class Runner:
             await self._bounded("on_close", (channel.on_close,), channel, life.close_status)
         finally:
             life.set_done()
+            # Done, the channel writes no more: it lets go of the server's side (its
+            # exchange and connection), which it would otherwise keep, with itself, in
+            # a cycle that only the garbage collector would undo.
+            self._writer._control = None
 
     async def _bounded(
         self, what: str, callbacks: Iterable[Callback | None], *args: object

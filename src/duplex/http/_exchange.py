@@ -176,6 +176,7 @@ class Exchange:
         if self.tasks is None:
             # (What an ended exchange's nursery needs, without the exchange.)
             self.request.set_nursery(_Ended(self))
+        self.on_server_closing = None
         if state is OVER:
             # (A failed exchange still closes the response's body with its error.)
             self.response_body = None
