@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import gc
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -40,6 +40,26 @@ PER_EXCHANGE = {
     "StreamBody",
     "StreamOutput",
     "_Stream",
+}
+
+
+#: What one connection makes, on either side, over either protocol.
+PER_CONNECTION = {
+    # The server's, over either protocol, and h2's own (duplex's subclass of it)
+    "ServerConnection",
+    "Responder",
+    "ServerWire",
+    "H2ServerConnection",
+    "_H2Connection",
+    "H2Connection",
+    "Transport",
+    "SocketStream",
+    # the client's
+    "HTTPConnection",
+    "PooledConnection",
+    "Pool",
+    "H2ClientConnection",
+    "Client",
 }
 
 
@@ -75,9 +95,18 @@ async def handler(request: duplex.Request) -> duplex.Response:
     return duplex.Response(200, {"content-type": "text/plain"}, b"Hello, world!")
 
 
-def left_behind(counts: collections.Counter[str]) -> dict[str, int]:
-    # (One exchange may be in flight as the block ends: at most one of each is allowed.)
-    return {name: count for name, count in counts.items() if name in PER_EXCHANGE and count > 1}
+async def left_in_cycles(
+    once: Callable[[], Awaitable[None]], names: Collection[str]
+) -> dict[str, int]:
+    """Run ``once`` a few times (the connection, and whatever a first use makes once),
+    then ``ROUNDS`` times counting: how many objects of each of ``names`` the collector
+    found. (One may be in flight as the count ends: at most one of each is allowed.)"""
+    for _ in range(3):
+        await once()
+    with garbage_kept() as counts:
+        for _ in range(ROUNDS):
+            await once()
+    return {name: count for name, count in counts.items() if name in names and count > 1}
 
 
 @pytest.mark.parametrize(
@@ -95,14 +124,12 @@ async def test_an_exchange_leaves_no_cycle_behind(
     with trio.fail_after(30):
         async with serving(handler) as server, duplex.Client() as client:
             address = f"http://127.0.0.1:{server.port}{path}"
-            for _ in range(3):  # the connection, and whatever a first use makes once
+
+            async def one_request() -> None:
                 response = await client.request(method, address, body=body)
                 assert await response.read() == (body or b"Hello, world!")
-            with garbage_kept() as counts:
-                for _ in range(ROUNDS):
-                    response = await client.request(method, address, body=body)
-                    assert await response.read() == (body or b"Hello, world!")
-            assert left_behind(counts) == {}
+
+            assert await left_in_cycles(one_request, PER_EXCHANGE) == {}
 
 
 async def test_a_connection_that_closes_leaves_no_cycle_behind() -> None:
@@ -116,29 +143,8 @@ async def test_a_connection_that_closes_leaves_no_cycle_behind() -> None:
                     response = await client.get(address)
                     assert await response.read() == b"Hello, world!"
 
-            for _ in range(3):
-                await one_request()
-            with garbage_kept() as counts:
-                for _ in range(ROUNDS):
-                    await one_request()
-    per_connection = {
-        # The server's, over either protocol, and h2's own (duplex's subclass of it)
-        "ServerConnection",
-        "Responder",
-        "ServerWire",
-        "H2ServerConnection",
-        "_H2Connection",
-        "H2Connection",
-        "Transport",
-        "SocketStream",
-        # the client's
-        "HTTPConnection",
-        "PooledConnection",
-        "Pool",
-        "H2ClientConnection",
-        "Client",
-    }
-    assert {name: n for name, n in counts.items() if name in per_connection and n > 1} == {}
+            left = await left_in_cycles(one_request, PER_CONNECTION)
+    assert left == {}
 
 
 async def test_a_channel_that_closes_leaves_its_exchange_to_no_cycle() -> None:
@@ -163,17 +169,15 @@ async def test_a_channel_that_closes_leaves_its_exchange_to_no_cycle() -> None:
                     assert response.status == 200
                 await closed.acquire()  # (the client gone, the channel closes)
 
-            for _ in range(3):
-                await one_channel()
-            with garbage_kept() as counts:
-                for _ in range(ROUNDS):
-                    await one_channel()
-    per_exchange = {
-        "H1Exchange",
-        "H2Exchange",
-        "ServerConnection",
-        "H2ServerConnection",
-        "Transport",
-        "Control",
-    }
-    assert {name: n for name, n in counts.items() if name in per_exchange and n > 1} == {}
+            left = await left_in_cycles(
+                one_channel,
+                {
+                    "H1Exchange",
+                    "H2Exchange",
+                    "ServerConnection",
+                    "H2ServerConnection",
+                    "Transport",
+                    "Control",
+                },
+            )
+    assert left == {}
