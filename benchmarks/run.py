@@ -74,6 +74,10 @@ class Sizes:
     client_seconds: float
     stream_bytes: int
     repeats: int
+    #: Small requests and the echo swing most with the host's neighbours (the echo's
+    #: runs fall into two modes for every server): more runs steady their medians.
+    small_repeats: int
+    echo_repeats: int
 
 
 FULL = Sizes(
@@ -86,6 +90,8 @@ FULL = Sizes(
     client_seconds=10.0,
     stream_bytes=256 * MIB,
     repeats=3,
+    small_repeats=5,
+    echo_repeats=7,
 )
 QUICK = Sizes(
     wrk_seconds=5,
@@ -97,6 +103,8 @@ QUICK = Sizes(
     client_seconds=3.0,
     stream_bytes=64 * MIB,
     repeats=1,
+    small_repeats=1,
+    echo_repeats=1,
 )
 
 
@@ -558,7 +566,7 @@ def bench_small(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None)
     servers = lineup(SMALL_SERVERS, baseline.name if baseline else None)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     # Repeats go round all the servers, so that a noisy minute hits each of them alike.
-    for repeat in range(sizes.repeats):
+    for repeat in range(sizes.small_repeats):
         for name in servers:
             try:
                 with running(name, logdir, baseline) as server:
@@ -587,7 +595,7 @@ def bench_echo(sizes: Sizes, logdir: Path, log: Log, baseline: Baseline | None) 
     servers = lineup(ECHO_SERVERS, baseline.name if baseline else None)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     client = str(CLIENTS / "echo_client.py")
-    for repeat in range(sizes.repeats):
+    for repeat in range(sizes.echo_repeats):
         for name in servers:
             mode = "raw" if name == "trio-raw-echo" else "http"
             base = [PY, client, "--mode", mode, "--timeout", "120", "--stall", "10"]
@@ -1110,7 +1118,8 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         )
     echo = results.get("echo", {})
     d = _get(echo, "duplex", "mib_per_s")
-    for peer, goal in (("trio-h11-floor", 1.4), ("trio-raw-echo", 0.6)):
+    # (Issue 6's two goals, then issue 16's: no regression, 0.9x the raw trio echo.)
+    for peer, goal in (("trio-h11-floor", 1.4), ("trio-raw-echo", 0.6), ("trio-raw-echo", 0.9)):
         p = _get(echo, peer, "mib_per_s")
         at_least(f"echo: MiB/s vs {peer}", goal, _ratio(d, p), f"{_fmt(d)} / {_fmt(p)} MiB/s")
     d_cpu = _get(echo, "duplex", "cpu_s_per_gib")
@@ -1436,7 +1445,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             f"13-byte response, keep-alive, `wrk -t1 -c50 -d{sizes.wrk_seconds}s --latency` "
             f"(after a {sizes.wrk_warmup} s warm-up). Server CPU = user + system of the server",
             "process over the measured run. Each figure is the median of its "
-            f"{sizes.repeats} run(s), taken in turns across the servers.",
+            f"{sizes.small_repeats} run(s), taken in turns across the servers.",
             "",
         ]
         if "_skipped" in small:
@@ -1487,7 +1496,7 @@ def render(env: dict[str, Any], results: dict[str, Any], sizes: Sizes, quick: bo
             "(benchmarks/clients/echo_client.py, trio, raw socket) sends and reads at once.",
             '"Sent before first echo" shows whether a server echoes before the request',
             "ends (a server that buffers would show the whole body there). Each figure is",
-            f"the median of its {sizes.repeats} run(s).",
+            f"the median of its {sizes.echo_repeats} run(s), taken in turns.",
             "",
         ]
         rows = []
