@@ -63,6 +63,23 @@ PER_CONNECTION = {
 }
 
 
+#: What a channel makes, whatever its transport (the WebSocket's over either protocol).
+PER_CHANNEL = {
+    "Channel",
+    "_ChannelHeaders",
+    "Writer",
+    "Runner",
+    "Lifecycle",
+    "MessageQueue",
+    "HTTPTransport",
+    "SSETransport",
+    "WebSocketTransport",
+    "WebSocket",
+    "WSConnection",
+    "ClientWebSocket",
+}
+
+
 @contextmanager
 def garbage_kept() -> Iterator[collections.Counter[str]]:
     """Count, by type name, what the collector finds unreachable within the block."""
@@ -147,10 +164,9 @@ async def test_a_connection_that_closes_leaves_no_cycle_behind() -> None:
     assert left == {}
 
 
-async def test_a_channel_that_closes_leaves_its_exchange_to_no_cycle() -> None:
-    """A channel (a server-sent event stream here) whose client goes away: its exchange
-    and connection are freed as it ends (the channel's own objects may still be tied
-    together, and a user may hold them)."""
+async def test_a_channel_whose_client_leaves_leaves_no_cycle() -> None:
+    """A channel (a server-sent event stream here) whose client goes away: it, its
+    exchange and its connection are freed as it ends."""
     closed = trio.Semaphore(0)
 
     async def on_close(channel: duplex.Channel, status: duplex.CloseStatus) -> None:
@@ -169,15 +185,56 @@ async def test_a_channel_that_closes_leaves_its_exchange_to_no_cycle() -> None:
                     assert response.status == 200
                 await closed.acquire()  # (the client gone, the channel closes)
 
-            left = await left_in_cycles(
-                one_channel,
-                {
-                    "H1Exchange",
-                    "H2Exchange",
-                    "ServerConnection",
-                    "H2ServerConnection",
-                    "Transport",
-                    "Control",
-                },
-            )
+            left = await left_in_cycles(one_channel, PER_EXCHANGE | PER_CONNECTION | PER_CHANNEL)
+    assert left == {}
+
+
+async def test_a_long_poll_answered_leaves_no_cycle() -> None:
+    """A long-poll: a channel answered with one message, then closed (``close=True``),
+    a request after another on one connection."""
+
+    async def on_open(channel: duplex.Channel) -> None:
+        await channel.send("news", close=True)
+
+    async def poll(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request, on_open=on_open, heartbeat=None)
+
+    with trio.fail_after(30):
+        async with serving(poll) as server, duplex.Client() as client:
+            address = f"http://127.0.0.1:{server.port}/poll"
+
+            async def one_poll() -> None:
+                response = await client.get(address)
+                assert (response.status, await response.body.join()) == (200, b"news")
+
+            left = await left_in_cycles(one_poll, PER_EXCHANGE | PER_CONNECTION | PER_CHANNEL)
+    assert left == {}
+
+
+async def test_a_websocket_session_leaves_no_cycle() -> None:
+    """A WebSocket channel (an HTTP/1.1 Upgrade, or an extended CONNECT over HTTP/2) that
+    echoes a message, closed by the client: the handed-over exchange, the channel and
+    both ends' WebSocket objects are freed as the session ends."""
+    closed = trio.Semaphore(0)
+
+    async def on_receive(channel: duplex.Channel, message: str | bytes) -> None:
+        await channel.send(message)
+
+    async def on_close(channel: duplex.Channel, status: duplex.CloseStatus) -> None:
+        closed.release()
+
+    async def sockets(request: duplex.Request) -> duplex.Response:
+        return duplex.channel(request, on_receive=on_receive, on_close=on_close)
+
+    with trio.fail_after(30):
+        async with serving(sockets) as server, duplex.Client() as client:
+            address = f"ws://127.0.0.1:{server.port}/ws"
+
+            async def one_session() -> None:
+                async with client.websocket(address) as socket:
+                    await socket.send("hello")
+                    assert await socket.receive() == "hello"
+                await closed.acquire()
+
+            left = await left_in_cycles(one_session, PER_EXCHANGE | PER_CONNECTION | PER_CHANNEL)
     assert left == {}

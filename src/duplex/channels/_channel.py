@@ -35,17 +35,20 @@ TOO_SLOW = CloseStatus("too-slow", 1008, "the client reads too slowly")
 
 
 class _ChannelHeaders(Headers):
-    """A channel's response headers: changing them once it opened is an illegal action."""
+    """A channel's response headers: changing them once it opened is an illegal action.
 
-    __slots__ = ("_channel",)
+    They hold the channel's lifecycle and writer, not the channel (which holds them)."""
 
-    def __init__(self, channel: Channel, headers: HeadersLike | None) -> None:
-        self._channel = channel
+    __slots__ = ("_life", "_writer")
+
+    def __init__(self, life: Lifecycle, writer: Writer, headers: HeadersLike | None) -> None:
+        self._life = life
+        self._writer = writer
         super().__init__(headers)
 
     def _check(self, action: str) -> bool:
-        if self._channel.state != "new":
-            self._channel._illegal(f"{action} after the channel opened")
+        if self._life.state is not State.NEW:
+            self._writer.illegal(f"{action} after the channel opened")
             return False
         return True
 
@@ -124,12 +127,11 @@ class Channel:
         compress_min_size: int = COMPRESS_MIN_SIZE,
     ) -> None:
         self.request = request
-        self._life = Lifecycle()  # first: the headers ask it whether they may change
+        self._life = Lifecycle()
         self.on_open = on_open
         self.on_receive = on_receive
         self.on_close = on_close
         self._status = status
-        self._headers = _ChannelHeaders(self, headers)
         self.heartbeat = heartbeat
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
@@ -147,6 +149,7 @@ class Channel:
         self._queue = MessageQueue()
         hooks = Hooks.of(after_open, before_chunk, before_close, after_close)
         self._writer = Writer(self, self._life, self._queue, self._transport, hooks)
+        self._headers = _ChannelHeaders(self._life, self._writer, headers)
         self._trio_token = trio.lowlevel.current_trio_token()
 
     def __repr__(self) -> str:
@@ -217,7 +220,7 @@ class Channel:
         if self._life.state is not State.NEW:
             self._illegal("setting headers after the channel opened")
             return
-        self._headers = _ChannelHeaders(self, value)
+        self._headers = _ChannelHeaders(self._life, self._writer, value)
 
     async def wait_closed(self) -> CloseStatus:
         """Wait until the channel has closed and ``on_close`` has run; return why."""
@@ -328,8 +331,7 @@ class Channel:
         return self._writer.close(CloseStatus("server"))
 
     def _illegal(self, action: str) -> None:
-        log.error("%r: illegal action: %s; the channel is closed", self, action)
-        self._writer.fail(CloseStatus("error", 1011, f"illegal action: {action}"))
+        self._writer.illegal(action)
 
     # -- running (the server calls this through Takeover) -----------------------------
 

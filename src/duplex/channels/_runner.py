@@ -98,7 +98,9 @@ class Writer:
         transport: Transport,
         hooks: Hooks,
     ) -> None:
-        self._channel = channel
+        #: The channel, until it is done (then None: it holds its writer, and is no
+        #: longer held by it, so that it ends with no cycle for the collector to undo).
+        self._channel: ChannelLike | None = channel
         self._life = life
         self._queue = queue
         self._transport = transport
@@ -167,6 +169,13 @@ class Writer:
         control = self._control
         self.close(RESTART if control is not None and control.server_restarting else SHUTDOWN)
 
+    def illegal(self, action: str) -> None:
+        """An illegal action (a send from ``after_close``, a header changed once open):
+        logged, and the channel ends as errored."""
+        channel = self._channel if self._channel is not None else "a finished channel"
+        log.error("%r: illegal action: %s; the channel is closed", channel, action)
+        self.fail(CloseStatus("error", 1011, f"illegal action: {action}"))
+
     def fail(self, status: CloseStatus) -> None:
         """End the channel as ``ERRORED`` for the reason ``status``."""
         self._life.fail(status)
@@ -211,8 +220,9 @@ class Writer:
         transport = self._transport
         direct = transport.direct and not self._hooks.before_chunk
         deadline = inf
-        if transport.heartbeat is not None and self._channel.heartbeat is not None:
-            deadline = trio.current_time() + self._channel.heartbeat
+        heartbeat = self._channel.heartbeat if self._channel is not None else None
+        if transport.heartbeat is not None and heartbeat is not None:
+            deadline = trio.current_time() + heartbeat
         if alone and direct and solo and control.park(self.resume, deadline):
             self.mode = Mode.PARKED
             self._deadline = deadline
@@ -252,6 +262,7 @@ class Runner:
     __slots__ = ("_beside_hooks", "_channel", "_hooks", "_life", "_queue", "_transport", "_writer")
 
     def __init__(self, writer: Writer) -> None:
+        assert writer._channel is not None, "a channel that is done runs no more"
         self._writer = writer
         self._channel = writer._channel
         self._life = writer._life
@@ -485,10 +496,11 @@ class Runner:
             await self._bounded("on_close", (channel.on_close,), channel, life.close_status)
         finally:
             life.set_done()
-            # Done, the channel writes no more: it lets go of the server's side (its
-            # exchange and connection), which it would otherwise keep, with itself, in
-            # a cycle that only the garbage collector would undo.
+            # Done, the channel writes no more: its writer lets go of the server's side
+            # (its exchange and connection) and of the channel, which it would
+            # otherwise keep, with itself, in cycles that only the collector would undo.
             self._writer._control = None
+            self._writer._channel = None
 
     async def _bounded(
         self, what: str, callbacks: Iterable[Callback | None], *args: object

@@ -177,7 +177,7 @@ class Exchange:
             # (What an ended exchange's nursery needs, without the exchange.)
             self.request.set_nursery(_Ended(self))
         self.on_server_closing = None
-        if state is OVER:
+        if state is not FAILED:
             # (A failed exchange still closes the response's body with its error.)
             self.response_body = None
 
@@ -228,6 +228,10 @@ class Exchange:
         """The exchange is over: cancel the tasks left in ``request.nursery``."""
         if not self.ended:
             self.to(OVER)
+        elif self.state is DETACHED:
+            # (Handed over, it ended as the other protocol took it; that protocol is
+            # done with it too by now.)
+            self._untie(DETACHED)
         if self.tasks is not None:
             self.tasks.cancel()
 

@@ -47,6 +47,13 @@ class StreamBody(Writable):
         """Belong to ``exchange`` (made after its body)."""
         self._exchange = exchange
 
+    def unbind(self) -> None:
+        """The stream is gone (nothing more is fed to the body): let go of its exchange,
+        which holds the body. A body read to its end has let go already; one that was
+        not (a stream handed over to a WebSocket, a body left unread) would otherwise
+        stay with its exchange in a cycle until the garbage collector undid it."""
+        self._exchange = None
+
     def __repr__(self) -> str:
         return f"<stream body length={self.length} queued={self.queued}>"
 

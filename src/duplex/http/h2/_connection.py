@@ -960,6 +960,9 @@ class H2ServerConnection:
             if exchange.tasks is not None:
                 await exchange.tasks.wait()
             self.streams.pop(exchange.stream_id, None)
+            body = exchange.request_body
+            if isinstance(body, StreamBody):
+                body.unbind()
             self._check_idle()
             if self.server.access_log:
                 self.server.log_access(exchange.request, exchange.status or None, exchange.sent)
