@@ -15,7 +15,6 @@ import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Iterable, Iterator
-from contextlib import contextmanager
 from math import inf
 from typing import Protocol
 
@@ -194,19 +193,6 @@ class Writer:
         self.mode = Mode.BUSY
         await Runner(self).drive(control, resumed=True, heartbeat_due=heartbeat_due)
 
-    @contextmanager
-    def cuttable(self) -> Iterator[trio.CancelScope]:
-        """A scope for writing that ``close`` cancels when the client takes nothing more
-        (the innermost one: the writer beside ``before_close`` hooks, then the task that
-        runs them)."""
-        outer = self._write_scope
-        scope = self._write_scope = trio.CancelScope()
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._write_scope = outer
-
     async def wait(self, control: ResponseControl, *, alone: bool, solo: bool) -> bool:
         """Wait until there is something to do (``wake``), the heartbeat is due, or the
         client leaves; True if the channel parked instead (the caller returns, and the
@@ -303,8 +289,7 @@ class Runner:
                         status = CloseStatus("shutdown", 1012, "the server restarted")
                     else:
                         status = CloseStatus("shutdown", 1001, "the server stopped")
-                with trio.CancelScope(shield=True):
-                    await self._finish(status)
+                await self._finish(status)  # (its callbacks run shielded)
 
     async def _serve(
         self,
@@ -389,9 +374,18 @@ class Runner:
         self, control: ResponseControl, *, solo: bool, beside: bool = False
     ) -> bool:
         """``_write`` in a scope that ``close`` cancels for a client that takes nothing
-        more (``close`` has then recorded why); True if the channel parked."""
-        with self._writer.cuttable():
-            return await self._write(control, solo=solo, beside=beside)
+        more (``close`` has then recorded why); True if the channel parked.
+
+        The scope is the writer's innermost one while it lasts: the writer beside
+        ``before_close`` hooks, then the task that runs them."""
+        writer = self._writer
+        outer = writer._write_scope
+        scope = writer._write_scope = trio.CancelScope()
+        try:
+            with scope:
+                return await self._write(control, solo=solo, beside=beside)
+        finally:
+            writer._write_scope = outer
         return False
 
     async def _write(self, control: ResponseControl, *, solo: bool, beside: bool) -> bool:
@@ -505,9 +499,14 @@ class Runner:
     async def _bounded(
         self, what: str, callbacks: Iterable[Callback | None], *args: object
     ) -> None:
-        """Run ``callbacks`` in order, within ``CLEANUP_SECONDS`` in all; a failure is
-        logged and the next one runs."""
-        with trio.move_on_after(CLEANUP_SECONDS) as scope:
+        """Run ``callbacks`` (skipping None) in order, shielded from the cancellation
+        that may have ended the channel, within ``CLEANUP_SECONDS`` in all; a failure
+        is logged and the next one runs."""
+        callbacks = [callback for callback in callbacks if callback is not None]
+        if not callbacks:
+            return  # (no scope to enter: most channels have few of these callbacks)
+        deadline = trio.current_time() + CLEANUP_SECONDS
+        with trio.CancelScope(deadline=deadline, shield=True) as scope:
             for callback in callbacks:
                 try:
                     await call(callback, *args)

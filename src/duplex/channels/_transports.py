@@ -215,9 +215,7 @@ class HTTPTransport(Transport):
                 body = self.encode(chunks[0])
                 headers = channel.headers.copy()
                 headers["content-length"] = str(len(body))
-                await control.start(channel.status, headers)
-                await control.write(body)
-                await control.end()
+                await control.reply(channel.status, headers, body)
                 return False
             await control.start(channel.status, channel.headers)
             self.head_sent = True

@@ -57,6 +57,11 @@ class ResponseControl(Protocol):
         """Finish the response (after ``start``)."""
         ...
 
+    async def reply(self, status: int, headers: HeadersLike | None, body: bytes) -> None:
+        """The whole response at once, as ``start``, ``write`` and ``end`` send it, in
+        one write where the protocol can (a long-poll's answer)."""
+        ...
+
     def write_nowait(self, data: bytes) -> bool | None:
         """Send part of the body now if it can go out without waiting, for a sender that
         must not block (a broadcast): None, having sent nothing, when it cannot; True

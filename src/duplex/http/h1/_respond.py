@@ -246,6 +246,25 @@ class Control(ExchangeControl):
     async def end(self) -> None:
         await self._connection.responder.end(self._exchange)
 
+    async def reply(self, status: int, headers: HeadersLike | None, body: bytes) -> None:
+        exchange = self._exchange
+        if exchange.head_started:
+            raise RuntimeError("the response has already started")
+        connection = self._connection
+        responder, framer = connection.responder, connection.framer
+        response = Response(status, headers)
+        head = responder.head(
+            exchange, status, REASONS.get(status, b""), list(response.headers.raw), may_read=True
+        )
+        pieces = (
+            [head, *framer.frame(body)] if body and exchange.request.method != "HEAD" else [head]
+        )
+        pieces += responder.ending(framer)
+        if len(body) <= _JOIN_AT_MOST:
+            pieces = [b"".join(pieces)]
+        await connection.transport.send_pieces(pieces)
+        await responder.end(exchange)  # (the bytes are out: what is left of ending it)
+
     @property
     def ended(self) -> bool:
         return self._connection.framer.response_ended

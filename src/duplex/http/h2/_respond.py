@@ -128,6 +128,11 @@ class H2Control(ExchangeControl):
     async def end(self) -> None:
         await self._exchange.finish()
 
+    async def reply(self, status: int, headers: HeadersLike | None, body: bytes) -> None:
+        await self.start(status, headers)
+        await self.write(body)
+        await self.end()
+
     def write_nowait(self, data: bytes) -> bool | None:
         # DATA the window takes at once goes out from the caller's task; a socket that
         # takes only part leaves the rest to the connection's sender (False: the caller
