@@ -43,6 +43,11 @@ log = logging.getLogger("duplex.server")
 _JOIN_AT_MOST = 16384
 
 
+def _one_write(pieces: list[Any], body: bytes) -> list[Any]:
+    """The pieces of a whole response, as one buffer if its ``body`` is small."""
+    return [b"".join(pieces)] if len(pieces) > 1 and len(body) <= _JOIN_AT_MOST else pieces
+
+
 class Responder:
     """Sends the responses of one connection."""
 
@@ -160,9 +165,7 @@ class Responder:
             # The whole response in one write.
             pieces = [head, *connection.framer.frame(body)] if body and not no_body else [head]
             pieces += self.ending(connection.framer)
-            if len(pieces) > 1 and len(body) <= _JOIN_AT_MOST:
-                pieces = [b"".join(pieces)]
-            await connection.transport.send_pieces(pieces)
+            await connection.transport.send_pieces(_one_write(pieces, body))
             return
         if isinstance(body, Readable):
             exchange.response_body = body
@@ -228,15 +231,17 @@ class Control(ExchangeControl):
         self.parking = False
 
     async def start(self, status: int, headers: HeadersLike | None = None) -> None:
+        await self._connection.transport.send_pieces([self._head(status, headers)])
+
+    def _head(self, status: int, headers: HeadersLike | None) -> bytes:
         exchange = self._exchange
         if exchange.head_started:
             raise RuntimeError("the response has already started")
         response = Response(status, headers)
         # A takeover reads the request body as it likes (a channel's on_receive).
-        head = self._connection.responder.head(
+        return self._connection.responder.head(
             exchange, status, REASONS.get(status, b""), list(response.headers.raw), may_read=True
         )
-        await self._connection.transport.send_pieces([head])
 
     async def write(self, data: bytes) -> None:
         if data and self._exchange.request.method != "HEAD":
@@ -247,22 +252,13 @@ class Control(ExchangeControl):
         await self._connection.responder.end(self._exchange)
 
     async def reply(self, status: int, headers: HeadersLike | None, body: bytes) -> None:
-        exchange = self._exchange
-        if exchange.head_started:
-            raise RuntimeError("the response has already started")
-        connection = self._connection
+        head = self._head(status, headers)
+        exchange, connection = self._exchange, self._connection
         responder, framer = connection.responder, connection.framer
-        response = Response(status, headers)
-        head = responder.head(
-            exchange, status, REASONS.get(status, b""), list(response.headers.raw), may_read=True
-        )
-        pieces = (
-            [head, *framer.frame(body)] if body and exchange.request.method != "HEAD" else [head]
-        )
+        sends_body = body and exchange.request.method != "HEAD"
+        pieces = [head, *framer.frame(body)] if sends_body else [head]
         pieces += responder.ending(framer)
-        if len(body) <= _JOIN_AT_MOST:
-            pieces = [b"".join(pieces)]
-        await connection.transport.send_pieces(pieces)
+        await connection.transport.send_pieces(_one_write(pieces, body))
         await responder.end(exchange)  # (the bytes are out: what is left of ending it)
 
     @property
