@@ -56,6 +56,13 @@ class RequestBody(Readable):
     def __repr__(self) -> str:
         return f"<request body length={self._length} ended={self._ended}>"
 
+    def unbind(self) -> None:
+        """The exchange is over (the body closed, what was left of it drained): let go of
+        the exchange, which holds the body. A body read to its end has let go already;
+        one left unread would otherwise stay with its exchange in a cycle until the
+        garbage collector undid it."""
+        self.exchange = None
+
     @property
     def length(self) -> int | None:
         return self._length

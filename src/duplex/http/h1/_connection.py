@@ -19,7 +19,7 @@ import trio
 from ..._errors import ProtocolError, Timeout
 from .._exchange import OVER, Exchange
 from .._transport import Transport
-from ._bodies import PeerGone
+from ._bodies import PeerGone, RequestBody
 from ._closing import answer_and_close, linger
 from ._exchange import H1Exchange
 from ._framing import CountingFramer, ResponseFramer, error_body
@@ -381,6 +381,9 @@ class ServerConnection:
             if self.parked is None:
                 self.in_flight = None
                 exchange.end()
+                body = exchange.request_body
+                if isinstance(body, RequestBody):
+                    body.unbind()
                 if exchange.tasks is not None:
                     await exchange.tasks.wait()
                 if self.server.access_log:
